@@ -1,0 +1,53 @@
+"""linearised-laplace: calibrated, joint uncertainty for trained networks via their tangent linear model.
+
+Imported as ``lla`` in the documentation::
+
+    import linearised_laplace as lla
+
+    la = lla.SampledLaplace(model, "classification", prior_precision=1.0, n_samples=64, seed=0)
+    la.fit(train_loader)
+    probs = la(x_test)
+"""
+
+from .data import Data
+from .exceptions import DivergenceError, NotFittedError
+from .features import FeatureOperator, MatrixFeatures
+from .likelihoods import Categorical, Gaussian, Likelihood
+from .linear_model import LinearGaussianModel
+from .linearisation import Linearisation
+from .methods.exact import ExactLaplace
+from .methods.sampled import SampledLaplace
+from .noise import NoiseSource, PosteriorNoise, draw_posterior_noise
+from .parameters import ParameterSelection, select_parameters
+from .priors import Prior, make_prior
+from .solvers import CG, SGD, Cholesky, Objective, SolveInfo, SolveResult
+
+__all__ = [
+    "CG",
+    "SGD",
+    "Categorical",
+    "Cholesky",
+    "Data",
+    "DivergenceError",
+    "ExactLaplace",
+    "FeatureOperator",
+    "Gaussian",
+    "Likelihood",
+    "LinearGaussianModel",
+    "Linearisation",
+    "MatrixFeatures",
+    "NoiseSource",
+    "NotFittedError",
+    "Objective",
+    "ParameterSelection",
+    "PosteriorNoise",
+    "Prior",
+    "SampledLaplace",
+    "SolveInfo",
+    "SolveResult",
+    "draw_posterior_noise",
+    "make_prior",
+    "select_parameters",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,66 @@
+"""Validation at the library boundary: each error says what was expected, what arrived, and the fix."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def check_positive(name: str, value: float | Sequence[float] | Tensor) -> Tensor:
+    """Return ``value`` as a float64 tensor, raising if any entry is not finite and > 0."""
+    try:
+        tensor = torch.as_tensor(value, dtype=torch.float64).detach().cpu().reshape(-1).clone()
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(
+            f"`{name}` must be a positive number or a sequence of them, got {value!r}."
+        ) from err
+    if tensor.numel() == 0 or not bool(torch.all(torch.isfinite(tensor) & (tensor > 0))):
+        raise ValueError(
+            f"`{name}` must be finite and > 0, got {tensor.tolist()}. "
+            f"Pass a positive value, e.g. {name}=1.0."
+        )
+    return tensor
+
+
+def check_positive_int(name: str, value: int) -> int:
+    """Return ``value`` if it is an int >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+    return value
+
+
+def check_finite(name: str, tensor: Tensor) -> None:
+    """Raise if a floating tensor holds NaN or inf."""
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise ValueError(
+            f"{name} contain {bad} non-finite value(s) (NaN or inf). "
+            "Clean or impute the data before fitting."
+        )
+
+
+def check_output(output: object, n_inputs: int) -> Tensor:
+    """Check that a network returned a ``[N, C]`` tensor for ``N`` inputs."""
+    if not isinstance(output, Tensor):
+        raise TypeError(
+            f"The model must return a Tensor of shape [N, C], got {type(output).__name__}. "
+            "Wrap the model so that its forward returns the logits or regression outputs only."
+        )
+    if output.ndim != 2 or output.shape[0] != n_inputs:
+        raise ValueError(
+            f"The model must return outputs of shape [N, C] = [{n_inputs}, C], "
+            f"got {list(output.shape)}. For a single regression output use shape [N, 1] "
+            "(e.g. end the network with nn.Linear(h, 1))."
+        )
+    return output
+
+
+def check_sample_budget(n_floats: int, what: str, fix: str, limit_gib: float = 16.0) -> None:
+    """Raise before allocating ``n_floats`` float64 numbers if they exceed ``limit_gib``."""
+    gib = n_floats * 8 / 2**30
+    if gib > limit_gib:
+        raise MemoryError(
+            f"{what} needs {gib:.1f} GiB (float64), more than the {limit_gib:g} GiB allowed. {fix}"
+        )

@@ -1,0 +1,98 @@
+"""Training data as indexed batches.
+
+The library draws its own batches from the user's dataset, so that each data point has a stable index
+(its per-point noise depends on it), passes in a fixed order are reproducible, and shuffling is driven
+by the library's seed rather than by global random state. The user's loader is never iterated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+
+Batch = tuple[Tensor, Tensor, Tensor]  # (indices [b], inputs [b, ...], targets [b, ...])
+
+
+class Data:
+    """A map-style dataset of ``(x, y)`` pairs, iterated in batches with their indices.
+
+    Args:
+        source: A ``DataLoader`` (its dataset, batch size and collate function are used), a
+            map-style ``Dataset`` yielding ``(x, y)``, or a pair of tensors ``(X, Y)``.
+        batch_size: Batch size; defaults to the loader's, else 128.
+    """
+
+    def __init__(
+        self, source: DataLoader | Dataset | tuple[Tensor, Tensor], batch_size: int | None = None
+    ):
+        collate = None
+        if isinstance(source, DataLoader):
+            collate = source.collate_fn
+            batch_size = (
+                batch_size or source.batch_size or getattr(source.batch_sampler, "batch_size", None)
+            )
+            source = source.dataset
+        elif isinstance(source, tuple) and len(source) == 2:
+            x, y = source
+            if not (isinstance(x, Tensor) and isinstance(y, Tensor)):
+                raise TypeError("A data tuple must hold two tensors (X, Y).")
+            if x.shape[0] != y.shape[0]:
+                raise ValueError(
+                    f"X and Y must have the same number of rows, got {x.shape[0]} and {y.shape[0]}."
+                )
+            source = TensorDataset(x, y)
+        if isinstance(source, IterableDataset) or not isinstance(source, Dataset):
+            raise TypeError(
+                "Training data must be a DataLoader over a map-style Dataset, a Dataset, or a pair "
+                f"of tensors (X, Y); got {type(source).__name__}. Iterable datasets cannot be "
+                "indexed per data point; wrap the data in a TensorDataset."
+            )
+        try:
+            n = len(source)
+        except TypeError as err:
+            raise TypeError("The training dataset must define __len__.") from err
+        if n == 0:
+            raise ValueError(
+                "The training data are empty (0 data points); pass a non-empty loader."
+            )
+        self.dataset = source
+        self.n = n
+        self.batch_size = int(batch_size or 128)
+        self._collate = collate
+
+    def __len__(self) -> int:
+        return self.n
+
+    def batches(
+        self, order: Tensor | None = None, batch_size: int | None = None
+    ) -> Iterator[Batch]:
+        """Yield ``(indices, x, y)`` over ``order`` (default: ``0..n-1``) in consecutive batches."""
+        order = torch.arange(self.n) if order is None else order.reshape(-1).long()
+        size = batch_size or self.batch_size
+        for idx in order.split(size):
+            x, y = self._fetch(idx)
+            yield idx, x, y
+
+    def random_order(self, generator: torch.Generator) -> Tensor:
+        """A random permutation of the data indices."""
+        return torch.randperm(self.n, generator=generator)
+
+    def subset(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+        """Inputs and targets of the given data points."""
+        return self._fetch(indices.reshape(-1).long())
+
+    def _fetch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        if isinstance(self.dataset, TensorDataset) and len(self.dataset.tensors) == 2:
+            x, y = self.dataset.tensors
+            return x[idx], y[idx]
+        collate = self._collate or torch.utils.data.default_collate
+        batch = collate([self.dataset[i] for i in idx.tolist()])
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise TypeError(
+                f"Each data item must be a pair (x, y); the dataset yields {type(batch).__name__} "
+                "batches. Return (input, target) from the dataset's __getitem__."
+            )
+        return batch[0], batch[1]

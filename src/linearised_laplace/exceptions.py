@@ -1,0 +1,9 @@
+"""Errors that the library raises on purpose."""
+
+
+class NotFittedError(RuntimeError):
+    """A method that needs a fitted posterior was called before ``fit``."""
+
+
+class DivergenceError(RuntimeError):
+    """An iterative solver left the region where its iterates are finite and bounded."""

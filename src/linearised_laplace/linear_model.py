@@ -1,0 +1,102 @@
+r"""The conjugate Gaussian linear model that linearised Laplace reduces a network to.
+
+Features ``Φ`` (stacked ``Φ(x_i)`` ``[C, D]`` over the training points), curvature
+``B = blockdiag(B_i)`` from the likelihood at the offset outputs ``f_0(x_i)``, and prior
+``θ ~ N(0, A^{-1})``. The posterior precision is
+
+$$ H = A + M, \qquad M = Φ^\top B Φ = \sum_i Φ(x_i)^\top B_i Φ(x_i) \quad \text{(the GGN)}. $$
+
+Every product here is matrix-free; :meth:`LinearGaussianModel.dense_ggn` is the dense twin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from functools import cached_property
+
+import torch
+from torch import Tensor
+
+from ._checks import check_finite, check_sample_budget
+from .data import Batch, Data
+from .features import FeatureOperator
+from .likelihoods import Likelihood
+from .priors import Prior
+
+
+@dataclass(frozen=True)
+class LinearGaussianModel:
+    """Features, likelihood curvature, prior and training data of a linear-Gaussian model.
+
+    Attributes:
+        features: The feature operator ``x ↦ (f_0(x), Φ(x))``.
+        likelihood: Gives ``B_i`` and its factor ``L_i`` at ``f_0(x_i)``.
+        prior: The prior precision ``A``.
+        data: The training inputs (targets are used only by checks and, later, the mean).
+    """
+
+    features: FeatureOperator
+    likelihood: Likelihood
+    prior: Prior
+    data: Data
+
+    @property
+    def n_params(self) -> int:
+        """``D``."""
+        return self.features.n_params
+
+    @cached_property
+    def n_outputs(self) -> int:
+        """``C``, read off the offset at the first training input."""
+        return self.features.forward(self.data.subset(torch.arange(1))[0]).shape[-1]
+
+    def with_prior(self, prior: Prior) -> LinearGaussianModel:
+        """The same model under another prior."""
+        return replace(self, prior=prior)
+
+    def prior_diag(self) -> Tensor:
+        """``diag(A)``: ``[D]``, in the features' dtype."""
+        return self.prior.diag(self.features.dtype, self.features.device)
+
+    def check_batch(self, x: Tensor, y: Tensor, f0: Tensor) -> None:
+        """Validate one training batch against the model's outputs ``f0``."""
+        check_finite("The training inputs", x)
+        check_finite("The training targets", y)
+        self.likelihood.check_targets(f0, y.to(f0.device))
+
+    def ggn_vec(self, x: Tensor, tangents: Tensor) -> tuple[Tensor, Tensor]:
+        """``f_0(x)`` and ``Φ(x)ᵀ B Φ(x) z_k`` on a batch for ``[K, D]`` tangents."""
+        f0, jz = self.features.jvp(x, tangents)
+        _, pull = self.features.pullback(x)
+        return f0, pull(self.likelihood.hessian_vec(f0, jz))
+
+    def precision_vec(self, tangents: Tensor, batches: Iterator[Batch] | None = None) -> Tensor:
+        """``H z_k = M z_k + A z_k`` over the whole training set: ``[K, D]``."""
+        out = self.prior_diag() * tangents
+        for _, x, _ in batches or self.data.batches():
+            out = out + self.ggn_vec(x, tangents)[1]
+        return out
+
+    def function_norms(self, tangents: Tensor) -> Tensor:
+        """``‖Φ z_k‖²_B = Σ_i (Φ_i z_k)ᵀ B_i (Φ_i z_k)`` over the training set: ``[K]``."""
+        total = tangents.new_zeros(tangents.shape[0])
+        for _, x, _ in self.data.batches():
+            f0, jz = self.features.jvp(x, tangents)
+            total = total + (jz * self.likelihood.hessian_vec(f0, jz)).sum((-2, -1))
+        return total
+
+    def dense_ggn(self) -> Tensor:
+        """``M = Σ_i Φ(x_i)ᵀ B_i Φ(x_i)`` as a dense float64 ``[D, D]`` matrix."""
+        d = self.n_params
+        check_sample_budget(
+            d * d,
+            f"A dense {d}×{d} GGN",
+            "Use SampledLaplace (matrix-free) or linearise fewer parameters (`parameters=`).",
+        )
+        ggn = torch.zeros(d, d, dtype=torch.float64, device=self.features.device)
+        for _, x, _ in self.data.batches():
+            jac = self.features.to_dense(x).to(torch.float64)  # [b, C, D]
+            curvature = self.likelihood.hessian(self.features.forward(x).to(torch.float64))
+            ggn += jac.flatten(0, 1).T @ torch.bmm(curvature, jac).flatten(0, 1)
+        return ggn

@@ -1,0 +1,197 @@
+r"""Matrix-free linearisation of a ``torch.nn.Module`` at its trained parameters.
+
+The tangent linear model of a network ``f(x; θ)`` at ``θ*`` is
+
+$$ f_{\mathrm{lin}}(x; θ) = f(x; θ^*) + J(x)(θ − θ^*), \qquad J(x) = ∂f(x; θ)/∂θ |_{θ^*} ∈ ℝ^{C×D}. $$
+
+:class:`Linearisation` gives ``J(x) v`` (forward mode, ``torch.func.jvp``), ``J(x)ᵀ u`` (reverse mode,
+``torch.func.vjp``) and per-example ``J(x_i)ᵀ u_i`` for ``K`` vectors at once, without building
+``J``. Modules without forward-mode support (``nn.TransformerEncoderLayer``'s fast path, ``nn.LSTM``
+on CPU) fall back automatically to a JVP computed as the VJP of a VJP.
+
+The network always runs in evaluation mode (BatchNorm on its running statistics, no dropout) on a
+private copy of its parameters and buffers; the user's module, its tensors and its train/eval flags
+are left exactly as they were.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jacrev, vjp, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from ._checks import check_output
+from .features import FeatureOperator, Pullback
+from .parameters import ParameterSpec, select_parameters
+
+TangentBatching = Literal["loop", "vmap"]
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` in evaluation mode and restore every submodule's flag afterwards."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        for m, _ in flags:
+            m.training = False
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def _lacks_forward_ad(err: Exception) -> bool:
+    text = str(err).lower()
+    return "forward ad" in text or "forward-mode" in text or "forward mode" in text
+
+
+class Linearisation(FeatureOperator):
+    """The tangent linear model of a network at its current parameters ``θ*``.
+
+    Args:
+        model: The trained network; it must map a batch ``x`` ``[N, ...]`` to outputs ``[N, C]``.
+        parameters: Which parameters to linearise (see
+            :func:`~linearised_laplace.parameters.select_parameters`): ``"all"`` trainable ones
+            (default), ``"last_layer"``, names or ``fnmatch`` patterns, or flat indices.
+        exclude_norm: Leave normalisation-layer affine parameters out of the linearisation.
+        tangent_batching: How ``K`` tangents are pushed through: ``"loop"`` (default; measured
+            faster on CPU, see ``benchmarks/results/tangent_batching.md``) or ``"vmap"``.
+
+    Attributes:
+        selection: The linearised parameters.
+        theta_star: ``[D]`` their values at linearisation.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        parameters: ParameterSpec = "all",
+        *,
+        exclude_norm: bool = False,
+        tangent_batching: TangentBatching = "loop",
+    ):
+        if tangent_batching not in ("loop", "vmap"):
+            raise ValueError(
+                f"`tangent_batching` must be 'loop' or 'vmap', got {tangent_batching!r}."
+            )
+        self.selection = select_parameters(model, parameters, exclude_norm=exclude_norm)
+        self.model = model
+        self.tangent_batching = tangent_batching
+        state = {n: p.detach().clone() for n, p in model.named_parameters()}
+        state.update({n: b.detach().clone() for n, b in model.named_buffers()})
+        self._theta = {n: state.pop(n) for n in self.selection.names}
+        self._frozen = state
+        self.theta_star = self.selection.flatten(self._theta)
+        self.n_params = self.selection.n_params
+        self.dtype, self.device = self.theta_star.dtype, self.theta_star.device
+        self.forward_ad: bool | None = None  # None until the first JVP tells
+        self._per_example_vmap = True
+
+    def _call(self, theta: dict[str, Tensor], x: Tensor) -> Tensor:
+        with eval_mode(self.model):
+            out = functional_call(self.model, {**theta, **self._frozen}, (x,))
+        return check_output(out, x.shape[0])
+
+    def _inputs(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"Inputs must be a Tensor, got {type(x).__name__}.")
+        return x.to(self.device)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The network's outputs ``f(x; θ*)``: ``[N, C]``."""
+        with torch.no_grad():
+            return self._call(self._theta, self._inputs(x))
+
+    def jvp(self, x: Tensor, tangents: Tensor) -> tuple[Tensor, Tensor]:
+        """``f(x; θ*)`` ``[N, C]`` and ``J(x) v_k`` ``[K, N, C]`` for tangents ``[K, D]``."""
+        x = self._inputs(x)
+        if self.forward_ad is not False:
+            try:
+                result = self._jvp_forward(x, tangents)
+                self.forward_ad = True
+                return result
+            except (NotImplementedError, RuntimeError) as err:
+                if self.forward_ad or not _lacks_forward_ad(err):
+                    raise
+                warnings.warn(
+                    f"The model does not support forward-mode AD ({str(err).splitlines()[0]}); "
+                    "computing JVPs as the VJP of a VJP instead, which is slower.",
+                    stacklevel=2,
+                )
+                self.forward_ad = False
+        return self._jvp_double_vjp(x, tangents)
+
+    def _jvp_forward(self, x: Tensor, tangents: Tensor) -> tuple[Tensor, Tensor]:
+        def f(theta: dict[str, Tensor]) -> Tensor:
+            return self._call(theta, x)
+
+        trees = self.selection.unflatten(tangents)
+        if self.tangent_batching == "vmap":
+            out = f(self._theta)
+            jv = vmap(lambda t: torch.func.jvp(f, (self._theta,), (t,))[1])(trees)
+            return out, jv
+        outs = [
+            torch.func.jvp(f, (self._theta,), ({n: t[k] for n, t in trees.items()},))
+            for k in range(tangents.shape[0])
+        ]
+        return outs[0][0], torch.stack([o[1] for o in outs])
+
+    def _jvp_double_vjp(self, x: Tensor, tangents: Tensor) -> tuple[Tensor, Tensor]:
+        # u ↦ J(x)ᵀu is linear, so its VJP with cotangent v is J(x) v. The math attention kernel
+        # is differentiable twice, unlike the fused CPU kernels.
+        with sdpa_kernel(SDPBackend.MATH):
+            out, vjp_fn = vjp(lambda theta: self._call(theta, x), self._theta)
+            _, vjp_of_vjp = vjp(lambda u: vjp_fn(u)[0], torch.zeros_like(out))
+            trees = self.selection.unflatten(tangents)
+            jv = [
+                vjp_of_vjp({n: t[k] for n, t in trees.items()})[0] for k in range(tangents.shape[0])
+            ]
+        return out.detach(), torch.stack(jv).detach()
+
+    def pullback(self, x: Tensor) -> tuple[Tensor, Pullback]:
+        """``f(x; θ*)`` and the map ``u ↦ J(x)ᵀ u`` from ``[K, N, C]`` to ``[K, D]``."""
+        x = self._inputs(x)
+        out, vjp_fn = vjp(lambda theta: self._call(theta, x), self._theta)
+        flatten = self.selection.flatten
+
+        def fn(cotangents: Tensor) -> Tensor:
+            if self.tangent_batching == "vmap":
+                with sdpa_kernel(SDPBackend.MATH):
+                    return flatten(vmap(vjp_fn)(cotangents)[0], n_lead=1)
+            return torch.stack([flatten(vjp_fn(u)[0]) for u in cotangents])
+
+        return out.detach(), fn
+
+    def per_example_vjp(self, x: Tensor, cotangents: Tensor) -> Tensor:
+        """``J(x_i)ᵀ u_i`` for each point of the batch: ``[N, C] → [N, D]``."""
+        x = self._inputs(x)
+
+        def single(xi: Tensor, ui: Tensor) -> Tensor:
+            _, fn = vjp(lambda theta: self._call(theta, xi[None]), self._theta)
+            return self.selection.flatten(fn(ui[None])[0])
+
+        with sdpa_kernel(SDPBackend.MATH):  # fused attention kernels have no batching rules
+            if self._per_example_vmap:
+                try:
+                    return vmap(single)(x, cotangents)
+                except (NotImplementedError, RuntimeError):
+                    self._per_example_vmap = False
+            return torch.stack([single(xi, ui) for xi, ui in zip(x, cotangents, strict=True)])
+
+    def linearised_forward(self, x: Tensor, tangents: Tensor) -> Tensor:
+        """``f(x; θ*) + J(x) v_k`` for tangents ``[K, D]``: ``[K, N, C]``."""
+        out, jv = self.jvp(x, tangents)
+        return out + jv
+
+    def to_dense(self, x: Tensor) -> Tensor:
+        """The Jacobian ``J(x)``: ``[N, C, D]`` (built with ``torch.func.jacrev``)."""
+        x = self._inputs(x)
+        with sdpa_kernel(SDPBackend.MATH):
+            jac = jacrev(lambda theta: self._call(theta, x))(self._theta)
+        return self.selection.flatten(jac, n_lead=2).detach()

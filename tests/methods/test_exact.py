@@ -1,0 +1,62 @@
+import pytest
+import torch
+
+import linearised_laplace as lla
+from linearised_laplace import reference
+
+from ..cases import classification_data, mlp, regression_data
+
+
+def _dense_posterior(net, x, likelihood, alpha_diag):
+    jac = reference.jacobian(net, x)
+    hess = likelihood.hessian(net(x).detach())
+    return jac, torch.linalg.inv(reference.posterior_precision(jac, hess, alpha_diag))
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_covariance_and_functional_variance_match_dense_formulas(task):
+    net = mlp(n_out=2 if task == "regression" else 3)
+    x, y = (classification_data if task == "classification" else regression_data)(30)
+    kw = {"sigma_noise": 0.5} if task == "regression" else {}
+    la = lla.ExactLaplace(net, task, prior_precision=2.0, n_samples=4, progress=False, **kw).fit(
+        (x, y)
+    )
+    jac, cov = _dense_posterior(net, x, la.likelihood, torch.full((la.n_params,), 2.0))
+    torch.testing.assert_close(la.posterior_covariance, cov)
+    x_new = torch.randn(5, 3)
+    jac_new = reference.jacobian(net, x_new)
+    torch.testing.assert_close(
+        la.functional_variance(x_new), jac_new @ cov @ jac_new.transpose(1, 2)
+    )
+    if task == "regression":
+        mean, var = la(x_new)
+        torch.testing.assert_close(mean, net(x_new).detach())
+        torch.testing.assert_close(var, la.functional_variance(x_new))
+    else:
+        probs = la(x_new)
+        torch.testing.assert_close(probs.sum(1), torch.ones(5))
+
+
+def test_layerwise_prior_and_last_layer():
+    net = mlp()
+    x, y = classification_data(20)
+    la = lla.ExactLaplace(
+        net, prior_precision=[1.0, 2.0, 3.0, 4.0], n_samples=2, progress=False
+    ).fit((x, y))
+    alpha = torch.tensor([1.0, 2.0, 3.0, 4.0]).repeat_interleave(torch.tensor([15, 5, 15, 3]))
+    torch.testing.assert_close(
+        la.posterior_covariance, _dense_posterior(net, x, la.likelihood, alpha)[1]
+    )
+    last = lla.ExactLaplace(net, parameters="last_layer", n_samples=2, progress=False).fit((x, y))
+    jac = reference.jacobian(net, x, ["2.weight", "2.bias"])
+    hess = last.likelihood.hessian(net(x).detach())
+    expected = torch.linalg.inv(reference.posterior_precision(jac, hess, torch.ones(18)))
+    torch.testing.assert_close(last.posterior_covariance, expected)
+
+
+def test_exact_refuses_what_does_not_fit_in_memory():
+    big = torch.nn.Linear(2000, 500)
+    with pytest.raises(
+        MemoryError, match=r"ExactLaplace over D = 1000500 .* parameters='last_layer'"
+    ):
+        lla.ExactLaplace(big)

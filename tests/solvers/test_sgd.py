@@ -1,0 +1,84 @@
+import pytest
+import torch
+
+from linearised_laplace import SGD, DivergenceError, NoiseSource, draw_posterior_noise
+
+from ..helpers import matrix_model, relative_error
+from .test_exact import closed_form
+
+
+@pytest.mark.parametrize("objective", ["low_variance", "naive"])
+@pytest.mark.parametrize("likelihood", ["classification", "regression"])
+def test_full_batch_descent_reaches_the_closed_form(objective, likelihood):
+    model = matrix_model(likelihood=likelihood, alpha=[0.5, 3.0], batch_size=30)
+    noise = draw_posterior_noise(model, 3, NoiseSource(0), progress=False)
+    config = SGD(n_epochs=1500, lr_end=1.0, objective=objective)
+    result = config.solve(model, noise, progress=False)
+    assert relative_error(result.samples, closed_form(model, noise)) < 1e-8
+    assert float(result.info.rel_residual.max()) < 1e-8
+
+
+def test_minibatch_sgd_reaches_the_closed_form_within_budget():
+    model = matrix_model(n=60, batch_size=20)
+    noise = draw_posterior_noise(model, 4, NoiseSource(0), progress=False)
+    result = SGD(n_epochs=3000, lr_end=1e-3).solve(model, noise, progress=False)
+    assert relative_error(result.samples, closed_form(model, noise)) < 1e-3
+    assert result.info.n_steps == 3000 * 3 and result.info.top_eigenvalue > 0
+
+
+def test_low_variance_objective_has_the_lower_error_floor():
+    model = matrix_model(n=60, batch_size=3)
+    noise = draw_posterior_noise(model, 8, NoiseSource(0), progress=False)
+    exact = closed_form(model, noise)
+    errors = {
+        objective: relative_error(
+            SGD(n_epochs=20, objective=objective).solve(model, noise, progress=False).samples, exact
+        )
+        for objective in ("low_variance", "naive")
+    }
+    assert errors["low_variance"] < 0.5 * errors["naive"]
+
+
+def test_warm_start_beats_a_cold_start_on_a_short_budget():
+    model = matrix_model(n=40, batch_size=10)
+    noise = draw_posterior_noise(model, 2, NoiseSource(0), progress=False)
+    exact = closed_form(model, noise)
+    config = SGD(n_epochs=2, clip=1.0)
+    warm = config.solve(model, noise, init=exact, progress=False)
+    cold = config.solve(model, noise, progress=False)
+    assert relative_error(warm.samples, exact) < 0.5 * relative_error(cold.samples, exact)
+
+
+def test_polyak_average_is_returned_and_reported_to_the_callback():
+    model = matrix_model(n=40, batch_size=10)
+    noise = draw_posterior_noise(model, 2, NoiseSource(0), progress=False)
+    seen = []
+    result = SGD(n_epochs=3, polyak=0.1).solve(
+        model, noise, progress=False, callback=lambda step, z: seen.append((step, z.clone()))
+    )
+    assert [step for step, _ in seen] == list(range(1, 13))
+    torch.testing.assert_close(result.samples, seen[-1][1])
+    plain = SGD(n_epochs=3).solve(model, noise, progress=False)
+    assert not torch.allclose(result.samples, plain.samples)
+
+
+def test_divergence_is_reported_with_the_setting_to_change():
+    model = matrix_model(n=40, batch_size=10)
+    noise = draw_posterior_noise(model, 2, NoiseSource(0), progress=False)
+    with pytest.raises(DivergenceError, match=r"Lower the step, e.g. solver=SGD\(lr=25\)"):
+        SGD(lr=50.0, n_epochs=50).solve(model, noise, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"objective": "fast"}, "`objective` must be one of 'low_variance', 'naive'"),
+        ({"n_epochs": 0}, "`n_epochs` must be an integer >= 1"),
+        ({"batch_size": 0}, "`batch_size` must be an integer >= 1"),
+        ({"lr": -1.0}, "SGD needs lr > 0"),
+        ({"momentum": 1.0}, "0 <= momentum < 1"),
+    ],
+)
+def test_bad_settings_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SGD(**kwargs)

@@ -1,0 +1,68 @@
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+
+from linearised_laplace import Data
+
+
+class _Pairs(Dataset):
+    def __init__(self, n):
+        self.x, self.y = torch.randn(n, 2), torch.arange(n)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+def test_loader_dataset_and_tensors_give_the_same_indexed_batches():
+    dataset = _Pairs(10)
+    loader = DataLoader(dataset, batch_size=4, shuffle=True)
+    for data in (
+        Data(loader),
+        Data(dataset, batch_size=4),
+        Data((dataset.x, dataset.y), batch_size=4),
+    ):
+        batches = list(data.batches())
+        assert [len(idx) for idx, _, _ in batches] == [4, 4, 2]
+        for idx, x, y in batches:
+            assert torch.equal(y, idx) and torch.equal(x, dataset.x[idx])
+    assert Data(loader).batch_size == 4
+
+
+def test_random_order_is_a_seeded_permutation():
+    data = Data((torch.randn(9, 1), torch.zeros(9)))
+    a = data.random_order(torch.Generator().manual_seed(3))
+    b = data.random_order(torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and sorted(a.tolist()) == list(range(9))
+
+
+class _Stream(IterableDataset):
+    def __iter__(self):
+        yield torch.zeros(2), 0
+
+
+@pytest.mark.parametrize(
+    ("source", "error", "match"),
+    [
+        ((torch.zeros(0, 2), torch.zeros(0)), ValueError, "training data are empty"),
+        (DataLoader(TensorDataset(torch.zeros(0, 2), torch.zeros(0))), ValueError, "empty"),
+        (DataLoader(_Stream()), TypeError, "Iterable datasets cannot be indexed"),
+        ([1, 2, 3], TypeError, "got list"),
+        ((torch.zeros(3, 2), torch.zeros(4)), ValueError, "same number of rows, got 3 and 4"),
+        ((torch.zeros(3, 2), [0, 1, 2]), TypeError, "two tensors"),
+    ],
+)
+def test_bad_sources_raise(source, error, match):
+    with pytest.raises(error, match=match):
+        Data(source)
+
+
+def test_items_that_are_not_pairs_raise():
+    class Triples(_Pairs):
+        def __getitem__(self, i):
+            return self.x[i], self.y[i], self.y[i]
+
+    with pytest.raises(TypeError, match=r"must be a pair \(x, y\)"):
+        next(Data(Triples(3)).batches())

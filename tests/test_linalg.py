@@ -1,0 +1,33 @@
+import torch
+
+from linearised_laplace.linalg import conjugate_gradient, top_eigenvalue
+
+
+def _spd(n=12, seed=0):
+    q = torch.linalg.qr(torch.randn(n, n, generator=torch.Generator().manual_seed(seed)))[0]
+    return q @ torch.diag(torch.logspace(0, 3, n)) @ q.T
+
+
+def test_cg_solves_each_row_and_warm_starts():
+    h = _spd()
+    rhs = torch.randn(3, 12)
+    x, n_iter, res = conjugate_gradient(lambda z: z @ h, rhs, rtol=1e-12)
+    torch.testing.assert_close(x, torch.linalg.solve(h, rhs.T).T, rtol=1e-9, atol=1e-12)
+    assert n_iter <= 40 and bool((res < 1e-12).all())
+    _, warm_iter, _ = conjugate_gradient(lambda z: z @ h, rhs, x, rtol=1e-12)
+    assert warm_iter <= 1
+
+
+def test_cg_respects_max_iter():
+    h = _spd()
+    _, n_iter, res = conjugate_gradient(lambda z: z @ h, torch.randn(2, 12), rtol=1e-14, max_iter=3)
+    assert n_iter == 3 and bool((res > 1e-14).all())
+
+
+def test_lanczos_finds_top_eigenvalue():
+    h = _spd()
+    gen = torch.Generator().manual_seed(1)
+    exact = float(torch.linalg.eigvalsh(h)[-1])
+    assert abs(top_eigenvalue(lambda z: z @ h, 12, n_iter=12, generator=gen) - exact) < 1e-8 * exact
+    rough = top_eigenvalue(lambda z: z @ h, 12, n_iter=6, generator=gen)
+    assert 0.5 * exact < rough <= exact * (1 + 1e-12)

@@ -1,0 +1,68 @@
+import pytest
+import torch
+
+from linearised_laplace import (
+    Data,
+    Gaussian,
+    LinearGaussianModel,
+    Linearisation,
+    MatrixFeatures,
+    make_prior,
+    reference,
+)
+
+from .cases import classification_data, mlp
+from .helpers import dense_parts, matrix_model
+
+
+@pytest.mark.parametrize("likelihood", ["classification", "regression"])
+def test_products_match_dense_matrices(likelihood):
+    model = matrix_model(likelihood=likelihood, alpha=[0.5, 3.0])
+    phi, hess, _, precision = dense_parts(model)
+    z = torch.randn(4, model.n_params)
+    idx = torch.tensor([3, 9, 1])
+    _, ggn_z = model.ggn_vec(idx, z)
+    torch.testing.assert_close(
+        ggn_z, z @ torch.einsum("ncd,nce,nef->df", phi[idx], hess[idx], phi[idx])
+    )
+    torch.testing.assert_close(model.precision_vec(z), z @ precision)
+    ggn = precision - torch.diag(model.prior_diag())
+    torch.testing.assert_close(model.dense_ggn(), ggn)
+    torch.testing.assert_close(model.function_norms(z), torch.einsum("kd,de,ke->k", z, ggn, z))
+    assert model.n_outputs == 3
+
+
+def test_network_ggn_matches_reference():
+    net = mlp()
+    x, y = classification_data(9)
+    lin = Linearisation(net)
+    model = LinearGaussianModel(
+        lin,
+        Gaussian(0.5),
+        make_prior(1.0, lin.selection.group_ids, lin.selection.names),
+        Data((x, y), 4),
+    )
+    jac = reference.jacobian(net, x)
+    hess = torch.eye(3).expand(9, 3, 3) / 0.25
+    torch.testing.assert_close(model.dense_ggn(), reference.ggn(jac, hess))
+
+
+def test_check_batch_rejects_non_finite_values():
+    model = matrix_model(likelihood="regression")
+    f0 = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="training inputs contain 1 non-finite"):
+        model.check_batch(torch.tensor([0.0, float("nan")]), torch.zeros(2, 3), f0)
+    with pytest.raises(ValueError, match="training targets contain 3 non-finite"):
+        model.check_batch(torch.zeros(2), torch.full((2, 3), float("inf")).tril(), f0)
+
+
+def test_dense_ggn_refuses_what_does_not_fit():
+    big = torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long), torch.zeros(0), (2, 100_000))
+    model = LinearGaussianModel(
+        MatrixFeatures(big),
+        Gaussian(),
+        make_prior(1.0, torch.zeros(100_000, dtype=torch.long), ["w"]),
+        Data((torch.arange(2), torch.zeros(2))),
+    )
+    with pytest.raises(MemoryError, match=r"needs 74\.5 GiB .* linearise fewer parameters"):
+        model.dense_ggn()

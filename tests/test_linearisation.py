@@ -1,0 +1,143 @@
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from linearised_laplace import Linearisation, reference
+
+from .cases import (
+    classification_data,
+    cnn,
+    image_data,
+    mlp,
+    transformer_classifier,
+    warm_batchnorm,
+)
+
+
+def _dense_reference(net, x, lin):
+    jac = reference.jacobian(net, x, list(lin.selection.names))
+    return jac if lin.selection.indices is None else jac[..., lin.selection.indices]
+
+
+def _check_products(net, x, lin, rtol=1e-10):
+    jac = _dense_reference(net, x, lin)  # [N, C, D]
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(3, lin.n_params, generator=gen).to(jac.dtype)
+    u = torch.randn(3, *jac.shape[:2], generator=gen).to(jac.dtype)
+    close = {"rtol": rtol, "atol": rtol * 1e-2}
+    f0, jv = lin.jvp(x, v)
+    torch.testing.assert_close(f0, net.eval()(x), **close)
+    torch.testing.assert_close(jv, torch.einsum("ncd,kd->knc", jac, v), **close)
+    torch.testing.assert_close(lin.vjp(x, u), torch.einsum("ncd,knc->kd", jac, u), **close)
+    per_example = lin.per_example_vjp(x, u[0])
+    torch.testing.assert_close(per_example, torch.einsum("ncd,nc->nd", jac, u[0]), **close)
+    torch.testing.assert_close(lin.to_dense(x), jac, **close)
+    torch.testing.assert_close(lin.linearised_forward(x, v), f0 + jv)
+
+
+@pytest.mark.parametrize("batching", ["loop", "vmap"])
+@pytest.mark.parametrize(
+    "parameters", ["all", "last_layer", ["0.weight", "*.bias"], torch.tensor([36, 2, 17, 0])]
+)
+def test_mlp_products_match_jacrev(parameters, batching):
+    net = mlp()
+    x, _ = classification_data(7)
+    lin = Linearisation(net, parameters, tangent_batching=batching)
+    _check_products(net, x, lin)
+
+
+@pytest.mark.parametrize("exclude_norm", [False, True])
+def test_cnn_with_batchnorm_on_running_statistics(exclude_norm):
+    x, _ = image_data(7)
+    net = warm_batchnorm(cnn(), x)
+    lin = Linearisation(net, exclude_norm=exclude_norm)
+    assert ("1.weight" in lin.selection.names) != exclude_norm
+    _check_products(net, x, lin)
+
+
+def test_linear_model_jacobian_is_the_design_matrix():
+    net = nn.Linear(4, 1, bias=False)
+    x = torch.randn(6, 4)
+    lin = Linearisation(net)
+    torch.testing.assert_close(lin.to_dense(x)[:, 0], x)
+    v = torch.randn(2, 4)
+    torch.testing.assert_close(
+        lin.linearised_forward(x, v), (x @ (net.weight.detach()[0] + v).T).T[..., None]
+    )
+
+
+def _check_fallback(net, x, rtol, dtype):
+    lin = Linearisation(net)
+    with pytest.warns(UserWarning, match="does not support forward-mode AD"):
+        lin.jvp(x, torch.randn(1, lin.n_params, dtype=dtype))
+    assert lin.forward_ad is False
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*forward-mode AD")  # warned once only
+        _check_products(net, x, lin, rtol=rtol)
+
+
+def test_transformer_fast_path_falls_back_to_double_vjp():
+    net = transformer_classifier().eval()
+    _check_fallback(net, torch.randn(5, 6, 8), rtol=1e-9, dtype=torch.float64)
+
+
+def test_lstm_on_cpu_falls_back_to_double_vjp():
+    # float32 LSTMs run the oneDNN kernel, which has no forward-mode derivative.
+    torch.manual_seed(0)
+    net = nn.Sequential(_LastStep(nn.LSTM(4, 5, batch_first=True)), nn.Linear(5, 3)).float()
+    _check_fallback(net, torch.randn(5, 6, 4, dtype=torch.float32), rtol=1e-4, dtype=torch.float32)
+
+
+class _LastStep(nn.Module):
+    def __init__(self, rnn):
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x):
+        return self.rnn(x)[0][:, -1]
+
+
+def test_eval_mode_is_used_and_train_flags_restored():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.Linear(4, 2)).train()
+    net[2].eval()  # a mixed state that must survive exactly
+    x = torch.randn(5, 3)
+    lin = Linearisation(net)
+    out1, out2 = lin.forward(x), lin.forward(x)
+    torch.testing.assert_close(out1, out2)  # dropout off
+    assert net.training and net[1].training and not net[2].training
+
+
+def test_snapshot_of_parameters_is_private():
+    net = mlp()
+    x, _ = classification_data(4)
+    lin = Linearisation(net)
+    before = lin.forward(x)
+    with torch.no_grad():
+        net[0].weight.add_(1.0)  # the user keeps training: the linearisation point stays put
+    torch.testing.assert_close(lin.forward(x), before)
+
+
+@pytest.mark.parametrize(
+    ("net", "x", "error", "match"),
+    [
+        (nn.Linear(3, 2), [[1.0, 2.0, 3.0]], TypeError, "Inputs must be a Tensor"),
+        (
+            nn.Sequential(nn.Linear(3, 1), nn.Flatten(0)),
+            torch.randn(4, 3),
+            ValueError,
+            r"shape \[N, C\]",
+        ),
+        (nn.LSTM(3, 2), torch.randn(4, 1, 3), TypeError, "must return a Tensor"),
+    ],
+)
+def test_bad_outputs_and_inputs_raise(net, x, error, match):
+    with pytest.raises(error, match=match):
+        Linearisation(net).forward(x)
+
+
+def test_bad_tangent_batching_raises():
+    with pytest.raises(ValueError, match="'loop' or 'vmap'"):
+        Linearisation(mlp(), tangent_batching="fast")
