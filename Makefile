@@ -34,6 +34,7 @@ format: $(STAMP)
 benchmarks: $(STAMP)
 	$(PY) benchmarks/sampler_convergence.py
 	$(PY) benchmarks/tangent_batching.py
+	$(PY) benchmarks/em_trajectory.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

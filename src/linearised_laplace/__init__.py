@@ -9,12 +9,15 @@ Imported as ``lla`` in the documentation::
     probs = la(x_test)
 """
 
+from . import metrics
 from .data import Data
 from .exceptions import DivergenceError, NotFittedError
 from .features import FeatureOperator, MatrixFeatures
+from .g_prior import ScaledFeatures
 from .likelihoods import Categorical, Gaussian, Likelihood
 from .linear_model import LinearGaussianModel
 from .linearisation import Linearisation
+from .mean import Newton
 from .methods.exact import ExactLaplace
 from .methods.sampled import SampledLaplace
 from .noise import NoiseSource, PosteriorNoise, draw_posterior_noise
@@ -36,6 +39,7 @@ __all__ = [
     "LinearGaussianModel",
     "Linearisation",
     "MatrixFeatures",
+    "Newton",
     "NoiseSource",
     "NotFittedError",
     "Objective",
@@ -43,10 +47,12 @@ __all__ = [
     "PosteriorNoise",
     "Prior",
     "SampledLaplace",
+    "ScaledFeatures",
     "SolveInfo",
     "SolveResult",
     "draw_posterior_noise",
     "make_prior",
+    "metrics",
     "select_parameters",
 ]
 

@@ -48,6 +48,10 @@ class Likelihood(ABC):
         """``log p(y_i | f_i)``: ``[..., N]`` for ``f`` of shape ``[..., N, C]``."""
 
     @abstractmethod
+    def nll_grad(self, f: Tensor, y: Tensor) -> Tensor:
+        """``∂[−log p(y_i | f_i)]/∂f_i``: ``[..., N, C]``."""
+
+    @abstractmethod
     def check_targets(self, f: Tensor, y: Tensor) -> None:
         """Raise a clear error if targets ``y`` do not fit outputs ``f`` ``[N, C]``."""
 
@@ -94,6 +98,9 @@ class Gaussian(Likelihood):
         return -0.5 * sq / self.sigma**2 - f.shape[-1] * (
             math.log(self.sigma) + 0.5 * math.log(2 * math.pi)
         )
+
+    def nll_grad(self, f: Tensor, y: Tensor) -> Tensor:  # noqa: D102
+        return (f - y.reshape(f.shape[-2:]).to(f.dtype)) / self.sigma**2
 
     def check_targets(self, f: Tensor, y: Tensor) -> None:  # noqa: D102
         n, c = f.shape
@@ -146,6 +153,10 @@ class Categorical(Likelihood):
         logp = torch.log_softmax(f, dim=-1)
         index = y.long().reshape(-1, 1).expand(*f.shape[:-1], 1)
         return logp.gather(-1, index).squeeze(-1)
+
+    def nll_grad(self, f: Tensor, y: Tensor) -> Tensor:  # noqa: D102
+        onehot = torch.nn.functional.one_hot(y.long(), f.shape[-1]).to(f.dtype)
+        return torch.softmax(f, dim=-1) - onehot
 
     def check_targets(self, f: Tensor, y: Tensor) -> None:  # noqa: D102
         n, c = f.shape

@@ -11,7 +11,7 @@ Every product here is matrix-free; :meth:`LinearGaussianModel.dense_ggn` is the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from functools import cached_property
 
@@ -65,11 +65,16 @@ class LinearGaussianModel:
         check_finite("The training targets", y)
         self.likelihood.check_targets(f0, y.to(f0.device))
 
-    def ggn_vec(self, x: Tensor, tangents: Tensor) -> tuple[Tensor, Tensor]:
-        """``f_0(x)`` and ``Φ(x)ᵀ B Φ(x) z_k`` on a batch for ``[K, D]`` tangents."""
+    def ggn_vec(
+        self, x: Tensor, tangents: Tensor, at: Callable[[Tensor, Tensor], Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``f_0(x)`` and ``Φ(x)ᵀ B Φ(x) z_k`` on a batch for ``[K, D]`` tangents.
+
+        ``B`` is evaluated at ``at(x, f_0(x))`` if given, else at the offset ``f_0(x)``.
+        """
         f0, jz = self.features.jvp(x, tangents)
         _, pull = self.features.pullback(x)
-        return f0, pull(self.likelihood.hessian_vec(f0, jz))
+        return f0, pull(self.likelihood.hessian_vec(f0 if at is None else at(x, f0), jz))
 
     def precision_vec(self, tangents: Tensor, batches: Iterator[Batch] | None = None) -> Tensor:
         """``H z_k = M z_k + A z_k`` over the whole training set: ``[K, D]``."""

@@ -85,6 +85,7 @@ class Linearisation(FeatureOperator):
         self.tangent_batching = tangent_batching
         state = {n: p.detach().clone() for n, p in model.named_parameters()}
         state.update({n: b.detach().clone() for n, b in model.named_buffers()})
+        self._order = list(state)
         self._theta = {n: state.pop(n) for n in self.selection.names}
         self._frozen = state
         self.theta_star = self.selection.flatten(self._theta)
@@ -92,6 +93,19 @@ class Linearisation(FeatureOperator):
         self.dtype, self.device = self.theta_star.dtype, self.theta_star.device
         self.forward_ad: bool | None = None  # None until the first JVP tells
         self._per_example_vmap = True
+
+    def snapshot(self) -> dict[str, Tensor]:
+        """The private copy of every parameter and buffer, in the model's order."""
+        state = {**self._theta, **self._frozen}
+        return {name: state[name] for name in self._order}
+
+    def restore(self, state: dict[str, Tensor]) -> None:
+        """Replace the private copy (e.g. by a saved one); ``state`` must hold every tensor."""
+        for name in self._theta:
+            self._theta[name] = state[name].to(self.device)
+        for name in self._frozen:
+            self._frozen[name] = state[name].to(self.device)
+        self.theta_star = self.selection.flatten(self._theta)
 
     def _call(self, theta: dict[str, Tensor], x: Tensor) -> Tensor:
         with eval_mode(self.model):
@@ -190,8 +204,21 @@ class Linearisation(FeatureOperator):
         return out + jv
 
     def to_dense(self, x: Tensor) -> Tensor:
-        """The Jacobian ``J(x)``: ``[N, C, D]`` (built with ``torch.func.jacrev``)."""
+        """The Jacobian ``J(x)``: ``[N, C, D]``, as per-example ``torch.func.jacrev`` under ``vmap``.
+
+        Differentiating each example separately costs ``O(N C)`` backward passes of one example,
+        where ``jacrev`` of the whole batch would cost ``O(N C)`` passes of the whole batch.
+        """
         x = self._inputs(x)
+
+        def single(xi: Tensor) -> dict[str, Tensor]:
+            return jacrev(lambda theta: self._call(theta, xi[None])[0])(self._theta)
+
         with sdpa_kernel(SDPBackend.MATH):
+            if self._per_example_vmap:
+                try:
+                    return self.selection.flatten(vmap(single)(x), n_lead=2).detach()
+                except (NotImplementedError, RuntimeError):
+                    self._per_example_vmap = False
             jac = jacrev(lambda theta: self._call(theta, x))(self._theta)
         return self.selection.flatten(jac, n_lead=2).detach()

@@ -23,8 +23,6 @@ NORM_LAYERS = (
     nn.RMSNorm,
 )
 
-ParameterSpec = str | Sequence[str] | Tensor
-
 
 @dataclass(frozen=True)
 class ParameterSelection:
@@ -78,6 +76,9 @@ class ParameterSelection:
         return vector if self.indices is None else vector[..., self.indices]
 
 
+ParameterSpec = str | Sequence[str] | Tensor | ParameterSelection
+
+
 def _trainable(model: nn.Module) -> dict[str, Tensor]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
@@ -118,7 +119,8 @@ def select_parameters(
         parameters: ``"all"`` (every trainable parameter), ``"last_layer"`` (the parameters of the
             last leaf module, in registration order, that has any), a sequence of parameter names or
             ``fnmatch`` patterns (e.g. ``["*.lora_A", "*.lora_B"]`` for adapters), or an integer
-            tensor of flat indices into the concatenation of all trainable parameters.
+            tensor of flat indices into the concatenation of all trainable parameters, or a
+            :class:`ParameterSelection` (e.g. a saved one), checked against the model.
         exclude_norm: Drop the affine parameters of normalisation layers (BatchNorm, LayerNorm,
             GroupNorm, ...), as the reference implementation of sampled linearised Laplace does.
 
@@ -137,6 +139,8 @@ def select_parameters(
         norm = _norm_parameter_names(model)
         trainable = {n: p for n, p in trainable.items() if n not in norm}
     indices = None
+    if isinstance(parameters, ParameterSelection):
+        return _check_selection(trainable, parameters)
     if isinstance(parameters, Tensor):
         names, indices = _select_indices(trainable, parameters)
     elif isinstance(parameters, str) and parameters == "all":
@@ -162,6 +166,18 @@ def select_parameters(
         )
     shapes = tuple(trainable[n].shape for n in names)
     return ParameterSelection(tuple(names), shapes, indices)
+
+
+def _check_selection(
+    trainable: dict[str, Tensor], selection: ParameterSelection
+) -> ParameterSelection:
+    for name, shape in zip(selection.names, selection.shapes, strict=True):
+        if name not in trainable or trainable[name].shape != shape:
+            found = list(trainable[name].shape) if name in trainable else "no trainable tensor"
+            raise ValueError(
+                f"The parameter selection needs {name} of shape {list(shape)}; the model has {found}."
+            )
+    return selection
 
 
 def _select_names(trainable: dict[str, Tensor], patterns: Sequence[str]) -> list[str]:

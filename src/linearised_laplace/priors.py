@@ -34,12 +34,16 @@ class Prior:
         """Whether one precision is shared by all parameters."""
         return self.precision.numel() == 1
 
+    @property
+    def groups(self) -> Tensor:
+        """``[D]`` index into ``precision`` of each coordinate (all 0 when isotropic)."""
+        return torch.zeros_like(self.group_ids) if self.is_isotropic else self.group_ids
+
     def diag(
         self, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"
     ) -> Tensor:
         """The diagonal of ``A``: ``[D]``."""
-        ids = self.group_ids if not self.is_isotropic else torch.zeros_like(self.group_ids)
-        return self.precision[ids].to(dtype=dtype, device=device)
+        return self.precision[self.groups].to(dtype=dtype, device=device)
 
     def with_precision(self, precision: float | Sequence[float] | Tensor) -> Prior:
         """A copy with new precision values (same grouping)."""

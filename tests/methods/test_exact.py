@@ -60,3 +60,22 @@ def test_exact_refuses_what_does_not_fit_in_memory():
         MemoryError, match=r"ExactLaplace over D = 1000500 .* parameters='last_layer'"
     ):
         lla.ExactLaplace(big)
+
+
+def test_probit_and_extra_exact_samples_agree_with_monte_carlo():
+    net = mlp()
+    x, y = classification_data(30)
+    la = lla.ExactLaplace(net, prior_precision=0.5, n_samples=8, progress=False).fit((x, y))
+    x_new = torch.randn(5, 3)
+    samples = la.predictive_samples(x_new, n_samples=20_000)  # 8 stored + exact R⁻ᵀξ draws
+    assert samples.shape == (20_000, 5, 3)
+    torch.testing.assert_close(samples[:8], la.predictive_samples(x_new))
+    empirical = (samples - net(x_new).detach()).transpose(0, 1)
+    cov = torch.einsum("nsc,nse->nce", empirical, empirical) / 20_000
+    torch.testing.assert_close(cov, la.functional_variance(x_new), rtol=0.05, atol=2e-3)
+    mc = samples.softmax(-1).mean(0)
+    probit = la(x_new, link_approx="probit")
+    assert float((probit - mc).abs().max()) < 0.05  # MacKay's approximation, not exact
+    assert float((probit - net(x_new).softmax(-1)).abs().max()) > 1e-3  # but not the MAP either
+    with pytest.raises(ValueError, match="'mc' or 'probit'"):
+        la(x_new, link_approx="laplace")

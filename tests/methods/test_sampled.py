@@ -199,3 +199,13 @@ def test_divergence_raises_instead_of_returning_nan():
     la = lla.SampledLaplace(mlp(), n_samples=2, solver=lla.SGD(lr=100.0, n_epochs=20), **QUIET)
     with pytest.raises(lla.DivergenceError, match="Lower the step"):
         la.fit((x, y))
+
+
+def test_predictive_samples_subsets_and_refuses_more_than_drawn():
+    x, y = classification_data(20)
+    la = lla.SampledLaplace(mlp(), n_samples=4, solver=lla.SGD(n_epochs=2), **QUIET).fit((x, y))
+    torch.testing.assert_close(
+        la.predictive_samples(x[:3], n_samples=2), la.predictive_samples(x[:3])[:2]
+    )
+    with pytest.raises(ValueError, match="Only 4 posterior samples were drawn, 5 were asked for"):
+        la.predictive_samples(x[:3], n_samples=5)

@@ -1,33 +1,49 @@
-r"""What every linearised-Laplace method shares: configuration, the predictive, and fitted state.
+r"""What every linearised-Laplace method shares: configuration, the predictive, EM and persistence.
 
 A method linearises ``model`` at its current parameters ``θ*`` and infers the posterior of the tangent
 linear model ``f(x; θ*) + J(x) ζ``. Predictions are centred on the network's own outputs; the
 posterior enters through zero-mean samples ``ζ_s`` or, for exact methods, the covariance.
+
+With ``g_prior=True`` the features are ``J̃ = J diag(s)``, ``s = diag(JᵀBJ)^{-1/2}`` (computed once,
+at the first fit), and the prior is placed on the rescaled weights ``θ / s``. Internally samples
+live in those coordinates; ``posterior_samples`` reports them in the original ones.
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from .. import persistence
 from .._checks import check_positive_int
 from ..data import Data
+from ..em import EMState, EStep, check_em_settings, run_em
 from ..exceptions import NotFittedError
-from ..likelihoods import Categorical, Likelihood, make_likelihood
+from ..features import FeatureOperator
+from ..g_prior import ScaledFeatures, g_prior_scale, ggn_diagonal
+from ..likelihoods import Categorical, Gaussian, Likelihood, make_likelihood
 from ..linear_model import LinearGaussianModel
 from ..linearisation import Linearisation, TangentBatching
-from ..parameters import ParameterSpec
+from ..mean import MeanMode, MeanProblem, Newton, mean_mode, solve_mean
+from ..noise import NoiseSource
+from ..parameters import ParameterSelection, ParameterSpec
 from ..priors import make_prior
+from ..solvers import SGD
 
 LikelihoodSpec = Literal["classification", "regression"] | Likelihood
+TrainingData = DataLoader | tuple[Tensor, Tensor]
 
 
 class BaseLaplace(ABC):
-    """Shared constructor and predictive of the linearised-Laplace methods.
+    """Shared constructor, predictive, EM driver and persistence of the linearised-Laplace methods.
 
     Args:
         model: Trained network mapping ``x`` ``[N, ...]`` to outputs ``[N, C]``. It is never modified.
@@ -40,9 +56,12 @@ class BaseLaplace(ABC):
         parameters: Which parameters to linearise: ``"all"``, ``"last_layer"``, names or patterns,
             or flat indices (see :func:`~linearised_laplace.parameters.select_parameters`).
         exclude_norm: Leave normalisation-layer affine parameters out.
+        g_prior: Rescale features to unit GGN diagonal and put the prior on rescaled weights.
         tangent_batching: ``"loop"`` or ``"vmap"`` over samples in JVPs and VJPs.
         progress: Progress bars on long passes (``None``: only on a terminal).
     """
+
+    _estimates_gamma = True  # EM clips estimated effective dimensions; exact ones are not clipped
 
     def __init__(
         self,
@@ -55,6 +74,7 @@ class BaseLaplace(ABC):
         seed: int = 0,
         parameters: ParameterSpec = "all",
         exclude_norm: bool = False,
+        g_prior: bool = False,
         tangent_batching: TangentBatching = "loop",
         progress: bool | None = None,
     ):
@@ -71,9 +91,13 @@ class BaseLaplace(ABC):
         self.prior = make_prior(prior_precision, selection.group_ids, selection.names)
         self.n_samples = check_positive_int("n_samples", n_samples)
         self.seed = int(seed)
+        self.g_prior = bool(g_prior)
         self.progress = progress
-        self._samples: Tensor | None = None
+        self.scale: Tensor | None = None
+        self.em_history: list[dict] = []
+        self._samples: Tensor | None = None  # [S, D], in the (g-prior scaled) feature coordinates
 
+    # ------------------------------------------------------------------ properties
     @property
     def model(self) -> nn.Module:
         """The user's network (never modified)."""
@@ -98,14 +122,30 @@ class BaseLaplace(ABC):
     def posterior_samples(self) -> Tensor:
         """``[S, D]`` zero-mean posterior samples ``ζ_s`` over the linearised parameters."""
         self._check_fitted()
-        return self._samples
+        return self._samples if self.scale is None else self._samples * self.scale
 
-    def _linear_model(
-        self, train_loader: DataLoader | tuple[Tensor, Tensor]
-    ) -> LinearGaussianModel:
-        return LinearGaussianModel(
+    # ------------------------------------------------------------------ the linear model
+    def _features(self) -> FeatureOperator:
+        return (
+            self.linearisation
+            if self.scale is None
+            else ScaledFeatures(self.linearisation, self.scale)
+        )
+
+    def _anchor(self) -> Tensor:
+        """The network weights ``w*`` in the feature coordinates: ``θ* / s``."""
+        theta = self.linearisation.theta_star
+        return theta if self.scale is None else theta / self.scale
+
+    def _linear_model(self, train_loader: TrainingData) -> LinearGaussianModel:
+        model = LinearGaussianModel(
             self.linearisation, self.likelihood, self.prior, Data(train_loader)
         )
+        if self.g_prior and self.scale is None:
+            source = NoiseSource(self.seed, stream="g-prior")
+            diagonal = ggn_diagonal(model, source, progress=self.progress)
+            self.scale = g_prior_scale(diagonal).to(self.linearisation.dtype)
+        return replace(model, features=self._features())
 
     def _check_fitted(self) -> None:
         if self._samples is None:
@@ -114,27 +154,286 @@ class BaseLaplace(ABC):
             )
 
     @abstractmethod
-    def fit(self, train_loader: DataLoader | tuple[Tensor, Tensor]) -> BaseLaplace:
+    def fit(self, train_loader: TrainingData) -> BaseLaplace:
         """Infer the posterior from training data; returns ``self``."""
 
-    def predictive_samples(self, x: Tensor) -> Tensor:
+    # ------------------------------------------------------------------ predictive
+    def _samples_for(self, n_samples: int | None) -> Tensor:
+        """``[n, D]`` samples in the original coordinates (all stored ones by default)."""
+        samples = self.posterior_samples
+        if n_samples is None:
+            return samples
+        check_positive_int("n_samples", n_samples)
+        if n_samples > samples.shape[0]:
+            raise ValueError(
+                f"Only {samples.shape[0]} posterior samples were drawn, {n_samples} were asked for. "
+                f"Construct with n_samples={n_samples} and fit again."
+            )
+        return samples[:n_samples]
+
+    def predictive_samples(self, x: Tensor, n_samples: int | None = None) -> Tensor:
         r"""Function samples ``f(x; θ*) + J(x) ζ_s``: ``[S, N, C]``."""
-        self._check_fitted()
-        return self.linearisation.linearised_forward(x, self._samples)
+        return self.linearisation.linearised_forward(x, self._samples_for(n_samples))
 
     @abstractmethod
     def functional_variance(self, x: Tensor) -> Tensor:
         r"""Posterior covariance of ``f(x)`` per input, ``J(x) Σ J(x)ᵀ``: ``[N, C, C]``."""
 
-    def __call__(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+    def __call__(
+        self, x: Tensor, link_approx: Literal["mc", "probit"] = "mc"
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """The predictive at inputs ``x`` ``[N, ...]``.
 
+        Args:
+            x: Inputs.
+            link_approx: Classification only. ``"mc"``: average ``softmax(f_s(x))`` over the
+                posterior samples (keeps cross-class covariances). ``"probit"``: MacKay's
+                ``softmax(f(x; θ*) / (1 + π σ²/8)^{1/2})`` with the functional variances ``σ²``.
+
         Returns:
-            Classification: predictive probabilities ``[N, C]``, the Monte-Carlo average of
-            ``softmax(f_s(x))`` over the posterior samples. Regression: the mean ``f(x; θ*)``
-            ``[N, C]`` and the functional covariance ``[N, C, C]`` (add ``σ²`` for the noise).
+            Classification: predictive probabilities ``[N, C]``. Regression: the mean
+            ``f(x; θ*)`` ``[N, C]`` and the functional covariance ``[N, C, C]`` (add ``σ²`` for
+            the observation noise).
         """
         self._check_fitted()
-        if isinstance(self.likelihood, Categorical):
+        if not isinstance(self.likelihood, Categorical):
+            return self.linearisation.forward(x), self.functional_variance(x)
+        if link_approx == "mc":
             return torch.softmax(self.predictive_samples(x), dim=-1).mean(0)
-        return self.linearisation.forward(x), self.functional_variance(x)
+        if link_approx == "probit":
+            variance = self.functional_variance(x).diagonal(dim1=-2, dim2=-1)
+            kappa = (1 + math.pi * variance / 8).rsqrt()
+            return torch.softmax(kappa * self.linearisation.forward(x), dim=-1)
+        raise ValueError(f"`link_approx` must be 'mc' or 'probit', got {link_approx!r}.")
+
+    # ------------------------------------------------------------------ EM
+    def _mean_problem(self, model: LinearGaussianModel, mode: MeanMode) -> MeanProblem:
+        return MeanProblem(model, mode, self._anchor())
+
+    def _mean_step(
+        self,
+        model: LinearGaussianModel,
+        mode: MeanMode,
+        solver: Newton | SGD,
+        init: Tensor,
+        preconditioner: Tensor,
+        seed: int,
+    ) -> tuple[Tensor, float | None]:
+        """``θ̄`` ``[D]`` and, for a Gaussian likelihood, ``‖y − g(θ̄)‖²`` (one extra pass)."""
+        if mode is MeanMode.NETWORK:
+            mean = self._anchor()
+            outputs = lambda x: model.features.forward(x)  # noqa: E731
+        else:
+            problem = self._mean_problem(model, mode)
+            mean = solve_mean(problem, solver, init, preconditioner, seed, self.progress).samples[0]
+            outputs = lambda x: problem.outputs(x, mean[None])[0]  # noqa: E731
+        if not isinstance(model.likelihood, Gaussian):
+            return mean, None
+        residual = sum(
+            float((outputs(x) - y.reshape(len(y), -1).to(mean.dtype)).square().sum())
+            for _, x, y in model.data.batches()
+        )
+        return mean, residual
+
+    def _em(
+        self,
+        model: LinearGaussianModel,
+        e_step: Callable[[EMState], EStep],
+        mode: MeanMode,
+        max_iter: int,
+        tol: float,
+        update_sigma: bool,
+        checkpoint: str | Path | None,
+        settings: dict,
+    ) -> EMState:
+        """Run EM from scratch or from a matching checkpoint; returns the final state."""
+        fingerprint = {
+            "class": type(self).__name__,
+            "model": persistence.model_signature(self.linearisation.snapshot()),
+            "seed": self.seed,
+            "g_prior": self.g_prior,
+            "initial_prior_precision": self.prior.precision.tolist(),
+            "initial_sigma_noise": float(self.sigma_noise),
+            "mean": mode.value,
+            "update_sigma": update_sigma,
+            **settings,
+        }
+        anchor = self._anchor()
+        start = anchor.clone() if mode is MeanMode.AFFINE else torch.zeros_like(anchor)
+        state = EMState(0, self.prior.precision.clone(), float(self.sigma_noise), start)
+        if checkpoint is not None and Path(checkpoint).exists():
+            state = self._resume(checkpoint, fingerprint)
+
+        def save(new: EMState) -> None:
+            tensors = {"precision": new.precision, "mean": new.mean}
+            if new.samples is not None:
+                tensors["samples"] = new.samples
+            if self.scale is not None:
+                tensors["scale"] = self.scale
+            meta = {
+                "kind": "em-checkpoint",
+                "fingerprint": fingerprint,
+                "step": new.step,
+                "sigma": new.sigma,
+                "history": new.history,
+                "converged": new.converged,
+            }
+            persistence.write(checkpoint, tensors, meta)
+
+        n_obs = len(model.data) * model.n_outputs if update_sigma else None
+        state = run_em(
+            e_step,
+            state,
+            self.prior.groups,
+            max_iter=max_iter,
+            tol=tol,
+            n_observations=n_obs,
+            clip_gamma=self._estimates_gamma,
+            on_step=None if checkpoint is None else save,
+            progress=self.progress,
+        )
+        self.prior = self.prior.with_precision(state.precision)
+        if isinstance(self.likelihood, Gaussian):
+            self.likelihood = Gaussian(state.sigma)
+        self.em_history = state.history
+        return state
+
+    def _resume(self, checkpoint: str | Path, fingerprint: dict) -> EMState:
+        tensors, meta = persistence.read(checkpoint)
+        if meta.get("kind") != "em-checkpoint":
+            raise ValueError(f"{checkpoint} is not an EM checkpoint; pass another path.")
+        saved = meta["fingerprint"]
+        persistence.check_signature(saved["model"], fingerprint["model"], checkpoint)
+        differs = sorted(
+            k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k)
+        )
+        if differs:
+            raise ValueError(
+                f"{checkpoint} was written by an EM run with other settings (differs in: "
+                f"{', '.join(differs)}). Resume with the same arguments, or delete the file."
+            )
+        if "scale" in tensors:
+            self.scale = tensors["scale"].to(self.linearisation.dtype)
+        dtype = self.linearisation.dtype
+        samples = tensors.get("samples")
+        return EMState(
+            meta["step"],
+            tensors["precision"],
+            meta["sigma"],
+            tensors["mean"].to(dtype),
+            None if samples is None else samples.to(dtype),
+            meta["history"],
+            meta["converged"],
+        )
+
+    def _check_em(
+        self,
+        max_iter: int,
+        tol: float,
+        mean: str,
+        update_sigma: bool,
+        checkpoint: str | Path | None,
+        gamma: str = "function",
+    ) -> MeanMode:
+        """Validate EM arguments before any work; returns the mean mode."""
+        check_em_settings(max_iter, tol, gamma)
+        if update_sigma and not isinstance(self.likelihood, Gaussian):
+            raise ValueError("`update_sigma=True` needs a regression (Gaussian) likelihood.")
+        if checkpoint is not None:
+            persistence.check_writable(checkpoint)
+        return mean_mode(mean)
+
+    # ------------------------------------------------------------------ persistence
+    def _state_tensors(self) -> dict[str, Tensor]:
+        """Fitted tensors to save (subclasses add theirs)."""
+        return {}
+
+    def _restore(self, tensors: dict[str, Tensor], meta: dict) -> None:  # noqa: B027
+        """Restore what :meth:`_state_tensors` saved (nothing by default)."""
+
+    def _settings(self) -> dict:
+        """Constructor settings to save (subclasses add theirs)."""
+        return {}
+
+    def save(self, path: str | Path) -> None:
+        """Save the fitted posterior to ``path`` (safetensors with a JSON header; no pickle).
+
+        The file holds the linearisation point (every parameter and buffer the network used), the
+        samples and hyperparameters, so that :meth:`load` with the same architecture predicts
+        identically.
+        """
+        self._check_fitted()
+        selection = self.linearisation.selection
+        tensors = {f"state.{name}": t for name, t in self.linearisation.snapshot().items()}
+        tensors.update(samples=self._samples, prior_precision=self.prior.precision)
+        if self.scale is not None:
+            tensors["scale"] = self.scale
+        if selection.indices is not None:
+            tensors["selection_indices"] = selection.indices
+        tensors.update(self._state_tensors())
+        meta = {
+            "kind": "posterior",
+            "class": type(self).__name__,
+            "model": persistence.model_signature(self.linearisation.snapshot()),
+            "likelihood": self.likelihood.name,
+            "sigma_noise": float(self.sigma_noise),
+            "n_samples": self.n_samples,
+            "seed": self.seed,
+            "g_prior": self.g_prior,
+            "tangent_batching": self.linearisation.tangent_batching,
+            "selection": [
+                [n, list(s)] for n, s in zip(selection.names, selection.shapes, strict=True)
+            ],
+            "em_history": self.em_history,
+            **self._settings(),
+        }
+        persistence.write(path, tensors, meta)
+
+    @classmethod
+    def load(cls, path: str | Path, model: nn.Module, progress: bool | None = None) -> BaseLaplace:
+        """Load a posterior saved by :meth:`save` onto ``model`` (the same architecture)."""
+        tensors, meta = persistence.read(path)
+        if meta.get("kind") != "posterior" or meta.get("class") != cls.__name__:
+            raise ValueError(
+                f"{path} holds a {meta.get('class', meta.get('kind'))}, not a {cls.__name__}; "
+                f"load it with lla.{meta.get('class', 'SampledLaplace')}.load."
+            )
+        current = dict(model.named_parameters())
+        current.update(dict(model.named_buffers()))
+        persistence.check_signature(meta["model"], persistence.model_signature(current), path)
+        selection = ParameterSelection(
+            tuple(n for n, _ in meta["selection"]),
+            tuple(torch.Size(s) for _, s in meta["selection"]),
+            tensors.get("selection_indices"),
+        )
+        la = cls(
+            model,
+            meta["likelihood"],
+            prior_precision=tensors["prior_precision"],
+            sigma_noise=meta["sigma_noise"],
+            n_samples=meta["n_samples"],
+            seed=meta["seed"],
+            parameters=selection,
+            g_prior=meta["g_prior"],
+            tangent_batching=meta["tangent_batching"],
+            progress=progress,
+            **cls._settings_from(meta),
+        )
+        lin = la.linearisation
+        lin.restore({name: tensors[f"state.{name}"] for name, _ in meta["model"]})
+        la.scale = tensors.get("scale")
+        la.em_history = meta["em_history"]
+        la._samples = tensors["samples"].to(lin.device)
+        la._restore(tensors, meta)
+        return la
+
+    @classmethod
+    def _settings_from(cls, meta: dict) -> dict:
+        """Constructor keywords from saved settings (subclasses override)."""
+        return {}
+
+
+def solver_settings(solver: object) -> dict:
+    """A JSON-friendly description of a solver configuration."""
+    fields = {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(solver).items()}
+    return {"name": type(solver).__name__, **fields}

@@ -1,17 +1,26 @@
 r"""Sampled linearised Laplace (Antorán et al., ICLR 2023): posterior samples by sample-then-optimise.
 
 Memory is ``O(S·D)`` and each SGD step costs one JVP and one VJP per sample on a minibatch; neither
-the Jacobian nor any ``D×D`` matrix is ever formed.
+the Jacobian nor any ``D×D`` matrix is ever formed. The prior precision is learnt by sample-based EM.
 """
 
 from __future__ import annotations
 
-from torch import Tensor
-from torch.utils.data import DataLoader
+from dataclasses import replace
+from pathlib import Path
 
-from ..noise import NoiseSource, draw_posterior_noise
-from ..solvers import SGD, SolveInfo, Solver
-from .base import BaseLaplace
+from torch import Tensor
+
+from .._checks import check_positive_int
+from ..em import EMState, EStep, function_space_gamma, weight_space_gamma
+from ..likelihoods import Gaussian
+from ..linear_model import LinearGaussianModel
+from ..mean import Newton
+from ..noise import NoiseSource, PosteriorNoise, derive_seed, draw_posterior_noise
+from ..solvers import CG, SGD, Cholesky, SolveInfo, Solver
+from .base import BaseLaplace, TrainingData, solver_settings
+
+SOLVERS = {"SGD": SGD, "CG": CG, "Cholesky": Cholesky, "Newton": Newton}
 
 
 class SampledLaplace(BaseLaplace):
@@ -19,14 +28,20 @@ class SampledLaplace(BaseLaplace):
 
     ``fit`` draws ``S`` zero-mean samples ``ζ_s ~ N(0, H^{-1})``, ``H = JᵀBJ + A``, each the minimiser
     of a randomised quadratic solved by minibatch SGD using only JVPs and VJPs.
+    ``optimize_prior_precision`` learns ``α`` by sample-based EM.
 
     Args:
         model: Trained network (see :class:`~linearised_laplace.methods.base.BaseLaplace` for the
             shared keywords ``likelihood``, ``prior_precision``, ``sigma_noise``, ``n_samples``,
-            ``seed``, ``parameters``, ``exclude_norm``, ``tangent_batching``, ``progress``).
-        solver: :class:`~linearised_laplace.solvers.SGD` (default, with defaults that need no
-            tuning), :class:`~linearised_laplace.solvers.CG` or
+            ``seed``, ``parameters``, ``exclude_norm``, ``g_prior``, ``tangent_batching``,
+            ``progress``).
+        likelihood: ``"classification"`` or ``"regression"``.
+        solver: For the samples: :class:`~linearised_laplace.solvers.SGD` (default, with defaults
+            that need no tuning), :class:`~linearised_laplace.solvers.CG` or
             :class:`~linearised_laplace.solvers.Cholesky`.
+        mean_solver: For the linear model's mean in EM: :class:`~linearised_laplace.mean.Newton`
+            (default; full-batch Newton-CG, one data pass per CG iteration at one vector, precise)
+            or :class:`~linearised_laplace.solvers.SGD` (minibatch, as the seed paper).
         **kwargs: The shared keywords.
 
     Attributes:
@@ -42,13 +57,20 @@ class SampledLaplace(BaseLaplace):
     """
 
     def __init__(
-        self, model, likelihood="classification", *, solver: Solver | None = None, **kwargs
+        self,
+        model,
+        likelihood="classification",
+        *,
+        solver: Solver | None = None,
+        mean_solver: Newton | SGD | None = None,
+        **kwargs,
     ):
         super().__init__(model, likelihood, **kwargs)
         self.solver = SGD() if solver is None else solver
+        self.mean_solver = Newton() if mean_solver is None else mean_solver
         self.solve_info: SolveInfo | None = None
 
-    def fit(self, train_loader: DataLoader | tuple[Tensor, Tensor]) -> SampledLaplace:
+    def fit(self, train_loader: TrainingData) -> SampledLaplace:
         """Draw ``n_samples`` posterior samples at the current hyperparameters; returns ``self``.
 
         Args:
@@ -56,14 +78,115 @@ class SampledLaplace(BaseLaplace):
                 or a pair of tensors. Classification ``y`` are integer labels ``[N]``; regression
                 ``y`` is ``[N, C]`` (or ``[N]`` when ``C = 1``).
         """
-        model = self._linear_model(train_loader)
-        noise = draw_posterior_noise(model, self.n_samples, NoiseSource(self.seed), self.progress)
-        result = self.solver.solve(model, noise, seed=self.seed, progress=self.progress)
-        self._samples, self.solve_info = result.samples, result.info
+        self._draw(self._linear_model(train_loader))
         return self
+
+    def _draw(self, model: LinearGaussianModel, warm: Tensor | None = None) -> None:
+        noise = draw_posterior_noise(model, self.n_samples, NoiseSource(self.seed), self.progress)
+        init = None
+        if warm is not None:  # samples share noise by index, so the first rows warm-start exactly
+            init = noise.theta0(model.prior_diag()).clone()
+            rows = min(len(warm), len(init))
+            init[:rows] = warm[:rows]
+        result = self.solver.solve(model, noise, init=init, seed=self.seed, progress=self.progress)
+        self._samples, self.solve_info = result.samples, result.info
+
+    def optimize_prior_precision(
+        self,
+        train_loader: TrainingData,
+        max_iter: int = 10,
+        tol: float = 1e-2,
+        *,
+        mean: str = "tangent",
+        gamma: str = "function",
+        n_em_samples: int = 8,
+        update_sigma: bool = False,
+        checkpoint: str | Path | None = None,
+    ) -> list[dict]:
+        r"""Learn the prior precision by sample-based EM, then draw ``n_samples`` at the result.
+
+        Each step solves for the linear model's mean ``θ̄`` and ``K`` samples (both warm-started,
+        the samples' noise kept and rescaled to the new ``α``), estimates the effective dimension
+        ``γ̂`` from the samples, and sets ``α_g = γ̂_g / ‖θ̄_g‖²``.
+
+        Args:
+            train_loader: Training data, as for :meth:`fit`.
+            max_iter: EM steps at most.
+            tol: Stop when every ``|Δ log α|`` (and ``|Δ log σ|``) falls below this.
+            mean: ``"tangent"`` (the linear model's mode with outputs ``J w``; default),
+                ``"affine"`` (outputs ``f(x; θ*) + J(w − θ*)``) or ``"network"`` (use ``θ*``).
+            gamma: ``"function"`` (``(1/K) Σ_k ‖Jζ_k‖²_B``; default) or ``"weight"`` estimator.
+            n_em_samples: ``K``, samples per E-step (the final draw uses ``n_samples``).
+            update_sigma: Also learn the Gaussian noise (regression).
+            checkpoint: File to save the state to after every step; a run restarted with the same
+                arguments resumes from it.
+
+        Returns:
+            The history, one dict per step (step 0 is the start): ``prior_precision``, ``gamma``,
+            ``mean_norm_sq``, ``sigma_noise``, ``seconds``. Also kept as ``em_history``.
+        """
+        mode = self._check_em(max_iter, tol, mean, update_sigma, checkpoint, gamma)
+        k = check_positive_int("n_em_samples", n_em_samples)
+        model = self._linear_model(train_loader)
+        noise = draw_posterior_noise(model, k, NoiseSource(self.seed), self.progress)
+        sigma_ref = float(self.sigma_noise)
+        n_groups = self.prior.precision.numel()
+
+        def e_step(state: EMState) -> EStep:
+            current, scaled = self._at(model, noise, state, sigma_ref)
+            prior = current.prior_diag()
+            step_seed = derive_seed(self.seed, "em", state.step)
+            mean_w, residual = self._mean_step(
+                current, mode, self.mean_solver, state.mean, scaled.ggn_diag + prior, step_seed
+            )
+            result = self.solver.solve(
+                current, scaled, init=state.samples, seed=step_seed, progress=self.progress
+            )
+            if gamma == "function":
+                g = function_space_gamma(current, result.samples, n_groups)
+            else:
+                g = weight_space_gamma(prior, result.samples, self.prior.groups, n_groups)
+            return EStep(mean_w, g, result.samples, residual)
+
+        settings = {
+            "n_em_samples": k,
+            "gamma": gamma,
+            "solver": solver_settings(self.solver),
+            "mean_solver": solver_settings(self.mean_solver),
+        }
+        state = self._em(model, e_step, mode, max_iter, tol, update_sigma, checkpoint, settings)
+        self._draw(replace(model, prior=self.prior, likelihood=self.likelihood), state.samples)
+        return self.em_history
+
+    def _at(
+        self, model: LinearGaussianModel, noise: PosteriorNoise, state: EMState, sigma_ref: float
+    ) -> tuple[LinearGaussianModel, PosteriorNoise]:
+        """The model and its noise at the state's hyperparameters (noise rescaled, not redrawn)."""
+        current = replace(model, prior=self.prior.with_precision(state.precision))
+        if not isinstance(model.likelihood, Gaussian) or state.sigma == sigma_ref:
+            return current, noise
+        ratio = (
+            sigma_ref / state.sigma
+        )  # B ∝ σ⁻²: Jᵀ L ν scales by σ_ref/σ, diag(JᵀBJ) by its square
+        scaled = replace(noise, u=noise.u * ratio, ggn_diag=noise.ggn_diag * ratio**2)
+        return replace(current, likelihood=Gaussian(state.sigma)), scaled
 
     def functional_variance(self, x: Tensor) -> Tensor:
         r"""Sample estimate ``(1/S) Σ_s (J(x) ζ_s)(J(x) ζ_s)ᵀ`` (the mean is known to be 0): ``[N, C, C]``."""
         self._check_fitted()
-        _, jz = self.linearisation.jvp(x, self._samples)
+        _, jz = self.linearisation.jvp(x, self.posterior_samples)
         return (jz[..., :, None] * jz[..., None, :]).mean(0)
+
+    def _settings(self) -> dict:
+        return {
+            "solver": solver_settings(self.solver),
+            "mean_solver": solver_settings(self.mean_solver),
+        }
+
+    @classmethod
+    def _settings_from(cls, meta: dict) -> dict:
+        def build(spec: dict):
+            spec = dict(spec)
+            return SOLVERS[spec.pop("name")](**spec)
+
+        return {"solver": build(meta["solver"]), "mean_solver": build(meta["mean_solver"])}

@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -41,7 +43,10 @@ from ..linear_model import LinearGaussianModel
 from ..noise import PosteriorNoise, seeded_generator
 from .base import SolveInfo, SolveResult, relative_residual
 
+T = TypeVar("T")
 Callback = Callable[[int, Tensor], None]
+Residual = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+Logits = Callable[[Tensor, Tensor], Tensor]
 
 
 class Objective(str, Enum):
@@ -64,6 +69,7 @@ class SGD:
         batch_size: Minibatch size; defaults to the training loader's.
         clip: Global-norm clipping of the stacked ``[K, D]`` gradient, as a multiple of the first
             step's norm; ``None`` disables it.
+        retries: Restarts at half the step after a divergence before giving up.
         polyak: Rate ``ρ`` of Polyak (exponential) averaging ``z̄ ← z̄ + ρ (z − z̄)``; the average is
             returned. ``None`` returns the last iterate.
         objective: ``"low_variance"`` (default) or ``"naive"``.
@@ -73,7 +79,8 @@ class SGD:
             defaults to the batch size, so that ``λ̂`` reflects a minibatch's curvature (larger
             than the full data's), which is what limits a stable step.
         curvature_iters: Lanczos iterations for that estimate.
-        residual: Compute each sample's final relative residual (one extra data pass).
+        residual: Compute each sample's relative residual at the start and the end (two extra data
+            passes); an end worse than both the start and zero counts as a divergence.
     """
 
     n_epochs: int = 50
@@ -84,6 +91,7 @@ class SGD:
     batch_size: int | None = None
     clip: float | None = None
     polyak: float | None = None
+    retries: int = 3
     objective: Objective | str = Objective.LOW_VARIANCE
     precondition: bool = True
     curvature_points: int | None = None
@@ -133,12 +141,14 @@ def estimate_top_curvature(
     n_iter: int,
     generator: torch.Generator,
     scale: Tensor | None = None,
+    at: Logits | None = None,
 ) -> float:
     """``λ̂ ≈ λ_max(S H S)`` by Lanczos on a random subsample of ``m`` data points.
 
-    Here ``H ≈ (n/m) Σ_{i∈𝒮} Φ_iᵀ B_i Φ_i + A`` and ``S = diag(scale)`` (identity by default).
+    Here ``H ≈ (n/m) Σ_{i∈𝒮} Φ_iᵀ B_i Φ_i + A``, ``S = diag(scale)`` (identity by default), and
+    ``B_i`` is evaluated at ``at(x, f_0(x))`` (default: at ``f_0``).
     """
-    data = model.data
+    data, features = model.data, model.features
     subset = data.random_order(generator)[: min(n_points, len(data))]
     batches = [x for _, x, _ in data.batches(subset)]
     ratio = len(data) / subset.numel()
@@ -147,9 +157,8 @@ def estimate_top_curvature(
 
     def matvec(w: Tensor) -> Tensor:
         z = scale * w
-        return scale * (prior * z + ratio * sum(model.ggn_vec(x, z)[1] for x in batches))
+        return scale * (prior * z + ratio * sum(model.ggn_vec(x, z, at)[1] for x in batches))
 
-    features = model.features
     return top_eigenvalue(
         matvec,
         model.n_params,
@@ -158,6 +167,124 @@ def estimate_top_curvature(
         dtype=features.dtype,
         device=features.device,
     )
+
+
+def stochastic_minimise(
+    model: LinearGaussianModel,
+    residual: Residual,
+    centre: Tensor,
+    init: Tensor,
+    *,
+    config: SGD,
+    preconditioner: Tensor,
+    curvature: float,
+    generator: torch.Generator,
+    progress: bool | None = None,
+    callback: Callback | None = None,
+    desc: str = "SGD",
+) -> tuple[Tensor, int]:
+    """Minimise ``Σ_i ℓ_i(z_k) + ½ ‖z_k − c_k‖²_A`` for ``K`` rows at once by minibatch SGD.
+
+    The step is ``lr · P^{-1} g / λ̂`` with Nesterov momentum and a linear decay, where
+    ``g = (n/|𝔅|) Σ_{i∈𝔅} Φ_iᵀ r_i + A(z − c)`` and ``r_i = ∂ℓ_i/∂f`` comes from ``residual``.
+
+    Args:
+        model: The linear-Gaussian model (features, prior and data).
+        residual: ``(indices, x, y, z [K, D]) ↦ r`` ``[K, b, C]``, the output-space gradients.
+        centre: ``[K, D]`` (or broadcastable) centres ``c`` of the prior term.
+        init: ``[K, D]`` starting point.
+        config: SGD settings.
+        preconditioner: ``[D]`` diagonal ``P``.
+        curvature: ``λ̂``, the top eigenvalue of the preconditioned minibatch Hessian.
+        generator: Drives the minibatch order.
+        progress: Show a progress bar.
+        callback: Called as ``callback(step, z)`` after every step.
+        desc: Progress-bar label.
+
+    Returns:
+        The solution ``[K, D]`` (the Polyak average if enabled) and the number of steps.
+
+    Raises:
+        DivergenceError: The iterates became non-finite or unbounded.
+    """
+    features, data = model.features, model.data
+    prior = model.prior_diag()
+    batch_size = config.batch_size or data.batch_size
+    z = init.detach().clone().requires_grad_(True)
+    n_steps = config.n_epochs * math.ceil(len(data) / batch_size)
+    optimiser = torch.optim.SGD([z], lr=config.lr, momentum=config.momentum, nesterov=True)
+    schedule = torch.optim.lr_scheduler.LinearLR(
+        optimiser,
+        start_factor=1.0,
+        end_factor=config.lr_end,
+        total_iters=max(1, int(config.decay_fraction * n_steps)),
+    )
+    average = z.detach().clone() if config.polyak else None
+    bound = 1e3 * float(prior.max() / prior.min()) * float(centre.norm() + init.norm() + 1.0)
+    clip_norm = None
+    step = 0
+    with progress_bar(total=n_steps, enabled=progress, desc=desc) as bar:
+        for epoch in range(config.n_epochs):
+            for idx, x, y in data.batches(data.random_order(generator), batch_size):
+                _, pull = features.pullback(x)
+                data_term = pull(residual(idx, x, y, z.detach())) * (len(data) / idx.numel())
+                z.grad = (data_term + prior * (z.detach() - centre)) / (preconditioner * curvature)
+                if config.clip is not None:
+                    clip_norm = clip_norm or config.clip * float(z.grad.norm())
+                    torch.nn.utils.clip_grad_norm_([z], clip_norm)
+                optimiser.step()
+                schedule.step()
+                step += 1
+                if not bool(torch.isfinite(z).all()) or float(z.detach().norm()) > bound:
+                    raise DivergenceError(
+                        f"{desc} diverged at step {step} (epoch {epoch + 1}): the iterates became "
+                        f"non-finite or unbounded with lr={config.lr:g}. Lower the step, e.g. "
+                        f"SGD(lr={config.lr / 2:g}), or clip the gradient, e.g. SGD(clip=1.0)."
+                    )
+                if average is not None:
+                    average.lerp_(z.detach(), config.polyak)
+                if callback is not None:
+                    callback(step, (average if average is not None else z).detach())
+                bar.update()
+    return (average if average is not None else z).detach(), n_steps
+
+
+def with_backoff(attempt: Callable[[SGD], T], config: SGD, desc: str) -> T:
+    """Run ``attempt(config)``, retried from the start at half the step after a divergence.
+
+    Minibatch curvature is heavy-tailed (a batch holding a point with rare features can be far more
+    curved than the subsample that set ``λ̂``), so a step that is stable for most batches can
+    diverge on a few. Up to ``config.retries`` halvings are tried, each with a warning.
+    """
+    for attempt_index in range(config.retries + 1):
+        try:
+            return attempt(config)
+        except DivergenceError:
+            if attempt_index == config.retries:
+                raise
+            warnings.warn(
+                f"{desc} diverged with lr={config.lr:g}; retrying from the start with "
+                f"lr={config.lr / 2:g}.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            config = replace(config, lr=config.lr / 2)
+    raise AssertionError("unreachable")
+
+
+def check_residuals(residuals: Tensor, initial: Tensor, config: SGD, desc: str) -> None:
+    """Raise :class:`DivergenceError` if SGD ended worse than where it started and than zero.
+
+    ``residuals`` and ``initial`` are relative residuals (or gradients) at the end and the start;
+    a relative residual above 1 is worse than the zero solution.
+    """
+    worse = ~(residuals <= torch.clamp(initial, min=1.0))  # also catches NaN
+    if bool(worse.any()):
+        raise DivergenceError(
+            f"{desc} ended with a relative residual of {float(residuals.max()):.3g}, worse than at "
+            f"its start and than the zero solution, with lr={config.lr:g}. Lower the step, e.g. "
+            f"SGD(lr={config.lr / 2:g})."
+        )
 
 
 def sample_then_optimise(
@@ -191,70 +318,51 @@ def sample_then_optimise(
     features, likelihood, data = model.features, model.likelihood, model.data
     generator = seeded_generator(seed, "sgd")
     prior = model.prior_diag()
-    batch_size = config.batch_size or data.batch_size
-    diag = noise.ggn_diag + prior if config.precondition else torch.ones_like(prior)
+    preconditioner = noise.ggn_diag + prior if config.precondition else torch.ones_like(prior)
     curvature = estimate_top_curvature(
         model,
-        config.curvature_points or batch_size,
+        config.curvature_points or config.batch_size or data.batch_size,
         config.curvature_iters,
         generator,
-        diag.rsqrt(),
+        preconditioner.rsqrt(),
     )
     theta0 = noise.theta0(prior)
     nu = None
     if config.objective is Objective.NAIVE:  # per-point noise, regenerated from the noise source
         kw = {"dtype": features.dtype, "device": features.device}
         nu = noise.source.points(torch.arange(len(data)), noise.n_samples, model.n_outputs, **kw)
-    centre = theta0 if nu is not None else noise.theta_n(prior)
 
-    def gradient(idx: Tensor, x: Tensor, z: Tensor) -> Tensor:
-        f0, residual = features.jvp(x, z)
+    def residual(idx: Tensor, x: Tensor, y: Tensor, z: Tensor) -> Tensor:
+        f0, error = features.jvp(x, z)
         if nu is not None:
-            residual = residual - likelihood.noise_target(f0, nu[:, idx])
-        _, pull = features.pullback(x)
-        data_term = pull(likelihood.hessian_vec(f0, residual)) * (len(data) / idx.numel())
-        return (data_term + prior * (z - centre)) / (diag * curvature)
+            error = error - likelihood.noise_target(f0, nu[:, idx])
+        return likelihood.hessian_vec(f0, error)
 
-    z = (theta0 if init is None else init).detach().clone().requires_grad_(True)
-    n_steps = config.n_epochs * math.ceil(len(data) / batch_size)
-    optimiser = torch.optim.SGD([z], lr=config.lr, momentum=config.momentum, nesterov=True)
-    schedule = torch.optim.lr_scheduler.LinearLR(
-        optimiser,
-        start_factor=1.0,
-        end_factor=config.lr_end,
-        total_iters=max(1, int(config.decay_fraction * n_steps)),
-    )
-    average = z.detach().clone() if config.polyak else None
-    bound = 1e3 * float(prior.max() / prior.min()) * float(centre.norm() + z.detach().norm())
-    clip_norm = None
-    step = 0
-    with progress_bar(total=n_steps, enabled=progress, desc="sample-then-optimise") as bar:
-        for epoch in range(config.n_epochs):
-            for idx, x, _ in data.batches(data.random_order(generator), batch_size):
-                z.grad = gradient(idx, x, z.detach())
-                if config.clip is not None:
-                    clip_norm = clip_norm or config.clip * float(z.grad.norm())
-                    torch.nn.utils.clip_grad_norm_([z], clip_norm)
-                optimiser.step()
-                schedule.step()
-                step += 1
-                if not bool(torch.isfinite(z).all()) or float(z.detach().norm()) > bound:
-                    raise DivergenceError(
-                        f"Sample-then-optimise diverged at step {step} (epoch {epoch + 1}): the "
-                        f"iterates became non-finite or unbounded with lr={config.lr:g}. Lower "
-                        f"the step, e.g. solver=SGD(lr={config.lr / 2:g}), or clip the "
-                        "gradient, e.g. solver=SGD(clip=1.0)."
-                    )
-                if average is not None:
-                    average.lerp_(z.detach(), config.polyak)
-                if callback is not None:
-                    callback(step, (average if average is not None else z).detach())
-                bar.update()
-    samples = (average if average is not None else z).detach()
-    residual = (
-        relative_residual(model, samples, noise.rhs(prior))
-        if config.residual
-        else torch.full((noise.n_samples,), float("nan"))
-    )
-    info = SolveInfo(config.name, n_steps, residual, time.perf_counter() - start, curvature)
+    rhs = noise.rhs(prior)
+
+    def attempt(cfg: SGD) -> tuple[Tensor, int, Tensor]:
+        samples, n_steps = stochastic_minimise(
+            model,
+            residual,
+            theta0 if nu is not None else noise.theta_n(prior),
+            start_point,
+            config=cfg,
+            preconditioner=preconditioner,
+            curvature=curvature,
+            generator=seeded_generator(seed, "sgd", cfg.lr),
+            progress=progress,
+            callback=callback,
+            desc="sample-then-optimise",
+        )
+        if not cfg.residual:
+            return samples, n_steps, torch.full((noise.n_samples,), float("nan"))
+        residuals = relative_residual(model, samples, rhs)
+        check_residuals(residuals, initial, cfg, "sample-then-optimise")
+        return samples, n_steps, residuals
+
+    start_point = theta0 if init is None else init
+    initial = relative_residual(model, start_point, rhs) if config.residual else None
+
+    samples, n_steps, residuals = with_backoff(attempt, config, "sample-then-optimise")
+    info = SolveInfo(config.name, n_steps, residuals, time.perf_counter() - start, curvature)
     return SolveResult(samples, info)

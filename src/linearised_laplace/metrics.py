@@ -1,0 +1,238 @@
+r"""Predictive metrics: marginal and joint log-likelihoods, calibration, OOD detection, patches.
+
+Classification metrics take function samples ``f_s(x_n)`` (logits ``[S, N, C]``, e.g. from
+``la.predictive_samples``) or predictive probabilities ``[N, C]`` (from ``la(x)``). Log-likelihoods
+average *probabilities* over samples — ``log (1/S) Σ_s p(y | f_s)``, computed as a log-sum-exp —
+never log-probabilities, which would be a lower bound, not the predictive.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .noise import seeded_generator
+
+__all__ = [
+    "accuracy",
+    "brier_score",
+    "dyadic_joint_log_likelihood",
+    "expected_calibration_error",
+    "gaussian_log_likelihood",
+    "joint_log_likelihood",
+    "marginal_log_likelihood",
+    "ood_auroc",
+    "patch_log_likelihood",
+    "predictive_entropy",
+]
+
+
+def _check_labels(samples: Tensor, y: Tensor) -> None:
+    if samples.ndim != 3:
+        raise ValueError(f"Function samples must have shape [S, N, C], got {list(samples.shape)}.")
+    if y.shape != samples.shape[1:2]:
+        raise ValueError(
+            f"Labels must have shape [N] = [{samples.shape[1]}] to match samples "
+            f"{list(samples.shape)}, got {list(y.shape)}."
+        )
+
+
+def _check_probs(probs: Tensor, y: Tensor) -> None:
+    if probs.ndim != 2 or y.shape != probs.shape[:1]:
+        raise ValueError(
+            f"Expected probabilities [N, C] and labels [N], got {list(probs.shape)} and {list(y.shape)}."
+        )
+
+
+def _point_log_probs(samples: Tensor, y: Tensor) -> Tensor:
+    """``log p(y_n | f_s(x_n))``: ``[S, N]``."""
+    _check_labels(samples, y)
+    return torch.log_softmax(samples.double(), -1).gather(
+        -1, y.long()[None, :, None].expand(samples.shape[0], -1, 1)
+    )[..., 0]
+
+
+def marginal_log_likelihood(samples: Tensor, y: Tensor) -> Tensor:
+    """``log (1/S) Σ_s p(y_n | f_s(x_n))`` per test point: ``[N]``."""
+    log_p = _point_log_probs(samples, y)
+    return torch.logsumexp(log_p, 0) - math.log(log_p.shape[0])
+
+
+def joint_log_likelihood(samples: Tensor, y: Tensor, kappa: int, seed: int = 0) -> Tensor:
+    """Joint log-likelihood of disjoint random ``κ``-tuples of test points: ``[N // κ]`` totals.
+
+    ``log (1/S) Σ_s Π_{n∈T} p(y_n | f_s(x_n))``: the same sample ``s`` for every point of a tuple
+    ``T``, which is what rewards correlated predictions. Tuples are a seeded random partition (a
+    remainder of ``N mod κ`` points is left out). ``κ = 1`` gives the marginal log-likelihood.
+    Divide by ``κ`` for a per-point value.
+    """
+    log_p = _point_log_probs(samples, y)
+    n = log_p.shape[1]
+    if not (isinstance(kappa, int) and 1 <= kappa <= n):
+        raise ValueError(
+            f"`kappa` must be an integer in [1, {n}] (the number of test points), got {kappa!r}."
+        )
+    order = torch.randperm(n, generator=seeded_generator(seed, "joint", kappa))[: n - n % kappa]
+    tuples = log_p[:, order].reshape(log_p.shape[0], -1, kappa).sum(-1)
+    return torch.logsumexp(tuples, 0) - math.log(log_p.shape[0])
+
+
+def dyadic_joint_log_likelihood(
+    samples: Tensor, y: Tensor, kappa: int = 10, seed: int = 0
+) -> Tensor:
+    """Dyadic joint log-likelihood (Osband et al.'s neural testbed): ``[N // 2]`` pair values.
+
+    Test points are paired at random; for each pair ``(a, b)`` draw ``c ~ U{1, …, κ−1}`` and score
+    the ``κ`` labels made of ``c`` copies of ``(x_a, y_a)`` and ``κ − c`` of ``(x_b, y_b)``:
+    ``log (1/S) Σ_s p(y_a|f_s(x_a))^c p(y_b|f_s(x_b))^{κ−c}``. Repeated points make the score
+    sensitive to whether predictions are correlated, even on easy test sets.
+    """
+    log_p = _point_log_probs(samples, y)
+    n = log_p.shape[1]
+    if not (isinstance(kappa, int) and kappa >= 2) or n < 2:
+        raise ValueError(
+            f"Dyadic sampling needs kappa >= 2 and at least 2 test points; got kappa={kappa!r}, N={n}."
+        )
+    gen = seeded_generator(seed, "dyadic", kappa)
+    order = torch.randperm(n, generator=gen)[: n - n % 2].reshape(2, -1)
+    copies = torch.randint(1, kappa, (order.shape[1],), generator=gen).to(log_p)
+    scores = copies * log_p[:, order[0]] + (kappa - copies) * log_p[:, order[1]]
+    return torch.logsumexp(scores, 0) - math.log(log_p.shape[0])
+
+
+def accuracy(probs: Tensor, y: Tensor) -> float:
+    """Fraction of ``argmax`` predictions equal to the label."""
+    _check_probs(probs, y)
+    return float((probs.argmax(-1) == y).double().mean())
+
+
+def brier_score(probs: Tensor, y: Tensor) -> float:
+    """``(1/N) Σ_n Σ_c (p_nc − 1[y_n = c])²``."""
+    _check_probs(probs, y)
+    onehot = torch.nn.functional.one_hot(y.long(), probs.shape[-1]).to(probs)
+    return float((probs - onehot).square().sum(-1).mean())
+
+
+def expected_calibration_error(probs: Tensor, y: Tensor, n_bins: int = 15) -> float:
+    """``Σ_b (|B_b|/N) |accuracy(B_b) − confidence(B_b)|`` over equal-width confidence bins."""
+    _check_probs(probs, y)
+    confidence, prediction = probs.max(-1)
+    correct = (prediction == y).double()
+    bins = torch.clamp((confidence * n_bins).long(), max=n_bins - 1)
+    total = 0.0
+    for b in range(n_bins):
+        mask = bins == b
+        if mask.any():
+            total += float(
+                mask.double().mean()
+                * (correct[mask].mean() - confidence[mask].double().mean()).abs()
+            )
+    return total
+
+
+def predictive_entropy(probs: Tensor) -> Tensor:
+    """``−Σ_c p_c log p_c`` per point: ``[N]``."""
+    return -(probs * probs.clamp_min(1e-30).log()).sum(-1)
+
+
+def ood_auroc(probs_in: Tensor, probs_out: Tensor) -> float:
+    """Area under the ROC curve separating out-of-distribution from in-distribution inputs.
+
+    The score is the predictive entropy; the AUROC equals the probability that an OOD input has a
+    higher entropy than an in-distribution one (ties count one half).
+    """
+    h_in, h_out = predictive_entropy(probs_in).double(), predictive_entropy(probs_out).double()
+    if h_in.numel() == 0 or h_out.numel() == 0:
+        raise ValueError("OOD AUROC needs at least one in-distribution and one OOD input.")
+    scores = torch.cat([h_in, h_out])
+    ranks = torch.empty_like(scores)
+    ordered, order = scores.sort()
+    ranks[order] = torch.arange(1, scores.numel() + 1, dtype=torch.float64)
+    for value in ordered.unique_consecutive():  # average ranks over ties
+        tied = scores == value
+        ranks[tied] = ranks[tied].mean()
+    n_in, n_out = h_in.numel(), h_out.numel()
+    return float((ranks[n_in:].sum() - n_out * (n_out + 1) / 2) / (n_in * n_out))
+
+
+def gaussian_log_likelihood(
+    mean: Tensor, covariance: Tensor, y: Tensor, sigma_noise: float = 0.0
+) -> Tensor:
+    """``log N(y_n | μ_n, Σ_n + σ² I)`` per point: ``[N]``.
+
+    Args:
+        mean: ``[N, C]`` predictive means.
+        covariance: ``[N, C, C]`` functional covariances (or ``[N, C]`` variances).
+        y: ``[N, C]`` (or ``[N]`` when ``C = 1``) targets.
+        sigma_noise: Observation noise added to the diagonal.
+    """
+    n, c = mean.shape
+    cov = torch.diag_embed(covariance) if covariance.ndim == 2 else covariance
+    if cov.shape != (n, c, c) or y.numel() != n * c:
+        raise ValueError(
+            f"Expected mean [N, C], covariance [N, C, C] or [N, C] and targets [N, C]; got "
+            f"{list(mean.shape)}, {list(covariance.shape)} and {list(y.shape)}."
+        )
+    cov = cov.double() + sigma_noise**2 * torch.eye(c, dtype=torch.float64)
+    dist = torch.distributions.MultivariateNormal(mean.double(), covariance_matrix=cov)
+    return dist.log_prob(y.reshape(n, c).double())
+
+
+def patch_log_likelihood(
+    samples: Tensor, mean: Tensor, truth: Tensor, patch_size: int, jitter: float = 1e-6
+) -> float:
+    """Per-pixel Gaussian log-likelihood of an image over non-overlapping ``p×p`` patches.
+
+    Each patch ``P`` (tiling from the top-left; border patches may be smaller) is scored with
+    ``log N(x_P | μ_P, Σ̂_P + δI)``, ``Σ̂_P = (1/S) Σ_s e_{s,P} e_{s,P}ᵀ`` the second moment of the
+    zero-mean sample deviations; the result is ``Σ_P log p_P / Σ_P |P|``. ``p = 1`` gives the
+    marginal (per-pixel) log-likelihood. Computed in float64 (method-spec §6.3).
+
+    Args:
+        samples: ``[S, H, W]`` zero-mean deviations ``J(x) ζ_s`` of the image.
+        mean: ``[H, W]`` predictive mean (the reconstruction).
+        truth: ``[H, W]`` ground truth.
+        patch_size: ``p``.
+        jitter: ``δ``, added to every patch covariance.
+    """
+    if samples.ndim != 3 or mean.shape != samples.shape[1:] or truth.shape != mean.shape:
+        raise ValueError(
+            f"Expected samples [S, H, W], mean [H, W] and truth [H, W]; got {list(samples.shape)}, "
+            f"{list(mean.shape)} and {list(truth.shape)}."
+        )
+    height, width = mean.shape
+    if not (isinstance(patch_size, int) and 1 <= patch_size <= min(height, width)):
+        raise ValueError(
+            f"`patch_size` must be an integer in [1, {min(height, width)}] for a {height}×{width} image, got {patch_size!r}."
+        )
+    error, samples = (truth - mean).double(), samples.double()
+    total = 0.0
+    for rows, cols in _patch_blocks(height, width, patch_size):
+        dev = _patches(samples[:, rows, cols], patch_size)  # [P, S, q]
+        cov = dev.transpose(1, 2) @ dev / dev.shape[1]
+        cov = cov + jitter * torch.eye(cov.shape[-1], dtype=torch.float64)
+        target = _patches(error[None, rows, cols], patch_size)[:, 0]  # [P, q]
+        dist = torch.distributions.MultivariateNormal(
+            torch.zeros_like(target), covariance_matrix=cov
+        )
+        total += float(dist.log_prob(target).sum())
+    return total / (height * width)
+
+
+def _patch_blocks(height: int, width: int, p: int) -> list[tuple[slice, slice]]:
+    """Regions of equal patch shape: the full-patch interior and the smaller border strips."""
+    rows = [slice(0, height - height % p)] + (
+        [slice(height - height % p, height)] if height % p else []
+    )
+    cols = [slice(0, width - width % p)] + ([slice(width - width % p, width)] if width % p else [])
+    return [(r, c) for r in rows for c in cols]
+
+
+def _patches(images: Tensor, p: int) -> Tensor:
+    """Split ``[S, h, w]`` (``h``, ``w`` multiples of ``p`` or a border strip) into ``[P, S, q]``."""
+    s, h, w = images.shape
+    ph, pw = min(p, h), min(p, w)
+    blocks = images.reshape(s, h // ph, ph, w // pw, pw).permute(1, 3, 0, 2, 4)
+    return blocks.reshape(-1, s, ph * pw)
