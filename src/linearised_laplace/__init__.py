@@ -19,7 +19,9 @@ from .linear_model import LinearGaussianModel
 from .linearisation import Linearisation
 from .mean import Newton
 from .methods.exact import ExactLaplace
+from .methods.nystrom import NystromLaplace
 from .methods.sampled import SampledLaplace
+from .methods.subnetwork import SubnetworkLaplace
 from .noise import NoiseSource, PosteriorNoise, draw_posterior_noise
 from .parameters import ParameterSelection, select_parameters
 from .priors import Prior, make_prior
@@ -40,6 +42,8 @@ __all__ = [
     "Linearisation",
     "MatrixFeatures",
     "Newton",
+    "NystromLaplace",
+    "ELLA",
     "NoiseSource",
     "NotFittedError",
     "Objective",
@@ -48,6 +52,7 @@ __all__ = [
     "Prior",
     "SampledLaplace",
     "ScaledFeatures",
+    "SubnetworkLaplace",
     "SolveInfo",
     "SolveResult",
     "draw_posterior_noise",
@@ -55,5 +60,7 @@ __all__ = [
     "metrics",
     "select_parameters",
 ]
+
+ELLA = NystromLaplace
 
 __version__ = "0.1.0"

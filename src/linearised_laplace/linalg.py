@@ -17,37 +17,42 @@ def conjugate_gradient(
     *,
     rtol: float = 1e-10,
     max_iter: int = 1000,
+    preconditioner: MatVec | None = None,
 ) -> tuple[Tensor, int, Tensor]:
-    """Solve ``H x_k = b_k`` for a symmetric positive-definite ``H``, one CG per row.
+    """Solve ``H x_k = b_k`` for a symmetric positive-definite ``H``, one (P)CG per row.
 
     Args:
-        matvec: ``Z [K, D] ↦ H Z`` row-wise.
-        rhs: ``[K, D]`` right-hand sides.
-        x0: Optional ``[K, D]`` initial guess (warm start).
+        matvec: ``Z [K, n] ↦ H Z`` row-wise.
+        rhs: ``[K, n]`` right-hand sides.
+        x0: Optional ``[K, n]`` initial guess (warm start).
         rtol: Stop when every relative residual ``‖b − H x‖ / ‖b‖`` is below this.
         max_iter: Iteration cap.
+        preconditioner: ``R ↦ P^{-1} R`` row-wise for an SPD ``P ≈ H``; none by default.
 
     Returns:
-        ``(x [K, D], iterations, relative residuals [K])``.
+        ``(x [K, n], iterations, relative residuals [K])``.
     """
+    apply = (lambda r: r) if preconditioner is None else preconditioner
     x = torch.zeros_like(rhs) if x0 is None else x0.clone()
     r = rhs - matvec(x) if x0 is not None else rhs.clone()
-    p = r.clone()
-    rs = (r * r).sum(-1)
+    z = apply(r)
+    p = z.clone()
+    rz = (r * z).sum(-1)
     norm_b = rhs.norm(dim=-1).clamp_min(torch.finfo(rhs.dtype).tiny)
     n_iter = 0
-    while n_iter < max_iter and bool((rs.sqrt() / norm_b > rtol).any()):
+    while n_iter < max_iter and bool((r.norm(dim=-1) / norm_b > rtol).any()):
         hp = matvec(p)
         curvature = (p * hp).sum(-1)
-        alpha = torch.where(curvature > 0, rs / curvature.clamp_min(1e-300), 0.0)
+        alpha = torch.where(curvature > 0, rz / curvature.clamp_min(1e-300), 0.0)
         x += alpha[:, None] * p
         r -= alpha[:, None] * hp
-        rs_new = (r * r).sum(-1)
-        beta = torch.where(rs > 0, rs_new / rs.clamp_min(1e-300), 0.0)
-        p = r + beta[:, None] * p
-        rs = rs_new
+        z = apply(r)
+        rz_new = (r * z).sum(-1)
+        beta = torch.where(rz > 0, rz_new / rz.clamp_min(1e-300), 0.0)
+        p = z + beta[:, None] * p
+        rz = rz_new
         n_iter += 1
-    return x, n_iter, rs.sqrt() / norm_b
+    return x, n_iter, r.norm(dim=-1) / norm_b
 
 
 def top_eigenvalue(
@@ -93,3 +98,49 @@ def top_eigenvalue(
     off = torch.tensor(betas[: k - 1], dtype=torch.float64)
     tri += torch.diag(off, 1) + torch.diag(off, -1)
     return float(torch.linalg.eigvalsh(tri)[-1])
+
+
+def top_eigenpairs(
+    matvec: MatVec,
+    n: int,
+    rank: int,
+    *,
+    oversample: int = 10,
+    power_iters: int = 2,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+) -> tuple[Tensor, Tensor]:
+    """Top ``rank`` eigenpairs of a symmetric PSD operator by randomised subspace iteration.
+
+    Halko, Martinsson and Tropp (2011), Alg. 4.4 + 5.3: ``Q = orth(H^{q+1} Ω)`` for a Gaussian
+    ``Ω`` ``[n, rank + oversample]``, then the eigenpairs of ``Qᵀ H Q``. When ``rank + oversample``
+    reaches ``n`` the operator is applied to the identity and decomposed exactly.
+
+    Args:
+        matvec: ``Z [k, n] ↦ H Z`` row-wise.
+        n: Dimension.
+        rank: Number of eigenpairs.
+        oversample: Extra random directions.
+        power_iters: Subspace iterations ``q``.
+        generator: For ``Ω``.
+        dtype: dtype of the products (the small eigenproblem runs in float64).
+        device: Their device.
+
+    Returns:
+        Eigenvalues ``[rank]`` (descending) and eigenvectors ``[n, rank]`` (float64).
+    """
+    width = rank + oversample
+    if width >= n:
+        basis = torch.eye(n, dtype=dtype, device=device)
+        power_iters = 0
+    else:
+        omega = torch.randn(width, n, generator=generator, dtype=torch.float64)
+        basis = torch.linalg.qr(matvec(omega.to(dtype=dtype, device=device)).double().T)[0].T
+    for _ in range(power_iters):
+        basis = torch.linalg.qr(matvec(basis.to(dtype)).double().T)[0].T
+    basis = basis.double()
+    small = basis @ matvec(basis.to(dtype)).double().T  # Qᵀ H Q, [width, width]
+    values, vectors = torch.linalg.eigh(0.5 * (small + small.T))
+    order = values.argsort(descending=True)[:rank]
+    return values[order], basis.T @ vectors[:, order]

@@ -122,6 +122,14 @@ class Linearisation(FeatureOperator):
         with torch.no_grad():
             return self._call(self._theta, self._inputs(x))
 
+    def evaluate(self, x: Tensor, theta: Tensor) -> Tensor:
+        """The network ``f(x; θ)`` at other values ``θ`` ``[D]`` of the linearised parameters: ``[N, C]``.
+
+        Not linearised, and differentiable in ``θ``.
+        """
+        delta = self.selection.unflatten(theta - self.theta_star)
+        return self._call({n: self._theta[n] + d for n, d in delta.items()}, self._inputs(x))
+
     def jvp(self, x: Tensor, tangents: Tensor) -> tuple[Tensor, Tensor]:
         """``f(x; θ*)`` ``[N, C]`` and ``J(x) v_k`` ``[K, N, C]`` for tangents ``[K, D]``."""
         x = self._inputs(x)

@@ -92,6 +92,7 @@ class BaseLaplace(ABC):
         self.n_samples = check_positive_int("n_samples", n_samples)
         self.seed = int(seed)
         self.g_prior = bool(g_prior)
+        self.exclude_norm = bool(exclude_norm)
         self.progress = progress
         self.scale: Tensor | None = None
         self.em_history: list[dict] = []
@@ -122,30 +123,51 @@ class BaseLaplace(ABC):
     def posterior_samples(self) -> Tensor:
         """``[S, D]`` zero-mean posterior samples ``ζ_s`` over the linearised parameters."""
         self._check_fitted()
-        return self._samples if self.scale is None else self._samples * self.scale
+        return self._to_parameters(self._samples)
 
     # ------------------------------------------------------------------ the linear model
+    # The posterior lives in "feature coordinates": the parameters rescaled by the g-prior and,
+    # for methods with a basis (Nyström), projected onto it. These hooks convert.
     def _features(self) -> FeatureOperator:
-        return (
+        """The feature operator in the posterior's coordinates."""
+        scaled = (
             self.linearisation
             if self.scale is None
             else ScaledFeatures(self.linearisation, self.scale)
         )
+        return self._transform(scaled)
+
+    def _transform(self, features: FeatureOperator) -> FeatureOperator:
+        """Hook: a further map of the (scaled) features, e.g. onto a basis."""
+        return features
+
+    def _to_parameters(self, z: Tensor) -> Tensor:
+        """``[S, P]`` feature coordinates to ``[S, D]`` parameters."""
+        return z if self.scale is None else z * self.scale
 
     def _anchor(self) -> Tensor:
-        """The network weights ``w*`` in the feature coordinates: ``θ* / s``."""
+        """The network weights ``θ*`` in feature coordinates."""
         theta = self.linearisation.theta_star
         return theta if self.scale is None else theta / self.scale
 
+    def _select(self, data: Data) -> None:  # noqa: B027
+        """Hook run on the training data before anything else (e.g. subnetwork selection)."""
+
+    def _fit_basis(self, model: LinearGaussianModel) -> None:  # noqa: B027
+        """Hook run once the (scaled) linear model exists (e.g. a Nyström basis)."""
+
     def _linear_model(self, train_loader: TrainingData) -> LinearGaussianModel:
-        model = LinearGaussianModel(
-            self.linearisation, self.likelihood, self.prior, Data(train_loader)
-        )
+        data = Data(train_loader)
+        self._select(data)
+        model = LinearGaussianModel(self.linearisation, self.likelihood, self.prior, data)
         if self.g_prior and self.scale is None:
             source = NoiseSource(self.seed, stream="g-prior")
             diagonal = ggn_diagonal(model, source, progress=self.progress)
             self.scale = g_prior_scale(diagonal).to(self.linearisation.dtype)
-        return replace(model, features=self._features())
+        if self.scale is not None:
+            model = replace(model, features=ScaledFeatures(self.linearisation, self.scale))
+        self._fit_basis(model)
+        return replace(model, features=self._features(), prior=self.prior)
 
     def _check_fitted(self) -> None:
         if self._samples is None:

@@ -43,10 +43,12 @@ class ExactLaplace(BaseLaplace):
         self, model, likelihood="classification", *, mean_solver: Newton | None = None, **kwargs
     ):
         super().__init__(model, likelihood, **kwargs)
-        d = self.n_params
+        self._init_exact(self.n_params, mean_solver)
+
+    def _init_exact(self, dim: int, mean_solver: Newton | None) -> None:
         check_sample_budget(
-            2 * d * d,
-            f"ExactLaplace over D = {d} parameters (two dense {d}×{d} matrices)",
+            2 * dim * dim,
+            f"{type(self).__name__} over {dim} parameters (two dense {dim}×{dim} matrices)",
             "Use SampledLaplace, or linearise fewer parameters (e.g. parameters='last_layer').",
         )
         self.mean_solver = Newton(rtol=1e-10) if mean_solver is None else mean_solver
@@ -67,12 +69,18 @@ class ExactLaplace(BaseLaplace):
         self._factor = cholesky(ggn + torch.diag(prior))
         self._samples = cholesky_solve(self._factor, noise.rhs(prior)).to(self.linearisation.dtype)
 
+    @property
+    def feature_covariance(self) -> Tensor:
+        """``H^{-1}`` in the feature coordinates (g-prior scaled, or the Nyström basis): float64."""
+        self._check_fitted()
+        return torch.cholesky_inverse(self._factor)
+
     def _scale64(self) -> Tensor:
-        return (
-            torch.ones(self.n_params, dtype=torch.float64)
-            if self.scale is None
-            else self.scale.double()
-        )
+        if self.scale is None:
+            return torch.ones(
+                self._factor.shape[0], dtype=torch.float64, device=self._factor.device
+            )
+        return self.scale.double()
 
     @property
     def posterior_precision(self) -> Tensor:
@@ -84,9 +92,8 @@ class ExactLaplace(BaseLaplace):
     @property
     def posterior_covariance(self) -> Tensor:
         """``Σ = H^{-1}`` in the original coordinates: float64 ``[D, D]``."""
-        self._check_fitted()
         s = self._scale64()
-        return s[:, None] * torch.cholesky_inverse(self._factor) * s[None, :]
+        return s[:, None] * self.feature_covariance * s[None, :]
 
     def functional_variance(self, x: Tensor) -> Tensor:
         r"""Exact ``J(x) H^{-1} J(x)ᵀ`` per input: ``[N, C, C]``."""
@@ -104,14 +111,12 @@ class ExactLaplace(BaseLaplace):
             return super()._samples_for(n_samples)
         extra = NoiseSource(self.seed, stream="predictive").prior(
             n_samples - stored.shape[0],
-            self.n_params,
+            self._factor.shape[0],
             dtype=torch.float64,
             device=self._factor.device,
         )
-        more = (
-            torch.linalg.solve_triangular(self._factor.T, extra.T, upper=True).T * self._scale64()
-        )
-        return torch.cat([stored, more.to(stored.dtype)])
+        more = torch.linalg.solve_triangular(self._factor.T, extra.T, upper=True).T
+        return torch.cat([stored, self._to_parameters(more.to(stored.dtype))])
 
     def optimize_prior_precision(
         self,

@@ -12,15 +12,17 @@ from pathlib import Path
 from torch import Tensor
 
 from .._checks import check_positive_int
+from ..dual import observations, solve_dual
 from ..em import EMState, EStep, function_space_gamma, weight_space_gamma
 from ..likelihoods import Gaussian
 from ..linear_model import LinearGaussianModel
 from ..mean import Newton
 from ..noise import NoiseSource, PosteriorNoise, derive_seed, draw_posterior_noise
-from ..solvers import CG, SGD, Cholesky, SolveInfo, Solver
+from ..solvers import CG, SGD, Cholesky, SolveInfo, Solver, SolveResult
 from .base import BaseLaplace, TrainingData, solver_settings
 
 SOLVERS = {"SGD": SGD, "CG": CG, "Cholesky": Cholesky, "Newton": Newton}
+SPACES = ("auto", "primal", "dual")
 
 
 class SampledLaplace(BaseLaplace):
@@ -36,12 +38,16 @@ class SampledLaplace(BaseLaplace):
             ``seed``, ``parameters``, ``exclude_norm``, ``g_prior``, ``tangent_batching``,
             ``progress``).
         likelihood: ``"classification"`` or ``"regression"``.
-        solver: For the samples: :class:`~linearised_laplace.solvers.SGD` (default, with defaults
-            that need no tuning), :class:`~linearised_laplace.solvers.CG` or
-            :class:`~linearised_laplace.solvers.Cholesky`.
+        solver: For the samples: :class:`~linearised_laplace.solvers.SGD` (the primal default,
+            with defaults that need no tuning), :class:`~linearised_laplace.solvers.CG` (the dual
+            default, ``rtol=1e-6``) or :class:`~linearised_laplace.solvers.Cholesky`.
         mean_solver: For the linear model's mean in EM: :class:`~linearised_laplace.mean.Newton`
             (default; full-batch Newton-CG, one data pass per CG iteration at one vector, precise)
             or :class:`~linearised_laplace.solvers.SGD` (minibatch, as the seed paper).
+        space: ``"primal"`` (weight space, ``K × D`` unknowns), ``"dual"`` (observation space,
+            ``K × n·C`` unknowns, pathwise conditioning; see :mod:`linearised_laplace.dual`) or
+            ``"auto"`` (default: dual when ``n·C < D``). Both give the same samples for the same
+            seed, up to the solver's tolerance.
         **kwargs: The shared keywords.
 
     Attributes:
@@ -63,12 +69,44 @@ class SampledLaplace(BaseLaplace):
         *,
         solver: Solver | None = None,
         mean_solver: Newton | SGD | None = None,
+        space: str = "auto",
         **kwargs,
     ):
         super().__init__(model, likelihood, **kwargs)
-        self.solver = SGD() if solver is None else solver
+        if space not in SPACES:
+            raise ValueError(f"`space` must be one of {SPACES}, got {space!r}.")
+        if space == "dual" and isinstance(solver, SGD):
+            raise ValueError("The dual space is solved by lla.CG(...) or lla.Cholesky(), not SGD.")
+        self.solver = solver
+        self.space = space
         self.mean_solver = Newton() if mean_solver is None else mean_solver
         self.solve_info: SolveInfo | None = None
+
+    def _space(self, model: LinearGaussianModel) -> str:
+        """The space to sample in: ``"dual"`` when ``n·C < D`` under ``space="auto"``."""
+        if self.space != "auto":
+            return self.space
+        return "dual" if observations(model) < model.n_params else "primal"
+
+    def _solver(self, space: str) -> Solver:
+        if self.solver is not None:
+            return self.solver
+        return SGD() if space == "primal" else CG(rtol=1e-6)
+
+    def _solve(
+        self, model: LinearGaussianModel, noise: PosteriorNoise, init: Tensor | None, seed: int
+    ) -> tuple[SolveResult, Tensor]:
+        """Samples in the chosen space, and the warm start for a next solve in that space."""
+        space = self._space(model)
+        if space == "dual":
+            result, dual = solve_dual(
+                model, noise.xi, noise.source, self._solver(space), init=init, seed=seed
+            )
+            return result, dual
+        result = self._solver(space).solve(
+            model, noise, init=init, seed=seed, progress=self.progress
+        )
+        return result, result.samples
 
     def fit(self, train_loader: TrainingData) -> SampledLaplace:
         """Draw ``n_samples`` posterior samples at the current hyperparameters; returns ``self``.
@@ -84,11 +122,12 @@ class SampledLaplace(BaseLaplace):
     def _draw(self, model: LinearGaussianModel, warm: Tensor | None = None) -> None:
         noise = draw_posterior_noise(model, self.n_samples, NoiseSource(self.seed), self.progress)
         init = None
-        if warm is not None:  # samples share noise by index, so the first rows warm-start exactly
+        if warm is not None and self._space(model) == "primal":
+            # samples share noise by index, so the first rows warm-start exactly
             init = noise.theta0(model.prior_diag()).clone()
             rows = min(len(warm), len(init))
             init[:rows] = warm[:rows]
-        result = self.solver.solve(model, noise, init=init, seed=self.seed, progress=self.progress)
+        result, _ = self._solve(model, noise, init, self.seed)
         self._samples, self.solve_info = result.samples, result.info
 
     def optimize_prior_precision(
@@ -139,20 +178,18 @@ class SampledLaplace(BaseLaplace):
             mean_w, residual = self._mean_step(
                 current, mode, self.mean_solver, state.mean, scaled.ggn_diag + prior, step_seed
             )
-            result = self.solver.solve(
-                current, scaled, init=state.samples, seed=step_seed, progress=self.progress
-            )
+            result, warm = self._solve(current, scaled, state.samples, step_seed)
             if gamma == "function":
                 g = function_space_gamma(current, result.samples, n_groups)
             else:
                 g = weight_space_gamma(prior, result.samples, self.prior.groups, n_groups)
-            return EStep(mean_w, g, result.samples, residual)
+            return EStep(mean_w, g, warm, residual)
 
         settings = {
             "n_em_samples": k,
             "gamma": gamma,
-            "solver": solver_settings(self.solver),
-            "mean_solver": solver_settings(self.mean_solver),
+            "space": self._space(model),
+            **self._settings(),
         }
         state = self._em(model, e_step, mode, max_iter, tol, update_sigma, checkpoint, settings)
         self._draw(replace(model, prior=self.prior, likelihood=self.likelihood), state.samples)
@@ -179,14 +216,21 @@ class SampledLaplace(BaseLaplace):
 
     def _settings(self) -> dict:
         return {
-            "solver": solver_settings(self.solver),
+            "solver": None if self.solver is None else solver_settings(self.solver),
             "mean_solver": solver_settings(self.mean_solver),
+            "space": self.space,
         }
 
     @classmethod
     def _settings_from(cls, meta: dict) -> dict:
-        def build(spec: dict):
+        def build(spec: dict | None):
+            if spec is None:
+                return None
             spec = dict(spec)
             return SOLVERS[spec.pop("name")](**spec)
 
-        return {"solver": build(meta["solver"]), "mean_solver": build(meta["mean_solver"])}
+        return {
+            "solver": build(meta["solver"]),
+            "mean_solver": build(meta["mean_solver"]),
+            "space": meta["space"],
+        }

@@ -1,0 +1,160 @@
+r"""Posterior samples in observation space ("dual"; pathwise conditioning), for ``n·C < D``.
+
+With ``B_i = L_i L_iᵀ``, the kernel ``K = Φ A^{-1} Φᵀ`` (``nC × nC``, the NTK) and the same noise
+``(θ_0, ν)`` as the primal sampler, Woodbury's identity turns ``ζ = H^{-1}(A θ_0 + Φᵀ L ν)`` into
+
+$$ ζ = θ_0 − A^{-1} Φᵀ L\, w, \qquad (I + Lᵀ K L)\, w = Lᵀ Φ θ_0 − ν $$
+
+(method-spec §7.2). ``I + LᵀKL ⪰ I`` is well posed even though the softmax ``B`` is singular, and
+``B^{-1}`` is never needed. A product with it is one VJP pass and one JVP pass over the data; the
+unknowns ``w`` are ``K × n × C`` numbers instead of ``K × D``. The system is solved by conjugate
+gradients, preconditioned with a randomised rank-``r`` eigendecomposition of ``LᵀKL``
+(``P = I + U Λ Uᵀ``, applied by Woodbury), or exactly by Cholesky on small problems.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import Tensor
+
+from ._checks import check_sample_budget
+from .linalg import conjugate_gradient, top_eigenpairs
+from .linear_model import LinearGaussianModel
+from .noise import NoiseSource, seeded_generator
+from .solvers import CG, Cholesky, SolveInfo, SolveResult
+from .solvers.exact import cholesky
+
+
+def observations(model: LinearGaussianModel) -> int:
+    """``n·C``, the number of observations."""
+    return len(model.data) * model.n_outputs
+
+
+def dual_rhs(model: LinearGaussianModel, theta0: Tensor, source: NoiseSource) -> Tensor:
+    """``b = Lᵀ Φ θ_0 − ν``: ``[K, n·C]`` (one JVP pass; validates every batch)."""
+    features, likelihood, data = model.features, model.likelihood, model.data
+    out = theta0.new_empty(theta0.shape[0], len(data), model.n_outputs)
+    kw = {"dtype": features.dtype, "device": features.device}
+    for idx, x, y in data.batches():
+        f0, jt = features.jvp(x, theta0)
+        model.check_batch(x, y, f0)
+        nu = source.points(idx, theta0.shape[0], f0.shape[-1], **kw)
+        out[:, idx] = likelihood.factor_t_vec(f0, jt) - nu
+    return out.reshape(theta0.shape[0], -1)
+
+
+def dual_pullback(model: LinearGaussianModel, w: Tensor) -> Tensor:
+    """``Φᵀ L w`` for ``w`` ``[K, n·C]``: ``[K, D]`` (one VJP pass)."""
+    w = w.reshape(w.shape[0], len(model.data), model.n_outputs)
+    total = w.new_zeros(w.shape[0], model.n_params)
+    for idx, x, _ in model.data.batches():
+        f0, pull = model.features.pullback(x)
+        total += pull(model.likelihood.factor_vec(f0, w[:, idx]))
+    return total
+
+
+def kernel_vec(model: LinearGaussianModel, w: Tensor) -> Tensor:
+    """``Lᵀ Φ A^{-1} Φᵀ L w``: ``[K, n·C]`` (one VJP pass, one JVP pass)."""
+    t = dual_pullback(model, w) / model.prior_diag()
+    out = torch.empty_like(w).reshape(w.shape[0], len(model.data), model.n_outputs)
+    for idx, x, _ in model.data.batches():
+        f0, jt = model.features.jvp(x, t)
+        out[:, idx] = model.likelihood.factor_t_vec(f0, jt)
+    return out.reshape(w.shape[0], -1)
+
+
+def dual_matrix(model: LinearGaussianModel) -> Tensor:
+    """``I + Lᵀ Φ A^{-1} Φᵀ L`` as a dense float64 ``[nC, nC]`` matrix (small problems)."""
+    n_obs = observations(model)
+    check_sample_budget(
+        n_obs * (n_obs + model.n_params),
+        f"A dense dual system over {n_obs} observations",
+        "Use CG (solver=lla.CG(...)) for the dual.",
+    )
+    blocks = []
+    for _, x, _ in model.data.batches():
+        jac = model.features.to_dense(x).to(torch.float64)  # [b, C, D]
+        factor = model.likelihood.factor(model.features.forward(x).to(torch.float64))  # [b, C, C]
+        blocks.append((factor.transpose(1, 2) @ jac).flatten(0, 1))  # rows Lᵀ Φ
+    rows = torch.cat(blocks)
+    prior = model.prior.diag(torch.float64, rows.device)
+    return torch.eye(n_obs, dtype=torch.float64, device=rows.device) + (rows / prior) @ rows.T
+
+
+def low_rank_preconditioner(model: LinearGaussianModel, rank: int, seed: int = 0):
+    """``R ↦ (I + U Λ Uᵀ)^{-1} R`` from the top-``rank`` eigenpairs of ``LᵀKL`` (Woodbury)."""
+    values, vectors = top_eigenpairs(
+        lambda w: kernel_vec(model, w),
+        observations(model),
+        rank,
+        generator=seeded_generator(seed, "dual-preconditioner"),
+        dtype=model.features.dtype,
+        device=model.features.device,
+    )
+    vectors = vectors.to(model.features.dtype)
+    shrink = (values / (1 + values)).to(model.features.dtype)
+
+    def apply(r: Tensor) -> Tensor:
+        return r - ((r @ vectors) * shrink) @ vectors.T
+
+    return apply
+
+
+def solve_dual(
+    model: LinearGaussianModel,
+    xi: Tensor,
+    source: NoiseSource,
+    solver: CG | Cholesky,
+    *,
+    init: Tensor | None = None,
+    seed: int = 0,
+) -> tuple[SolveResult, Tensor]:
+    """Zero-mean posterior samples by pathwise conditioning in observation space.
+
+    Args:
+        model: The linear-Gaussian model.
+        xi: ``[K, D]`` standard-normal prior draws (``θ_0 = A^{-1/2} ξ``).
+        source: The per-point noise ``ν`` (the same as the primal sampler's for the same seed).
+        solver: :class:`~linearised_laplace.solvers.CG` (preconditioned with its
+            ``preconditioner_rank``) or :class:`~linearised_laplace.solvers.Cholesky` (dense).
+        init: ``[K, n·C]`` warm start for CG.
+        seed: Seeds the randomised preconditioner.
+
+    Returns:
+        The samples ``ζ`` ``[K, D]`` with diagnostics (relative residuals of the dual system),
+        and the dual solution ``w`` ``[K, n·C]`` (a warm start for the next solve).
+    """
+    start = time.perf_counter()
+    prior = model.prior_diag()
+    theta0 = xi / prior.sqrt()
+    rhs = dual_rhs(model, theta0, source)
+
+    def matvec(w: Tensor) -> Tensor:
+        return w + kernel_vec(model, w)
+
+    if isinstance(solver, Cholesky):
+        factor = cholesky(dual_matrix(model))
+        w = torch.cholesky_solve(rhs.double().T, factor).T.to(rhs.dtype)
+        n_steps = 0
+        residual = (matvec(w) - rhs).norm(dim=-1) / rhs.norm(dim=-1)
+    elif isinstance(solver, CG):
+        rank = min(solver.preconditioner_rank, observations(model) - 1)
+        precondition = low_rank_preconditioner(model, rank, seed) if rank > 0 else None
+        w, n_steps, residual = conjugate_gradient(
+            matvec,
+            rhs,
+            init,
+            rtol=solver.rtol,
+            max_iter=solver.max_iter,
+            preconditioner=precondition,
+        )
+    else:
+        raise TypeError(
+            f"The dual sampler solves with lla.CG(...) or lla.Cholesky(), got {type(solver).__name__}; "
+            "SGD is for the primal space (space='primal')."
+        )
+    samples = theta0 - dual_pullback(model, w) / prior
+    info = SolveInfo(f"dual-{solver.name}", n_steps, residual, time.perf_counter() - start)
+    return SolveResult(samples, info), w

@@ -1,0 +1,103 @@
+r"""Nyström approximation of the neural tangent kernel (ELLA; Deng et al., 2022).
+
+On ``M`` training points the NTK Gram matrix ``K_MM = Φ_M Φ_Mᵀ`` (``MC × MC``) has top eigenpairs
+``(λ_k, u_k)``; the parameter-space directions ``v_k = Φ_Mᵀ u_k / √λ_k`` are orthonormal, and the
+features ``ψ(x) = J(x) V ∈ ℝ^{C×K}`` (``V`` the ``[K, D]`` matrix of the ``v_k``) give the Nyström
+kernel ``ψ(x) ψ(x')ᵀ = J(x) VᵀV J(x')ᵀ``, exact when ``x, x'`` are among the ``M`` points and the
+rank is full. The linear model ``f(x) = f(x; θ*) + ψ(x) β`` with ``β ~ N(0, α^{-1} I_K)`` is the
+linearised model restricted to ``span(V)``; its posterior is ``K``-dimensional.
+
+``K_MM`` is never formed: a product ``K_MM w`` is one VJP and one JVP over the ``M`` points, and the
+eigenpairs come from randomised subspace iteration. Memory is ``O(K D + M C K)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .data import Data
+from .features import FeatureOperator, Pullback
+from .linalg import top_eigenpairs
+from .noise import seeded_generator
+
+
+class ProjectedFeatures(FeatureOperator):
+    """``ψ(x) = J(x) Vᵀ``: features restricted to the row space of a basis ``V`` ``[K, D]``.
+
+    Args:
+        features: The full feature operator ``J`` (``D`` columns).
+        basis: ``[K, D]`` orthonormal rows.
+    """
+
+    def __init__(self, features: FeatureOperator, basis: Tensor):
+        self.features = features
+        self.basis = basis.to(dtype=features.dtype, device=features.device)
+        self.n_params, self.dtype, self.device = basis.shape[0], features.dtype, features.device
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        return self.features.forward(x)
+
+    def jvp(self, x: Tensor, tangents: Tensor) -> tuple[Tensor, Tensor]:  # noqa: D102
+        return self.features.jvp(x, tangents @ self.basis)
+
+    def pullback(self, x: Tensor) -> tuple[Tensor, Pullback]:  # noqa: D102
+        f0, pull = self.features.pullback(x)
+        return f0, lambda u: pull(u) @ self.basis.T
+
+    def per_example_vjp(self, x: Tensor, cotangents: Tensor) -> Tensor:  # noqa: D102
+        return self.features.per_example_vjp(x, cotangents) @ self.basis.T
+
+    def to_dense(self, x: Tensor) -> Tensor:
+        """``ψ(x)``: ``[N, C, K]``, from ``K`` forward-mode JVPs."""
+        return self.features.jvp(x, self.basis)[1].permute(1, 2, 0)
+
+
+def nystrom_basis(
+    features: FeatureOperator,
+    data: Data,
+    n_points: int,
+    rank: int,
+    *,
+    seed: int = 0,
+    oversample: int = 10,
+    power_iters: int = 2,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The orthonormal basis ``V`` ``[K', D]`` of the Nyström NTK on ``n_points`` random points.
+
+    Directions with ``λ_k ≤ 10⁻¹⁰ λ_1`` (rank deficiency of ``K_MM``) are dropped, so ``K' ≤ rank``.
+
+    Returns:
+        ``V``, the eigenvalues ``[K']`` and the indices ``[M]`` of the inducing points.
+    """
+    generator = seeded_generator(seed, "nystrom")
+    points = data.random_order(generator)[:n_points].sort().values
+    x, _ = data.subset(points)
+    batches = x.split(data.batch_size)
+    n_outputs = features.forward(x[:1]).shape[-1]
+
+    def vjp(w: Tensor) -> Tensor:  # [k, M·C] ↦ Φ_Mᵀ w: [k, D]
+        w = w.reshape(w.shape[0], -1, n_outputs).to(features.dtype)
+        rows = w.split(data.batch_size, dim=1)
+        return sum(features.vjp(xb, wb) for xb, wb in zip(batches, rows, strict=True))
+
+    def gram(w: Tensor) -> Tensor:  # K_MM w, one VJP and one JVP pass
+        t = vjp(w)
+        return torch.cat([features.jvp(xb, t)[1] for xb in batches], dim=1).reshape(w.shape[0], -1)
+
+    values, vectors = top_eigenpairs(
+        gram,
+        n_points * n_outputs,
+        rank,
+        oversample=oversample,
+        power_iters=power_iters,
+        generator=generator,
+        dtype=features.dtype,
+        device=features.device,
+    )
+    keep = values > 1e-10 * values[0]
+    values, vectors = values[keep], vectors[:, keep]
+    basis = vjp(vectors.T / values.sqrt()[:, None]).double()
+    # Re-orthonormalise against round-off (exact in exact arithmetic).
+    basis = torch.linalg.qr(basis.T)[0].T
+    return basis.to(features.dtype), values, points
