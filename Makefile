@@ -4,18 +4,26 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format benchmarks clean
+.PHONY: install demo data test lint format benchmarks peers clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[test,demo,benchmarks]"
+	$(PY) -m pip install --quiet -e ".[test,pinned]"
 	touch $(STAMP)
 
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m linearised_laplace.demo
+	$(VENV)/bin/lla demo
+
+# Fashion-MNIST for the benchmarks, from Debian's package (no download at run time).
+data:
+	@if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then :; \
+	elif command -v apt-get >/dev/null; then \
+		(apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) \
+		|| echo "could not install dataset-fashion-mnist; run: sudo apt-get install dataset-fashion-mnist"; \
+	else echo "Fashion-MNIST needs Debian's dataset-fashion-mnist package (apt-get install dataset-fashion-mnist)"; fi
 
 # pytest exits with 5 when it collects no tests; that is not a failure of the suite.
 test: $(STAMP)
@@ -31,10 +39,21 @@ format: $(STAMP)
 	$(PY) -m ruff format src tests benchmarks
 	$(PY) -m ruff check --fix src tests benchmarks
 
-benchmarks: $(STAMP)
+benchmarks: $(STAMP) data
 	$(PY) benchmarks/sampler_convergence.py
 	$(PY) benchmarks/tangent_batching.py
 	$(PY) benchmarks/em_trajectory.py
+	$(PY) benchmarks/siblings.py
+
+# Optional peer for the benchmarks: laplace-torch 0.3 next to the CPU torch. Three packages need
+# --no-deps because they declare torchvision, which does not import with this torch (and makes
+# torchmetrics, hence laplace, fail to import when present).
+peers: $(STAMP)
+	echo "torch==2.13.0" > $(VENV)/torch-constraint.txt
+	$(PY) -m pip install --quiet -c $(VENV)/torch-constraint.txt --no-deps \
+		laplace-torch==0.3 backpack-for-pytorch==1.7.1 curvlinops-for-pytorch==3.0.1
+	$(PY) -m pip install --quiet -c $(VENV)/torch-constraint.txt asdfghjkl==0.1a4 opt-einsum \
+		torchmetrics "einops>=0.3,<1" "unfoldNd>=0.2,<1" einconv "linear_operator>=0.2"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -18,6 +18,7 @@ from .noise import seeded_generator
 __all__ = [
     "accuracy",
     "brier_score",
+    "calibration_bins",
     "dyadic_joint_log_likelihood",
     "expected_calibration_error",
     "gaussian_log_likelihood",
@@ -115,21 +116,27 @@ def brier_score(probs: Tensor, y: Tensor) -> float:
     return float((probs - onehot).square().sum(-1).mean())
 
 
-def expected_calibration_error(probs: Tensor, y: Tensor, n_bins: int = 15) -> float:
-    """``Σ_b (|B_b|/N) |accuracy(B_b) − confidence(B_b)|`` over equal-width confidence bins."""
+def calibration_bins(probs: Tensor, y: Tensor, n_bins: int = 15) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean confidence, accuracy and count per equal-width confidence bin: three ``[n_bins]``.
+
+    Empty bins hold NaN confidence and accuracy (a reliability diagram skips them).
+    """
     _check_probs(probs, y)
-    confidence, prediction = probs.max(-1)
+    confidence, prediction = probs.double().max(-1)
     correct = (prediction == y).double()
     bins = torch.clamp((confidence * n_bins).long(), max=n_bins - 1)
-    total = 0.0
-    for b in range(n_bins):
-        mask = bins == b
-        if mask.any():
-            total += float(
-                mask.double().mean()
-                * (correct[mask].mean() - confidence[mask].double().mean()).abs()
-            )
-    return total
+    counts = torch.bincount(bins, minlength=n_bins).double()
+    mean_conf = torch.bincount(bins, confidence, minlength=n_bins) / counts
+    accuracy = torch.bincount(bins, correct, minlength=n_bins) / counts
+    return mean_conf, accuracy, counts
+
+
+def expected_calibration_error(probs: Tensor, y: Tensor, n_bins: int = 15) -> float:
+    """``Σ_b (|B_b|/N) |accuracy(B_b) − confidence(B_b)|`` over equal-width confidence bins."""
+    confidence, accuracy, counts = calibration_bins(probs, y, n_bins)
+    filled = counts > 0
+    weights = counts[filled] / counts.sum()
+    return float((weights * (accuracy[filled] - confidence[filled]).abs()).sum())
 
 
 def predictive_entropy(probs: Tensor) -> Tensor:

@@ -80,3 +80,23 @@ def test_probit_and_extra_exact_samples_agree_with_monte_carlo():
     assert float((probit - net(x_new).softmax(-1)).abs().max()) > 1e-3  # but not the MAP either
     with pytest.raises(ValueError, match="'mc' or 'probit'"):
         la(x_new, link_approx="laplace")
+
+
+@pytest.mark.parametrize("method", [lla.ExactLaplace, lla.NystromLaplace])
+def test_validation_grid_picks_the_best_refit(method):
+    net = mlp()
+    x, y = classification_data(40)
+    x_val, y_val = classification_data(30, seed=7)
+    grid = [0.1, 1.0, 10.0, 100.0]
+    la = method(net, n_samples=2, progress=False).fit((x, y))
+    result = la.select_prior_precision((x_val, y_val), grid=grid)
+    nlls = []
+    for alpha in grid:
+        ref = method(net, prior_precision=alpha, n_samples=2, progress=False).fit((x, y))
+        probs = ref(x_val, link_approx="probit")
+        nlls.append(float(-probs[torch.arange(30), y_val].log().mean()))
+    torch.testing.assert_close(torch.tensor(result["nll"]), torch.tensor(nlls))
+    assert result["prior_precision"] == grid[int(torch.tensor(nlls).argmin())]
+    assert float(la.prior_precision) == result["prior_precision"]
+    with pytest.raises(ValueError, match="`grid` must be finite and > 0"):
+        la.select_prior_precision((x_val, y_val), grid=[0.0, 1.0])

@@ -6,13 +6,16 @@ The oracle against which every approximation is checked. Costs ``O(n C D²)`` to
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from .._checks import check_sample_budget
+from .. import metrics
+from .._checks import check_positive, check_sample_budget
+from ..data import Data
 from ..em import EMState, EStep, exact_gamma
 from ..exceptions import NotFittedError
 from ..likelihoods import Gaussian
@@ -168,6 +171,54 @@ class ExactLaplace(BaseLaplace):
         )
         self._factorise(current, scaled_ggn)
         return self.em_history
+
+    def select_prior_precision(self, val_loader: TrainingData, grid: Tensor | None = None) -> dict:
+        r"""Choose ``α`` on a grid by the validation negative log-likelihood, then refit at it.
+
+        The alternative to EM that the ELLA paper and laplace-torch's ``gridsearch`` use. Each grid
+        point refactorises the ``P × P`` posterior (``P`` = the feature dimension), so it is cheap
+        for subnetworks and Nyström bases. Classification is scored with the probit predictive,
+        regression with the Gaussian predictive including the noise. Call :meth:`fit` first.
+
+        Args:
+            val_loader: Validation data, as for :meth:`fit`.
+            grid: Candidate precisions (default ``10^{-4} … 10^{4}``, 21 points).
+
+        Returns:
+            ``{"grid": [...], "nll": [...], "prior_precision": best}``.
+        """
+        self._check_fitted()
+        if self._model is None:
+            raise NotFittedError(
+                "select_prior_precision needs the training fit: call `.fit(train_loader)`."
+            )
+        if grid is None:
+            grid = torch.logspace(-4, 4, 21, dtype=torch.float64)
+        grid = check_positive("grid", grid)
+        val = Data(val_loader)
+        x, y = val.subset(torch.arange(len(val)))
+        features = self._features()
+        jac = features.to_dense(x).to(torch.float64)  # [N, C, P]
+        f0 = features.forward(x).to(torch.float64)
+        n, c, p = jac.shape
+        eye = torch.eye(p, dtype=torch.float64, device=jac.device)
+        scores = []
+        for alpha in grid:
+            factor = cholesky(self._ggn + alpha * eye)
+            half = torch.linalg.solve_triangular(factor, jac.reshape(n * c, p).T, upper=False)
+            half = half.T.reshape(n, c, p)
+            if isinstance(self.likelihood, Gaussian):
+                cov = half @ half.transpose(1, 2)
+                nll = -metrics.gaussian_log_likelihood(f0, cov, y, float(self.sigma_noise)).mean()
+            else:
+                variance = half.square().sum(-1)
+                log_probs = torch.log_softmax(f0 / (1 + math.pi * variance / 8).sqrt(), -1)
+                nll = -log_probs[torch.arange(n), y.long()].mean()
+            scores.append(float(nll))
+        best = float(grid[int(torch.tensor(scores).argmin())])
+        self.prior = self.prior.with_precision(best)
+        self._factorise(self._model, self._ggn)
+        return {"grid": grid.tolist(), "nll": scores, "prior_precision": best}
 
     def _at(
         self,

@@ -46,7 +46,7 @@ class SampledLaplace(BaseLaplace):
             or :class:`~linearised_laplace.solvers.SGD` (minibatch, as the seed paper).
         space: ``"primal"`` (weight space, ``K × D`` unknowns), ``"dual"`` (observation space,
             ``K × n·C`` unknowns, pathwise conditioning; see :mod:`linearised_laplace.dual`) or
-            ``"auto"`` (default: dual when ``n·C < D``). Both give the same samples for the same
+            ``"auto"`` (default: dual when ``n·C < D``, unless the solver is SGD). Both give the same samples for the same
             seed, up to the solver's tolerance.
         **kwargs: The shared keywords.
 
@@ -86,6 +86,8 @@ class SampledLaplace(BaseLaplace):
         """The space to sample in: ``"dual"`` when ``n·C < D`` under ``space="auto"``."""
         if self.space != "auto":
             return self.space
+        if isinstance(self.solver, SGD):  # SGD solves the primal problem only
+            return "primal"
         return "dual" if observations(model) < model.n_params else "primal"
 
     def _solver(self, space: str) -> Solver:

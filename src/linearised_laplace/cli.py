@@ -1,0 +1,153 @@
+"""The lla command: the demo and the benchmarks.
+
+``lla demo`` runs the main job on embedded data (digits, a small CNN, every method that fits) in a
+few minutes; ``lla benchmark classification`` runs the full comparison. Every command has
+``--help``. Mistakes (a missing data set, an unknown name, an unwritable folder) print one line
+saying what to do, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from .experiments import peers
+from .experiments.classification import DATASETS, OUR_METHODS, Settings, run
+from .models import ARCHITECTURES
+
+DEMO_PEERS = ("lt-kron-marglik", "lt-kron-val", "lt-lastlayer-val", "lt-ella-val")  # the quick ones
+
+
+def _prepare_output(out: str) -> None:
+    from .persistence import check_writable
+
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PermissionError(
+            f"Cannot create the output folder {out}: {err.strerror}. Pass --out DIR."
+        ) from err
+    check_writable(Path(out) / "results.json")
+
+
+def _print_summary(report: dict, out: str) -> None:
+    print(
+        f"\n{'method':22s} {'acc':>7s} {'NLL':>8s} {'ECE':>7s} {'joint κ=5':>10s} {'OOD AUROC':>10s} {'fit [s]':>8s}"
+    )
+    for r in report["results"]:
+        if "error" in r:
+            print(f"{r['method']:22s} did not run: {r['error']}")
+            continue
+        print(
+            f"{r['method']:22s} {r['accuracy']:7.4f} {r['NLL']:8.4f} {r['ECE']:7.4f} "
+            f"{r['joint LL κ=5']:10.4f} {r['OOD AUROC']:10.4f} {r['fit [s]']:8.1f}"
+        )
+    if report["skipped"]:
+        print(
+            f"\nskipped (laplace-torch is not installed; `make peers`): {', '.join(report['skipped'])}"
+        )
+    print(
+        f"\nTables: {out}/results.md; figures: {out}/figure5.png, figure6.png, reliability.png; JSON: {out}/results.json"
+    )
+
+
+def demo(args: argparse.Namespace) -> None:
+    """The main job on the embedded digits."""
+    methods = OUR_METHODS + (DEMO_PEERS if peers.available() else ())
+    if args.smoke:
+        settings = replace(Settings.smoke_test(args.out), methods=OUR_METHODS)
+    else:
+        settings = Settings(
+            out=args.out, methods=methods, n_samples=32, em_steps=5, sampler_epochs=20
+        )
+    _prepare_output(settings.out)
+    print(
+        f"linearised-laplace demo: {settings.model} on {settings.dataset}, methods: "
+        f"{', '.join(settings.methods)} → {settings.out}/"
+    )
+    _print_summary(run(settings, progress=True), settings.out)
+
+
+def classification(args: argparse.Namespace) -> None:
+    """The classification benchmark (Table 1, Figures 5 and 6)."""
+    if args.smoke:
+        settings = Settings.smoke_test(args.out, args.dataset, args.model)
+    else:
+        settings = Settings(
+            dataset=args.dataset,
+            model=args.model,
+            out=args.out,
+            n_train=args.n_train,
+            width=args.width,
+            epochs=args.epochs,
+            n_samples=args.n_samples,
+            em_steps=args.em_steps,
+            em_samples=args.em_samples,
+            sampler_epochs=args.sampler_epochs,
+            mean_epochs=args.mean_epochs,
+        )
+    if args.methods:
+        settings = replace(settings, methods=tuple(args.methods))
+    _prepare_output(settings.out)
+    _print_summary(run(settings, progress=True), settings.out)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The ``lla`` argument parser."""
+    root = argparse.ArgumentParser(prog="lla", description=__doc__.splitlines()[0])
+    commands = root.add_subparsers(dest="command", required=True)
+    d = commands.add_parser("demo", help="the main job on embedded data (digits), a few minutes")
+    d.add_argument("--out", default="lla-output", help="output folder (default: lla-output)")
+    d.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (for tests)")
+    d.set_defaults(func=demo)
+    bench = commands.add_parser("benchmark", help="the full benchmarks").add_subparsers(
+        dest="benchmark", required=True
+    )
+    c = bench.add_parser("classification", help="Table 1, Figures 5 and 6 on an image data set")
+    c.add_argument("--dataset", default="fashion-mnist", choices=DATASETS, help="data set")
+    c.add_argument("--model", default="cnn", choices=ARCHITECTURES, help="network")
+    c.add_argument(
+        "--methods",
+        nargs="+",
+        metavar="METHOD",
+        help=f"subset of: {', '.join(OUR_METHODS + peers.PEER_METHODS)}",
+    )
+    c.add_argument("--out", default="lla-output/classification", help="output folder")
+    c.add_argument("--n-train", type=int, default=None, help="training points kept (default: all)")
+    c.add_argument("--width", type=int, default=16, help="CNN/ResNet width")
+    c.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="MAP training epochs (default: 100 digits, 20 Fashion-MNIST)",
+    )
+    c.add_argument("--n-samples", type=int, default=64, help="posterior samples per predictive")
+    c.add_argument("--em-steps", type=int, default=10, help="EM steps")
+    c.add_argument("--em-samples", type=int, default=8, help="samples per sample-based E-step")
+    c.add_argument("--sampler-epochs", type=int, default=50, help="SGD epochs per sampling solve")
+    c.add_argument(
+        "--mean-epochs",
+        type=int,
+        default=None,
+        help="SGD epochs for the EM mean (default: Newton-CG)",
+    )
+    c.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (for tests)")
+    c.set_defaults(func=classification)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``lla``; returns the exit status."""
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, MemoryError) as err:
+        print(f"lla: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The papers' experiments: image classification (and, later, tomography)."""

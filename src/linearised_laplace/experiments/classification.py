@@ -1,0 +1,336 @@
+r"""Image classification as in the seed paper: Table 1, Figure 5 (shift) and Figure 6 (EM).
+
+One network is trained to its MAP estimate; every method then produces function samples
+``[S, N, C]`` on the clean test set, on rotated copies (0°–180°) and on out-of-distribution inputs,
+and all are scored by the same metrics (:mod:`linearised_laplace.metrics`). Each method runs in its
+own process (fit time and peak memory are its own), and its result is cached under ``out/methods/``
+so that an interrupted benchmark resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from .. import metrics
+from .._progress import progress_bar
+from ..baselines import ensemble_samples, mc_dropout_samples
+from ..datasets import ImageData, digits, fashion_mnist, out_of_distribution, rotate
+from ..methods.exact import ExactLaplace
+from ..methods.nystrom import NystromLaplace
+from ..methods.sampled import SampledLaplace
+from ..methods.subnetwork import SubnetworkLaplace
+from ..models import ARCHITECTURES, build
+from ..solvers import SGD
+from ..training import TrainConfig, train_map
+from . import peers
+
+OUR_METHODS = ("map", "ensemble", "mc-dropout", "sampled", "exact", "subnetwork", "nystrom")
+DATASETS = ("digits", "fashion-mnist")
+ANGLES = (0, 15, 30, 45, 60, 75, 90, 120, 150, 180)
+KAPPAS = (1, 2, 3, 4, 5)
+Predictor = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a classification benchmark runs (every field is recorded with the results).
+
+    Attributes:
+        dataset: ``"digits"`` or ``"fashion-mnist"``.
+        model: ``"mlp"``, ``"cnn"`` or ``"resnet"``.
+        methods: Methods to compare (ours and, when installed, laplace-torch's ``lt-*``).
+        out: Output folder.
+        n_train: Training points kept (``None``: all).
+        width: Channels of the CNN's first layer / the ResNet's first stage.
+        n_samples: Posterior samples (and dropout masks) per predictive.
+        epochs: MAP training epochs (default: 100 for digits, 20 for Fashion-MNIST).
+        ensemble: Deep-ensemble size.
+        em_steps: EM steps for the prior precision.
+        em_samples: Posterior samples per sample-based E-step.
+        sampler_epochs: SGD epochs per sample-then-optimise solve.
+        mean_epochs: SGD epochs for the linear model's mean in sampled EM (``None``: Newton-CG,
+            precise but one data pass per CG iteration).
+        subnetwork_size: Weights in the subnetwork.
+        nystrom_points: ``M`` of the Nyström basis; its rank is 20.
+        angles: Rotations of the test set (Figure 5).
+        seed: Seeds training, data splits and samples.
+    """
+
+    dataset: str = "digits"
+    model: str = "cnn"
+    methods: tuple[str, ...] = OUR_METHODS
+    out: str = "lla-output"
+    n_train: int | None = None
+    width: int = 16
+    n_samples: int = 64
+    epochs: int | None = None
+    ensemble: int = 5
+    em_steps: int = 10
+    em_samples: int = 8
+    sampler_epochs: int = 50
+    mean_epochs: int | None = None
+    subnetwork_size: int = 1000
+    nystrom_points: int = 1000
+    angles: tuple[int, ...] = ANGLES
+    seed: int = 0
+    smoke: bool = field(default=False)
+
+    def __post_init__(self):
+        if self.epochs is None:
+            object.__setattr__(self, "epochs", 100 if self.dataset == "digits" else 20)
+        if self.dataset not in DATASETS:
+            raise ValueError(
+                f"Unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}."
+            )
+        if self.model not in ARCHITECTURES:
+            raise ValueError(
+                f"Unknown model {self.model!r}; choose one of {', '.join(ARCHITECTURES)}."
+            )
+        unknown = [m for m in self.methods if m not in OUR_METHODS + peers.PEER_METHODS]
+        if unknown:
+            raise ValueError(
+                f"Unknown method(s) {', '.join(unknown)}; choose from {', '.join(OUR_METHODS + peers.PEER_METHODS)}."
+            )
+
+    @staticmethod
+    def smoke_test(out: str, dataset: str = "digits", model: str = "cnn") -> Settings:
+        """Tiny sizes that exercise every method in seconds."""
+        return Settings(
+            dataset=dataset,
+            model=model,
+            out=out,
+            n_train=150,
+            width=4,
+            n_samples=4,
+            epochs=2,
+            ensemble=2,
+            em_steps=2,
+            sampler_epochs=2,
+            subnetwork_size=50,
+            nystrom_points=50,
+            angles=(0, 90),
+            smoke=True,
+        )
+
+
+def load_data(settings: Settings) -> ImageData:
+    """The data set of ``settings`` (shrunk for smoke tests)."""
+    data = (
+        digits()
+        if settings.dataset == "digits"
+        else fashion_mnist(n_train=settings.n_train, seed=settings.seed)
+    )
+    if settings.dataset == "digits" and settings.n_train is not None:
+        data = replace(data, train=tuple(t[: settings.n_train] for t in data.train))
+    if settings.smoke:
+        data = replace(
+            data, val=tuple(t[:100] for t in data.val), test=tuple(t[:200] for t in data.test)
+        )
+    return data
+
+
+def trained_model(
+    settings: Settings, data: ImageData, seed: int, dropout: float = 0.0
+) -> nn.Module:
+    """A MAP network, trained once and cached in ``out/checkpoints`` (resumable)."""
+    folder = Path(settings.out) / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    tag = (
+        f"{settings.dataset}-{settings.model}{settings.width}-n{settings.n_train}-e{settings.epochs}"
+        f"-d{dropout}-s{seed}"
+    )
+    final = folder / f"{tag}.safetensors"
+    torch.manual_seed(seed)
+    size = {"hidden": 16 * settings.width} if settings.model == "mlp" else {"width": settings.width}
+    net = build(settings.model, data.image_shape, data.classes, dropout=dropout, **size)
+    net = net.to(data.train[0].dtype)
+    if final.exists():
+        net.load_state_dict(load_file(str(final)))
+        return net.eval()
+    train_map(
+        net,
+        data.train,
+        TrainConfig(epochs=settings.epochs, seed=seed),
+        checkpoint=folder / f"{tag}.partial.safetensors",
+        progress=None,
+    )
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(final))
+    (folder / f"{tag}.partial.safetensors").unlink(missing_ok=True)
+    return net.eval()
+
+
+def build_predictor(
+    method: str, settings: Settings, data: ImageData, net: nn.Module
+) -> tuple[Predictor, dict]:
+    """Fit ``method`` and return ``x ↦`` logit samples ``[S, N, C]`` and extra information."""
+    s = settings
+    kw = {"n_samples": s.n_samples, "progress": False, "exclude_norm": True}
+    if method == "map":
+        return (lambda x: net(x).detach()[None]), {}
+    if method == "ensemble":
+        members = [net] + [trained_model(s, data, s.seed + k) for k in range(1, s.ensemble)]
+        return (lambda x: ensemble_samples(members, x)), {}
+    if method == "mc-dropout":
+        dropout_net = trained_model(s, data, s.seed, dropout=0.1)
+        return (lambda x: mc_dropout_samples(dropout_net, x, s.n_samples, seed=s.seed)), {}
+    if method.startswith("lt-"):
+        predictor, _ = peers.laplace_torch_predictor(
+            method, net, data.train, data.val, s.n_samples, s.subnetwork_size
+        )
+        return predictor, {}
+    if method == "sampled":
+        mean_solver = None if s.mean_epochs is None else SGD(n_epochs=s.mean_epochs)
+        solver = SGD(n_epochs=s.sampler_epochs)
+        la = SampledLaplace(net, g_prior=True, solver=solver, mean_solver=mean_solver, **kw)
+    elif method == "exact":
+        la = ExactLaplace(net, g_prior=True, **kw)
+    elif method == "subnetwork":
+        la = SubnetworkLaplace(net, subnetwork="swag", n_params=s.subnetwork_size, **kw)
+    else:  # nystrom, tuned on validation data as in the ELLA paper
+        la = NystromLaplace(net, n_points=min(s.nystrom_points, len(data.train[0])), **kw)
+        la.fit(data.train).select_prior_precision(data.val)
+        return la.predictive_samples, {"prior_precision": la.prior_precision.tolist()}
+    em = {"n_em_samples": s.em_samples} if isinstance(la, SampledLaplace) else {}
+    history = la.optimize_prior_precision(data.train, max_iter=s.em_steps, **em)
+    return la.predictive_samples, {
+        "em_history": history,
+        "prior_precision": la.prior_precision.tolist(),
+    }
+
+
+def score(samples: Tensor, y: Tensor) -> dict:
+    """Metrics of logit samples ``[S, N, C]`` against labels."""
+    log_probs = torch.log_softmax(samples.double(), -1)
+    probs = log_probs.exp().mean(0)
+    row = {
+        "accuracy": metrics.accuracy(probs, y),
+        "NLL": -float(metrics.marginal_log_likelihood(log_probs, y).mean()),
+        "ECE": metrics.expected_calibration_error(probs, y),
+        "Brier": metrics.brier_score(probs, y),
+    }
+    for kappa in KAPPAS:
+        row[f"joint LL κ={kappa}"] = float(metrics.joint_log_likelihood(log_probs, y, kappa).mean())
+    row["dyadic LL κ=10"] = float(metrics.dyadic_joint_log_likelihood(log_probs, y, 10).mean())
+    return row
+
+
+def evaluate(method: str, settings: Settings) -> dict:
+    """Fit and score one method (run in its own process by :func:`run`)."""
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    data = load_data(settings)
+    net = trained_model(settings, data, settings.seed)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    predictor, info = build_predictor(method, settings, data, net)
+    fit_seconds = time.perf_counter() - start
+    x, y = data.test
+    with torch.no_grad():
+        test_samples = predictor(x)
+        ood_samples = predictor(out_of_distribution(data))
+        shifted = {angle: score(predictor(rotate(x, angle)), y) for angle in settings.angles}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    probs_in = torch.softmax(test_samples.double(), -1).mean(0)
+    probs_out = torch.softmax(ood_samples.double(), -1).mean(0)
+    confidence, accuracy, counts = metrics.calibration_bins(probs_in, y, 15)
+    return {
+        "method": method,
+        "fit [s]": fit_seconds,
+        "peak memory [MB]": max(peak - before, 0) / 1024,
+        **score(test_samples, y),
+        "OOD AUROC": metrics.ood_auroc(probs_in, probs_out),
+        "rotated": {
+            str(a): {k: v for k, v in r.items() if k in ("NLL", "joint LL κ=5", "accuracy")}
+            for a, r in shifted.items()
+        },
+        "reliability": {
+            "confidence": confidence.nan_to_num(-1).tolist(),
+            "accuracy": accuracy.nan_to_num(-1).tolist(),
+            "count": counts.tolist(),
+        },
+        **info,
+    }
+
+
+def _cached(path: Path, settings: Settings) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        result = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return result if result.get("settings") == _settings_json(settings) else None
+
+
+def _settings_json(settings: Settings) -> dict:
+    return json.loads(
+        json.dumps({k: v for k, v in asdict(settings).items() if k not in ("methods", "out")})
+    )
+
+
+def run(settings: Settings, progress: bool | None = None) -> dict:
+    """Train, fit every method in its own process, and write the report (JSON, markdown, PNGs).
+
+    Methods whose result is cached for the same settings are not rerun; a method that fails is
+    reported with its error instead of stopping the benchmark.
+    """
+    out = Path(settings.out)
+    (out / "methods").mkdir(parents=True, exist_ok=True)
+    data = load_data(settings)
+    trained_model(settings, data, settings.seed)  # train once, before the workers
+    methods = [m for m in settings.methods if not m.startswith("lt-") or peers.available()]
+    skipped = [m for m in settings.methods if m not in methods]
+    results = []
+    for method in progress_bar(methods, enabled=progress, desc="methods"):
+        path = out / "methods" / f"{method}.json"
+        result = _cached(path, settings)
+        if result is None:
+            result = _run_worker(method, settings)
+            result["settings"] = _settings_json(settings)
+            path.write_text(json.dumps(result, indent=1))
+        results.append(result)
+    report = {"settings": _settings_json(settings), "skipped": skipped, "results": results}
+    (out / "results.json").write_text(json.dumps(report, indent=1))
+    from .report import write_report
+
+    write_report(report, out)
+    return report
+
+
+def _run_worker(method: str, settings: Settings) -> dict:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "linearised_laplace.experiments.classification",
+            method,
+            json.dumps(asdict(settings)),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
+        return {"method": method, "error": lines[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    """Worker entry point: ``python -m linearised_laplace.experiments.classification METHOD SETTINGS``."""
+    method, raw = sys.argv[1], json.loads(sys.argv[2])
+    raw["methods"], raw["angles"] = tuple(raw["methods"]), tuple(raw["angles"])
+    print(json.dumps(evaluate(method, Settings(**raw))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+import json
+
+import pytest
+
+from linearised_laplace import cli
+from linearised_laplace.experiments.classification import OUR_METHODS, Settings, run
+
+
+@pytest.fixture(scope="module")
+def smoke_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("classification")
+    return run(Settings.smoke_test(str(out)), progress=False), out
+
+
+def test_every_method_runs_end_to_end_and_is_scored(smoke_report):
+    report, out = smoke_report
+    assert [r["method"] for r in report["results"]] == list(OUR_METHODS)
+    for r in report["results"]:
+        assert "error" not in r, r
+        assert 0 <= r["accuracy"] <= 1 and r["NLL"] > 0 and 0 <= r["OOD AUROC"] <= 1
+        assert r["joint LL κ=1"] == pytest.approx(-r["NLL"], rel=1e-9)
+        assert set(r["rotated"]) == {"0", "90"}
+    em = {r["method"]: r for r in report["results"] if "em_history" in r}
+    assert set(em) == {"sampled", "exact", "subnetwork"}
+    for name in ("results.md", "results.json", "figure5.png", "figure6.png", "reliability.png"):
+        assert (out / name).stat().st_size > 0
+    assert "Table 1 layout" in (out / "results.md").read_text()
+
+
+def test_cached_methods_are_not_rerun(smoke_report):
+    report, out = smoke_report
+    marker = out / "methods" / "map.json"
+    cached = json.loads(marker.read_text())
+    cached["NLL"] = 123.0  # a rerun would overwrite this
+    marker.write_text(json.dumps(cached))
+    again = run(Settings.smoke_test(str(out)), progress=False)
+    assert again["results"][0]["NLL"] == 123.0
+
+
+def test_cli_demo_and_benchmark_smoke(tmp_path, capsys):
+    assert cli.main(["demo", "--smoke", "--out", str(tmp_path / "demo")]) == 0
+    printed = capsys.readouterr().out
+    assert "sampled" in printed and "results.md" in printed
+    status = cli.main(
+        [
+            "benchmark",
+            "classification",
+            "--dataset",
+            "digits",
+            "--smoke",
+            "--methods",
+            "map",
+            "nystrom",
+            "--out",
+            str(tmp_path / "bench"),
+        ]
+    )
+    assert status == 0 and (tmp_path / "bench" / "results.md").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["benchmark", "classification", "--methods", "magic", "--smoke"],
+            "Unknown method(s) magic",
+        ),
+        (["demo", "--out", "/proc/forbidden/x"], "Cannot create the output folder"),
+    ],
+)
+def test_cli_mistakes_print_one_line(argv, message, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_missing_fashion_mnist_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LLA_FASHION_MNIST", str(tmp_path))
+    status = cli.main(
+        [
+            "benchmark",
+            "classification",
+            "--dataset",
+            "fashion-mnist",
+            "--smoke",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert (
+        status == 2
+        and "apt-get install dataset-fashion-mnist" in err
+        and len(err.splitlines()) == 1
+    )
+
+
+def test_help_on_every_command(capsys):
+    for argv in (
+        ["--help"],
+        ["demo", "--help"],
+        ["benchmark", "--help"],
+        ["benchmark", "classification", "--help"],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv)
+        assert exit_info.value.code == 0
+        assert "usage: lla" in capsys.readouterr().out
