@@ -2,7 +2,14 @@ import pytest
 import torch
 
 import linearised_laplace as lla
-from linearised_laplace.dual import dual_matrix, kernel_vec, observations, solve_dual
+from linearised_laplace.dual import (
+    dual_matrix,
+    gaussian_mean,
+    kernel_vec,
+    observations,
+    solve_dual,
+)
+from linearised_laplace.mean import MeanMode, MeanProblem, Newton, solve_mean
 
 from .cases import classification_data, mlp
 from .helpers import matrix_model, relative_error
@@ -63,6 +70,18 @@ def test_dual_em_matches_primal_em():
     for la in (dual, primal):
         la.optimize_prior_precision((x, y), max_iter=4, n_em_samples=4)
     torch.testing.assert_close(dual.prior_precision, primal.prior_precision, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("mode", [MeanMode.TANGENT, MeanMode.AFFINE])
+def test_gaussian_mean_in_the_dual_equals_the_primal_mode(mode):
+    model = matrix_model(n=12, d=50, likelihood="regression", alpha=[0.5, 3.0])
+    problem = MeanProblem(model, mode, torch.randn(model.n_params))
+    zero = torch.zeros(1, model.n_params)
+    primal = solve_mean(problem, Newton(rtol=1e-12), zero[0], model.prior_diag())
+    targets = lambda x, y: y - problem.outputs(x, zero)[0]  # noqa: E731
+    for solver, tol in ((lla.Cholesky(), 1e-10), (lla.CG(rtol=1e-8, preconditioner_rank=10), 1e-6)):
+        dual = gaussian_mean(model, targets, solver)
+        assert relative_error(dual.samples, primal.samples) < tol
 
 
 def test_bad_dual_settings_raise():

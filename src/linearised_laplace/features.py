@@ -146,3 +146,44 @@ class MatrixFeatures(FeatureOperator):
         if self.sparse:
             return self._sparse_block(x).to_dense().reshape(x.numel(), self.n_outputs, -1)
         return self.matrix[x]
+
+
+class OutputMap(FeatureOperator):
+    """Features followed by a fixed linear map of the outputs: ``x ↦ (A f_0(x), A Φ(x))``.
+
+    For a forward operator applied after the network (a ray transform, a blur), which cannot run
+    inside ``torch.func`` transforms when it is a sparse matrix: it is applied outside them, to
+    the JVP's outputs and before the VJP's cotangents.
+
+    Args:
+        features: The network's features, outputs ``[N, C_in]``.
+        forward: ``[..., C_in] ↦ [..., C_out]``, linear.
+        adjoint: Its transpose ``[..., C_out] ↦ [..., C_in]``.
+    """
+
+    def __init__(
+        self,
+        features: FeatureOperator,
+        forward: Callable[[Tensor], Tensor],
+        adjoint: Callable[[Tensor], Tensor],
+    ):
+        self.features, self.map, self.adjoint = features, forward, adjoint
+        self.n_params, self.dtype, self.device = features.n_params, features.dtype, features.device
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        return self.map(self.features.forward(x))
+
+    def jvp(self, x: Tensor, tangents: Tensor) -> tuple[Tensor, Tensor]:  # noqa: D102
+        f0, jv = self.features.jvp(x, tangents)
+        return self.map(f0), self.map(jv)
+
+    def pullback(self, x: Tensor) -> tuple[Tensor, Pullback]:  # noqa: D102
+        f0, pull = self.features.pullback(x)
+        return self.map(f0), lambda u: pull(self.adjoint(u))
+
+    def per_example_vjp(self, x: Tensor, cotangents: Tensor) -> Tensor:  # noqa: D102
+        return self.features.per_example_vjp(x, self.adjoint(cotangents))
+
+    def to_dense(self, x: Tensor) -> Tensor:  # noqa: D102
+        jac = self.features.to_dense(x)  # [N, C_in, D]
+        return self.map(jac.transpose(1, 2)).transpose(1, 2)

@@ -57,6 +57,8 @@ class BaseLaplace(ABC):
             or flat indices (see :func:`~linearised_laplace.parameters.select_parameters`).
         exclude_norm: Leave normalisation-layer affine parameters out.
         g_prior: Rescale features to unit GGN diagonal and put the prior on rescaled weights.
+        g_prior_probes: Probes of the per-example estimate of ``diag(JᵀBJ)``, used when one
+            example's Jacobian is too large to build (it is exact otherwise).
         tangent_batching: ``"loop"`` or ``"vmap"`` over samples in JVPs and VJPs.
         progress: Progress bars on long passes (``None``: only on a terminal).
     """
@@ -75,6 +77,7 @@ class BaseLaplace(ABC):
         parameters: ParameterSpec = "all",
         exclude_norm: bool = False,
         g_prior: bool = False,
+        g_prior_probes: int = 8,
         tangent_batching: TangentBatching = "loop",
         progress: bool | None = None,
     ):
@@ -92,6 +95,7 @@ class BaseLaplace(ABC):
         self.n_samples = check_positive_int("n_samples", n_samples)
         self.seed = int(seed)
         self.g_prior = bool(g_prior)
+        self.g_prior_probes = check_positive_int("g_prior_probes", g_prior_probes)
         self.exclude_norm = bool(exclude_norm)
         self.progress = progress
         self.scale: Tensor | None = None
@@ -128,13 +132,14 @@ class BaseLaplace(ABC):
     # ------------------------------------------------------------------ the linear model
     # The posterior lives in "feature coordinates": the parameters rescaled by the g-prior and,
     # for methods with a basis (Nyström), projected onto it. These hooks convert.
+    def _observed(self) -> FeatureOperator:
+        """The network's features as the likelihood sees them (e.g. through a forward operator)."""
+        return self.linearisation
+
     def _features(self) -> FeatureOperator:
         """The feature operator in the posterior's coordinates."""
-        scaled = (
-            self.linearisation
-            if self.scale is None
-            else ScaledFeatures(self.linearisation, self.scale)
-        )
+        observed = self._observed()
+        scaled = observed if self.scale is None else ScaledFeatures(observed, self.scale)
         return self._transform(scaled)
 
     def _transform(self, features: FeatureOperator) -> FeatureOperator:
@@ -159,13 +164,13 @@ class BaseLaplace(ABC):
     def _linear_model(self, train_loader: TrainingData) -> LinearGaussianModel:
         data = Data(train_loader)
         self._select(data)
-        model = LinearGaussianModel(self.linearisation, self.likelihood, self.prior, data)
+        model = LinearGaussianModel(self._observed(), self.likelihood, self.prior, data)
         if self.g_prior and self.scale is None:
             source = NoiseSource(self.seed, stream="g-prior")
-            diagonal = ggn_diagonal(model, source, progress=self.progress)
+            diagonal = ggn_diagonal(model, source, self.g_prior_probes, progress=self.progress)
             self.scale = g_prior_scale(diagonal).to(self.linearisation.dtype)
         if self.scale is not None:
-            model = replace(model, features=ScaledFeatures(self.linearisation, self.scale))
+            model = replace(model, features=ScaledFeatures(self._observed(), self.scale))
         self._fit_basis(model)
         return replace(model, features=self._features(), prior=self.prior)
 
@@ -247,7 +252,7 @@ class BaseLaplace(ABC):
             outputs = lambda x: model.features.forward(x)  # noqa: E731
         else:
             problem = self._mean_problem(model, mode)
-            mean = solve_mean(problem, solver, init, preconditioner, seed, self.progress).samples[0]
+            mean = self._solve_mean(problem, solver, init, preconditioner, seed)
             outputs = lambda x: problem.outputs(x, mean[None])[0]  # noqa: E731
         if not isinstance(model.likelihood, Gaussian):
             return mean, None
@@ -256,6 +261,17 @@ class BaseLaplace(ABC):
             for _, x, y in model.data.batches()
         )
         return mean, residual
+
+    def _solve_mean(
+        self,
+        problem: MeanProblem,
+        solver: Newton | SGD,
+        init: Tensor,
+        preconditioner: Tensor,
+        seed: int,
+    ) -> Tensor:
+        """``θ̄`` ``[D]`` of a mean problem."""
+        return solve_mean(problem, solver, init, preconditioner, seed, self.progress).samples[0]
 
     def _em(
         self,

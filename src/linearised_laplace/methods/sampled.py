@@ -9,14 +9,15 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from .._checks import check_positive_int
-from ..dual import observations, solve_dual
+from ..dual import gaussian_mean, observations, solve_dual
 from ..em import EMState, EStep, function_space_gamma, weight_space_gamma
 from ..likelihoods import Gaussian
 from ..linear_model import LinearGaussianModel
-from ..mean import Newton
+from ..mean import MeanProblem, Newton
 from ..noise import NoiseSource, PosteriorNoise, derive_seed, draw_posterior_noise
 from ..solvers import CG, SGD, Cholesky, SolveInfo, Solver, SolveResult
 from .base import BaseLaplace, TrainingData, solver_settings
@@ -196,6 +197,26 @@ class SampledLaplace(BaseLaplace):
         state = self._em(model, e_step, mode, max_iter, tol, update_sigma, checkpoint, settings)
         self._draw(replace(model, prior=self.prior, likelihood=self.likelihood), state.samples)
         return self.em_history
+
+    def _solve_mean(
+        self,
+        problem: MeanProblem,
+        solver: Newton | SGD,
+        init: Tensor,
+        preconditioner: Tensor,
+        seed: int,
+    ) -> Tensor:
+        """In the dual with a Gaussian likelihood, ``θ̄`` comes from the dual system (closed form)."""
+        model = problem.model
+        if self._space(model) != "dual" or not isinstance(model.likelihood, Gaussian):
+            return super()._solve_mean(problem, solver, init, preconditioner, seed)
+        zero = torch.zeros_like(init)[None]
+
+        def targets(x: Tensor, y: Tensor) -> Tensor:
+            g = problem.outputs(x, zero)[0]
+            return y.reshape(g.shape).to(g.dtype) - g
+
+        return gaussian_mean(model, targets, self._solver("dual"), seed).samples[0]
 
     def _at(
         self, model: LinearGaussianModel, noise: PosteriorNoise, state: EMState, sigma_ref: float

@@ -1,0 +1,6 @@
+"""Computed tomography with a linearised deep image prior (the seed paper's Table 3)."""
+
+from .phantoms import ellipses, shepp_logan
+from .ray_transform import RayTransform
+
+__all__ = ["RayTransform", "ellipses", "shepp_logan"]
