@@ -30,6 +30,7 @@ from torch import nn
 
 import linearised_laplace as lla
 from linearised_laplace import metrics
+from linearised_laplace.experiments import peers
 
 SAMPLES = 64
 OURS = [
@@ -168,11 +169,8 @@ def ours(method: str, net: nn.Module, train_data, val_data, test_data) -> tuple[
 
 
 def peer(method: str, net: nn.Module, train_data, val_data, test_data) -> tuple[torch.Tensor, dict]:
-    from peers import laplace_torch_samples
-
-    log_probs, indices = laplace_torch_samples(
-        method, net, train_data, val_data, test_data, SAMPLES
-    )
+    predict, indices = peers.laplace_torch_predictor(method, net, train_data, val_data, SAMPLES)
+    log_probs = torch.log_softmax(predict(test_data[0]), -1)
     extras = {}
     if indices is not None:
         extras["zero-curvature chosen"] = zero_curvature_share(net, train_data, indices)
@@ -206,11 +204,6 @@ def run_one(method: str, weights: Path) -> dict:
     }
 
 
-def laplace_torch_available() -> bool:
-    probe = subprocess.run([sys.executable, "-c", "import laplace"], capture_output=True)
-    return probe.returncode == 0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", help="run one method (internal)")
@@ -222,7 +215,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         weights = Path(folder) / "cnn.safetensors"
         train(weights)
-        methods = OURS + (PEERS if laplace_torch_available() else [])
+        methods = OURS + (PEERS if peers.available() else [])
         rows = []
         for method in methods:
             done = subprocess.run(
@@ -239,7 +232,7 @@ def main() -> None:
             print(rows[-1], flush=True)
     peers_note = (
         "laplace-torch ran on the same network (rows `lt-*`)."
-        if laplace_torch_available()
+        if peers.available()
         else "laplace-torch is not installed, so its rows are skipped (install it with `make peers`)."
     )
     columns = ["method", "fit [s]", "peak memory [MB]", "acc", "NLL", "ECE"]
