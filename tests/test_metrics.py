@@ -168,3 +168,12 @@ def test_patch_likelihood_converges_to_the_exact_gaussian_likelihood():
 def test_bad_metric_inputs_raise(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_patch_size_that_does_not_fit_the_image_raises():
+    samples, mean = torch.zeros(4, 6, 6), torch.zeros(6, 6)
+    for bad in (0, 7, 2.5):
+        with pytest.raises(ValueError, match=r"`patch_size` must be an integer in \[1, 6\]"):
+            metrics.patch_log_likelihood(samples, mean, mean, bad)
+    with pytest.raises(ValueError, match=r"Expected samples \[S, H, W\]"):
+        metrics.patch_log_likelihood(samples, mean, torch.zeros(5, 6), 2)
