@@ -109,6 +109,7 @@ def solve_system(
     solver: CG | Cholesky,
     init: Tensor | None = None,
     seed: int = 0,
+    progress: bool | None = False,
 ) -> tuple[Tensor, int, Tensor]:
     """Solve ``(I + Lᵀ K L) w = b`` for ``b`` ``[K, n·C]``: ``(w, CG iterations, relative residuals)``."""
 
@@ -144,6 +145,7 @@ def solve_dual(
     *,
     init: Tensor | None = None,
     seed: int = 0,
+    progress: bool | None = False,
 ) -> tuple[SolveResult, Tensor]:
     """Zero-mean posterior samples by pathwise conditioning in observation space.
 
@@ -155,6 +157,7 @@ def solve_dual(
             ``preconditioner_rank``) or :class:`~linearised_laplace.solvers.Cholesky` (dense).
         init: ``[K, n·C]`` warm start for CG.
         seed: Seeds the randomised preconditioner.
+        progress: Show a progress bar.
 
     Returns:
         The samples ``ζ`` ``[K, D]`` with diagnostics (relative residuals of the dual system),
@@ -163,7 +166,9 @@ def solve_dual(
     start = time.perf_counter()
     prior = model.prior_diag()
     theta0 = xi / prior.sqrt()
-    w, n_steps, residual = solve_system(model, dual_rhs(model, theta0, source), solver, init, seed)
+    w, n_steps, residual = solve_system(
+        model, dual_rhs(model, theta0, source), solver, init, seed, progress
+    )
     samples = theta0 - dual_pullback(model, w) / prior
     info = SolveInfo(f"dual-{solver.name}", n_steps, residual, time.perf_counter() - start)
     return SolveResult(samples, info), w
@@ -174,6 +179,7 @@ def gaussian_mean(
     targets: Callable[[Tensor, Tensor], Tensor],
     solver: CG | Cholesky,
     seed: int = 0,
+    progress: bool | None = False,
 ) -> SolveResult:
     r"""The mode of a Gaussian-likelihood linear model, solved in observation space.
 
@@ -186,6 +192,7 @@ def gaussian_mean(
             tangent model; ``y − f_0 + Φ w*`` for the affine one).
         solver: Solver of the dual system.
         seed: Seeds the randomised preconditioner.
+        progress: Show a progress bar.
 
     Returns:
         ``w̄`` ``[1, D]`` with diagnostics.
@@ -202,7 +209,9 @@ def gaussian_mean(
         f0 = model.features.forward(x)
         model.check_batch(x, y, f0)
         rhs[0, idx] = model.likelihood.factor_t_vec(f0, targets(x, y))
-    u, n_steps, residual = solve_system(model, rhs.reshape(1, -1), solver, seed=seed)
+    u, n_steps, residual = solve_system(
+        model, rhs.reshape(1, -1), solver, seed=seed, progress=progress
+    )
     mean = dual_pullback(model, u) / model.prior_diag()
     return SolveResult(
         mean, SolveInfo(f"dual-mean-{solver.name}", n_steps, residual, time.perf_counter() - start)

@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ._progress import progress_bar
+
 MatVec = Callable[[Tensor], Tensor]
 
 
@@ -18,6 +20,7 @@ def conjugate_gradient(
     rtol: float = 1e-10,
     max_iter: int = 1000,
     preconditioner: MatVec | None = None,
+    progress: bool | None = False,
 ) -> tuple[Tensor, int, Tensor]:
     """Solve ``H x_k = b_k`` for a symmetric positive-definite ``H``, one (P)CG per row.
 
@@ -28,6 +31,7 @@ def conjugate_gradient(
         rtol: Stop when every relative residual ``‖b − H x‖ / ‖b‖`` is below this.
         max_iter: Iteration cap.
         preconditioner: ``R ↦ P^{-1} R`` row-wise for an SPD ``P ≈ H``; none by default.
+        progress: A progress bar with the largest relative residual (``None``: on a terminal).
 
     Returns:
         ``(x [K, n], iterations, relative residuals [K])``.
@@ -40,7 +44,10 @@ def conjugate_gradient(
     rz = (r * z).sum(-1)
     norm_b = rhs.norm(dim=-1).clamp_min(torch.finfo(rhs.dtype).tiny)
     n_iter = 0
+    bar = progress_bar(total=max_iter, enabled=progress, desc="conjugate gradients")
     while n_iter < max_iter and bool((r.norm(dim=-1) / norm_b > rtol).any()):
+        bar.set_postfix(residual=f"{float((r.norm(dim=-1) / norm_b).max()):.1e}", refresh=False)
+        bar.update()
         hp = matvec(p)
         curvature = (p * hp).sum(-1)
         alpha = torch.where(curvature > 0, rz / curvature.clamp_min(1e-300), 0.0)
@@ -52,6 +59,7 @@ def conjugate_gradient(
         p = z + beta[:, None] * p
         rz = rz_new
         n_iter += 1
+    bar.close()
     return x, n_iter, r.norm(dim=-1) / norm_b
 
 

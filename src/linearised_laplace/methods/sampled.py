@@ -103,7 +103,13 @@ class SampledLaplace(BaseLaplace):
         space = self._space(model)
         if space == "dual":
             result, dual = solve_dual(
-                model, noise.xi, noise.source, self._solver(space), init=init, seed=seed
+                model,
+                noise.xi,
+                noise.source,
+                self._solver(space),
+                init=init,
+                seed=seed,
+                progress=self.progress,
             )
             return result, dual
         result = self._solver(space).solve(
@@ -216,7 +222,7 @@ class SampledLaplace(BaseLaplace):
             g = problem.outputs(x, zero)[0]
             return y.reshape(g.shape).to(g.dtype) - g
 
-        return gaussian_mean(model, targets, self._solver("dual"), seed).samples[0]
+        return gaussian_mean(model, targets, self._solver("dual"), seed, self.progress).samples[0]
 
     def _at(
         self, model: LinearGaussianModel, noise: PosteriorNoise, state: EMState, sigma_ref: float

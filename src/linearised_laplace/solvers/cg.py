@@ -35,7 +35,13 @@ class CG:
     name = "cg"
 
     def solve(
-        self, model: LinearGaussianModel, noise: PosteriorNoise, *, init: Tensor | None = None, **_
+        self,
+        model: LinearGaussianModel,
+        noise: PosteriorNoise,
+        *,
+        init: Tensor | None = None,
+        progress: bool | None = False,
+        **_,
     ) -> SolveResult:
         """Solve for the samples, warm-started from ``init`` ``[K, D]`` if given."""
         start = time.perf_counter()
@@ -48,6 +54,7 @@ class CG:
             rtol=self.rtol,
             max_iter=self.max_iter,
             preconditioner=lambda r: r / diagonal,
+            progress=progress,
         )
         info = SolveInfo(self.name, n_iter, residual, time.perf_counter() - start)
         return SolveResult(samples, info)
