@@ -177,3 +177,23 @@ def test_patch_size_that_does_not_fit_the_image_raises():
             metrics.patch_log_likelihood(samples, mean, mean, bad)
     with pytest.raises(ValueError, match=r"Expected samples \[S, H, W\]"):
         metrics.patch_log_likelihood(samples, mean, torch.zeros(5, 6), 2)
+
+
+def test_shrinkage_halves_the_off_diagonal_and_keeps_few_samples_finite():
+    gen = torch.Generator().manual_seed(1)
+    samples = torch.randn(200_000, 2, 2, generator=gen) * torch.tensor([[1.0, 2.0], [0.5, 1.5]])
+    samples[:, 0, 1] += samples[:, 0, 0]  # correlated pixels
+    mean, truth = torch.zeros(2, 2), torch.tensor([[0.3, -1.0], [0.2, 0.1]])
+    flat = samples.reshape(-1, 4)
+    cov = flat.T @ flat / len(flat)
+    shrunk = 0.5 * (cov + torch.diag(cov.diagonal()))
+    expected = torch.distributions.MultivariateNormal(torch.zeros(4), shrunk).log_prob(
+        truth.reshape(-1)
+    )
+    got = metrics.patch_log_likelihood(samples, mean, truth, 2, jitter=0.0, shrink=True)
+    assert abs(got - float(expected) / 4) < 1e-9
+    # 3 samples for 4-pixel patches: singular without shrinkage, well-posed with it
+    few = samples[:3]
+    assert metrics.patch_log_likelihood(
+        few, mean, truth, 2, shrink=True
+    ) > metrics.patch_log_likelihood(few, mean, truth, 2)

@@ -188,7 +188,12 @@ def gaussian_log_likelihood(
 
 
 def patch_log_likelihood(
-    samples: Tensor, mean: Tensor, truth: Tensor, patch_size: int, jitter: float = 1e-6
+    samples: Tensor,
+    mean: Tensor,
+    truth: Tensor,
+    patch_size: int,
+    jitter: float = 1e-6,
+    shrink: bool = False,
 ) -> float:
     """Per-pixel Gaussian log-likelihood of an image over non-overlapping ``p×p`` patches.
 
@@ -203,6 +208,9 @@ def patch_log_likelihood(
         truth: ``[H, W]`` ground truth.
         patch_size: ``p``.
         jitter: ``δ``, added to every patch covariance.
+        shrink: Halve the off-diagonal entries, ``Σ̂ ← ½(Σ̂ + diag Σ̂)`` (Maddox et al.; the
+            reference code's choice for the walnut). A ``p² × p²`` sample covariance from
+            ``S < p²`` samples is singular, and without this its null space is scored by ``δ`` alone.
     """
     if samples.ndim != 3 or mean.shape != samples.shape[1:] or truth.shape != mean.shape:
         raise ValueError(
@@ -219,6 +227,8 @@ def patch_log_likelihood(
     for rows, cols in _patch_blocks(height, width, patch_size):
         dev = _patches(samples[:, rows, cols], patch_size)  # [P, S, q]
         cov = dev.transpose(1, 2) @ dev / dev.shape[1]
+        if shrink:
+            cov = 0.5 * (cov + torch.diag_embed(cov.diagonal(dim1=-2, dim2=-1)))
         cov = cov + jitter * torch.eye(cov.shape[-1], dtype=torch.float64)
         target = _patches(error[None, rows, cols], patch_size)[:, 0]  # [P, q]
         dist = torch.distributions.MultivariateNormal(

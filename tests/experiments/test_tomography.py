@@ -19,6 +19,15 @@ def test_cli_runs_every_method_and_writes_table_3(tmp_path, capsys):
     for name in ("results.md", "reconstruction.png", "calibration.png"):
         assert (out / name).stat().st_size > 0
     assert "patch LL" in capsys.readouterr().out
+    # a rerun rescores the cached samples instead of recomputing them
+    timing = out / "methods" / "exact.json"
+    meta = json.loads(timing.read_text())
+    meta["seconds"] = 6000.0
+    timing.write_text(json.dumps(meta))
+    assert cli.main(["benchmark", "tomography", "--smoke", "--out", str(out)]) == 0
+    again = json.loads((out / "results.json").read_text())["results"]
+    assert again[-1]["wall-clock [min]"] == 100.0
+    assert again[-1]["marginal LL"] == report["results"][-1]["marginal LL"]
 
 
 def test_bad_settings_say_what_to_change(tmp_path, capsys):

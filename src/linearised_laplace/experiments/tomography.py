@@ -153,50 +153,44 @@ def mc_dropout_images(net: UNet, z: Tensor, n_samples: int, seed: int) -> Tensor
 def run_method(
     method: str, s: TomographySettings, problem: Problem, progress: bool | None = None
 ) -> dict:
-    """Image samples of one method around its mean, with the wall time."""
+    """Image samples of one method around its mean, with the DIP fit's and the method's own time."""
     y = problem.measurements.reshape(1, -1)
+    dropout = 0.05 if method == "mc-dropout" else 0.0
+    net, z, dip_seconds = dip_network(s, problem, dropout, progress)
+    start = time.perf_counter()
+    result = {"dip_seconds": dip_seconds}
     if method == "mc-dropout":
-        net, z, fit_seconds = dip_network(s, problem, 0.05, progress)
-        start = time.perf_counter()
         images = mc_dropout_images(net, z, s.n_samples, s.seed)
         mean = images.mean(0)
         return {
+            **result,
             "mean": mean,
             "deviations": images - mean,
-            "seconds": fit_seconds + time.perf_counter() - start,
+            "seconds": time.perf_counter() - start,
         }
-    net, z, fit_seconds = dip_network(s, problem, progress=progress)
     with torch.no_grad():
-        mean = net(z)[0, 0]
+        result["mean"] = net(z)[0, 0]
     kw = {"n_samples": s.n_samples, "seed": s.seed, "progress": progress}
-    solver = CG(rtol=1e-3, max_iter=s.cg_iterations, preconditioner_rank=s.preconditioner_rank)
-    start = time.perf_counter()
     if method == "exact":
         scaler = LinearisedDIP(net, problem.operator, sigma_noise=problem.sigma, **kw)
         scaler._linear_model((z, y))  # the g-prior scale, as the sampled method computes it
-        result = exact_linearised_dip(
+        exact = exact_linearised_dip(
             net, problem.operator, z, y, problem.sigma, scaler.scale,
             max_iter=s.em_steps, n_samples=s.exact_samples, seed=s.seed, progress=progress,
         )  # fmt: skip
-        seconds = fit_seconds + time.perf_counter() - start
-        return {
-            "mean": mean,
-            "deviations": result.samples,
-            "seconds": seconds,
-            "em_history": result.history,
-        }
-    space = "dual" if method == "sampled-dual" else "primal"
-    la = LinearisedDIP(
-        net, problem.operator, sigma_noise=problem.sigma, space=space, solver=solver, **kw
-    )
-    history = la.optimize_prior_precision((z, y), max_iter=s.em_steps, n_em_samples=s.em_samples)
-    deviations = la.image_samples(z).detach()
-    return {
-        "mean": mean,
-        "deviations": deviations,
-        "seconds": fit_seconds + time.perf_counter() - start,
-        "em_history": history,
-    }
+        deviations, history = exact.samples, exact.history
+    else:
+        solver = CG(rtol=1e-3, max_iter=s.cg_iterations, preconditioner_rank=s.preconditioner_rank)
+        space = "dual" if method == "sampled-dual" else "primal"
+        la = LinearisedDIP(
+            net, problem.operator, sigma_noise=problem.sigma, space=space, solver=solver, **kw
+        )
+        history = la.optimize_prior_precision(
+            (z, y), max_iter=s.em_steps, n_em_samples=s.em_samples
+        )
+        deviations = la.image_samples(z).detach()
+    seconds = time.perf_counter() - start
+    return {**result, "deviations": deviations, "seconds": seconds, "em_history": history}
 
 
 def score(result: dict, truth: Tensor) -> dict:
@@ -215,13 +209,16 @@ def score(result: dict, truth: Tensor) -> dict:
         if (bins == b).any()
     ]
     mse = float((truth.double() - mean).square().mean())
+    patch = min(PATCH, truth.shape[-1])
     return {
         "marginal LL": metrics.patch_log_likelihood(deviations, mean, truth, 1),
         "patch LL (10×10)": metrics.patch_log_likelihood(
-            deviations, mean, truth, min(PATCH, truth.shape[-1])
+            deviations, mean, truth, patch, shrink=True
         ),
+        "patch LL (10×10, unshrunk)": metrics.patch_log_likelihood(deviations, mean, truth, patch),
         "PSNR": 10 * math.log10(float(truth.max()) ** 2 / mse),
         "wall-clock [min]": result["seconds"] / 60,
+        "DIP fit [min]": result["dip_seconds"] / 60,
         "calibration (std, RMSE)": calibration,
         "prior_precision": result["em_history"][-1]["prior_precision"][0]
         if "em_history" in result
@@ -230,35 +227,43 @@ def score(result: dict, truth: Tensor) -> dict:
 
 
 def run(s: TomographySettings, progress: bool | None = None) -> dict:
-    """Run every method (cached), write ``results.md``, ``results.json`` and the figures."""
+    """Run every method (cached), write ``results.md``, ``results.json`` and the figures.
+
+    Each method's image samples are kept in ``out/checkpoints/`` (not committed) and its timing in
+    ``out/methods/``, so a rerun rescores without recomputing.
+    """
     out = Path(s.out)
     (out / "methods").mkdir(parents=True, exist_ok=True)
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     problem = make_problem(s)
-    settings = {k: v for k, v in asdict(s).items() if k not in ("methods", "out")}
+    settings = json.loads(
+        json.dumps({k: v for k, v in asdict(s).items() if k not in ("methods", "out")})
+    )
     rows, images = [], {}
     for method in s.methods:
-        cache = out / "methods" / f"{method}.json"
-        cached = json.loads(cache.read_text()) if cache.exists() else None
-        if cached and cached.get("settings") == json.loads(json.dumps(settings)):
-            rows.append(cached)
-            images[method] = load_file(str(out / "methods" / f"{method}.safetensors"))
-            continue
-        try:
-            result = run_method(method, s, problem, progress)
-        except (MemoryError, RuntimeError) as err:
-            rows.append(
-                {"method": method, "error": f"{type(err).__name__}: {str(err).splitlines()[0]}"}
-            )
-            continue
-        row = {"method": method, **score(result, problem.truth), "settings": settings}
-        std = result["deviations"].double().square().mean(0).sqrt().float()
-        images[method] = {"mean": result["mean"].float(), "std": std}
-        save_file(
-            {k: v.contiguous() for k, v in images[method].items()},
-            str(out / "methods" / f"{method}.safetensors"),
+        cache, tensors = (
+            out / "methods" / f"{method}.json",
+            out / "checkpoints" / f"{method}.safetensors",
         )
-        cache.write_text(json.dumps(row, indent=1))
-        rows.append(row)
+        meta = json.loads(cache.read_text()) if cache.exists() else None
+        if meta and meta.get("settings") == settings and tensors.exists():
+            result = {**meta, **load_file(str(tensors))}
+        else:
+            try:
+                result = run_method(method, s, problem, progress)
+            except (MemoryError, RuntimeError) as err:
+                rows.append(
+                    {"method": method, "error": f"{type(err).__name__}: {str(err).splitlines()[0]}"}
+                )
+                continue
+            save_file({k: result[k].contiguous() for k in ("mean", "deviations")}, str(tensors))
+            meta = {k: v for k, v in result.items() if k not in ("mean", "deviations")}
+            cache.write_text(json.dumps({"method": method, **meta, "settings": settings}, indent=1))
+        rows.append({"method": method, **score(result, problem.truth)})
+        images[method] = {
+            "mean": result["mean"],
+            "std": result["deviations"].double().square().mean(0).sqrt(),
+        }
     report = {
         "settings": settings,
         "measurements": problem.measurements.numel(),
