@@ -44,18 +44,7 @@ OURS = [
     "nystrom-em",
     "nystrom-val",
 ]
-PEERS = [
-    "lt-full-marglik",
-    "lt-kron-marglik",
-    "lt-kron-val",
-    "lt-diag-marglik",
-    "lt-diag-val",
-    "lt-lastlayer-marglik",
-    "lt-lastlayer-val",
-    "lt-subnet-marglik",
-    "lt-subnetdiag-marglik",
-    "lt-ella-val",
-]
+PEERS = list(peers.PEER_METHODS)
 
 
 def cnn() -> nn.Module:

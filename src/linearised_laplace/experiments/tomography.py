@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .. import metrics
+from ..baselines import mc_dropout_samples
 from ..solvers import CG
 from ..tomography import RayTransform, ellipses, shepp_logan
 from ..tomography.dip import DIPConfig, fit_dip
@@ -140,16 +141,6 @@ def dip_network(
     return net.eval(), z, seconds
 
 
-def mc_dropout_images(net: UNet, z: Tensor, n_samples: int, seed: int) -> Tensor:
-    """Images under random dropout masks (GroupNorm has no running statistics): ``[S, H, W]``."""
-    with torch.no_grad(), torch.random.fork_rng():
-        torch.manual_seed(seed)
-        net.train()
-        images = torch.stack([net(z)[0, 0] for _ in range(n_samples)])
-        net.eval()
-    return images
-
-
 def run_method(
     method: str, s: TomographySettings, problem: Problem, progress: bool | None = None
 ) -> dict:
@@ -160,7 +151,7 @@ def run_method(
     start = time.perf_counter()
     result = {"dip_seconds": dip_seconds}
     if method == "mc-dropout":
-        images = mc_dropout_images(net, z, s.n_samples, s.seed)
+        images = mc_dropout_samples(net, z, s.n_samples, s.seed)[:, 0, 0]
         mean = images.mean(0)
         return {
             **result,

@@ -56,7 +56,7 @@ def write_report(report: dict, problem, images: dict, out: Path) -> None:
             f"Wall-clock ratio exact / sampled (dual): {times['exact'] / times['sampled-dual']:.2f}.",
         ]
     (out / "results.md").write_text("\n".join(lines) + "\n")
-    if "sampled-dual" in images or images:
+    if images:
         _figure(problem, images, out / "reconstruction.png")
         _calibration(done, out / "calibration.png")
 

@@ -23,6 +23,8 @@ from .._progress import progress_bar
 from ..data import Data
 from ..dual import dual_pullback, dual_rhs, kernel_vec
 from ..features import FeatureOperator, OutputMap
+from ..g_prior import ScaledFeatures
+from ..likelihoods import Gaussian
 from ..linear_model import LinearGaussianModel
 from ..linearisation import Linearisation
 from ..methods.sampled import SampledLaplace
@@ -136,9 +138,6 @@ def exact_linearised_dip(
     Returns:
         The result with ``samples`` ``[S, H, W]``.
     """
-    from ..g_prior import ScaledFeatures
-    from ..likelihoods import Gaussian
-
     start = time.perf_counter()
     lin = Linearisation(Flatten(unet))
     features = OutputMap(lin, *observation_map(operator))
@@ -182,7 +181,6 @@ def exact_linearised_dip(
     model = LinearGaussianModel(
         features, Gaussian(sigma_noise), unit.with_precision(alpha), Data((z, y))
     )
-    source = NoiseSource(seed, stream="exact")
     samples = []
     size = operator.size
     for first in progress_bar(range(0, n_samples, chunk), enabled=progress, desc="exact: samples"):
@@ -191,9 +189,7 @@ def exact_linearised_dip(
             k, lin.n_params, dtype=lin.dtype, device=lin.device
         )
         theta0 = xi / math.sqrt(alpha)
-        rhs = dual_rhs(
-            model, theta0, NoiseSource(source.seed + first, stream="exact-points")
-        ).double()
+        rhs = dual_rhs(model, theta0, NoiseSource(seed + first, stream="exact-points")).double()
         w = (vectors @ ((vectors.T @ rhs.T) / (1 + values / alpha)[:, None])).T.to(lin.dtype)
         zeta = theta0 - dual_pullback(model, w) / alpha
         image_scale = zeta if scale is None else zeta * scale
