@@ -72,6 +72,16 @@ def test_mackay_update_clips_estimates_only():
     torch.testing.assert_close(exact, torch.tensor([2.5 / 2.0, 0.9 / 4.0]))
 
 
+def test_mackay_update_clips_estimates_to_the_rank_of_the_ggn():
+    ids = torch.zeros(100, dtype=torch.long)
+    mean = torch.ones(100)
+    # 10 observations: M has rank ≤ 10, so γ̂ = 40 (an overshoot) is clipped to 10 − 1
+    clipped = mackay_update(torch.tensor([40.0]), mean, ids, 1, n_observations=10)
+    torch.testing.assert_close(clipped, torch.tensor([9.0 / 100.0], dtype=torch.float64))
+    unbounded = mackay_update(torch.tensor([40.0]), mean, ids, 1)
+    torch.testing.assert_close(unbounded, torch.tensor([40.0 / 100.0], dtype=torch.float64))
+
+
 def _regression_problem(n=100, d=40):
     """y = Xθ + ε with decaying feature scales, as a linear network (J = X), γ well inside (1, d−1)."""
     gen = torch.Generator().manual_seed(0)

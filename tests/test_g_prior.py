@@ -81,3 +81,13 @@ def test_g_prior_scales_samples_back_to_the_original_coordinates():
     torch.testing.assert_close(la.posterior_samples, la._samples * la.scale)
     diag = la._model.dense_ggn().diagonal()
     assert float((diag[diag > 1e-3] - 1).abs().max()) < 1e-8  # unit GGN diagonal after scaling
+
+
+def test_g_prior_scale_is_the_scale_fit_uses():
+    x, y = classification_data(30)
+    la = lla.ExactLaplace(_layer_norm_net(), g_prior=True, n_samples=3, progress=False)
+    scale = la.g_prior_scale((x, y)).clone()
+    fitted = lla.ExactLaplace(_layer_norm_net(), g_prior=True, n_samples=3, progress=False)
+    torch.testing.assert_close(scale, fitted.fit((x, y)).scale)
+    with pytest.raises(ValueError, match="g_prior=True"):
+        lla.ExactLaplace(_layer_norm_net(), progress=False).g_prior_scale((x, y))

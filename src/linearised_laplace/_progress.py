@@ -1,13 +1,19 @@
-"""Progress bars for long passes (tqdm); ``enabled=None`` shows them only on a terminal."""
+"""Progress bars for long passes (tqdm); ``enabled=None`` shows them only on a terminal.
+
+Under ``torch.distributed`` only rank 0 shows them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 
 def progress_bar(iterable: Iterable | None = None, *, enabled: bool | None, **kwargs) -> tqdm:
     """A tqdm bar, silent when ``enabled`` is False (and off a terminal when it is None)."""
     disable = None if enabled is None else not enabled
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() > 0:
+        disable = True
     return tqdm(iterable, disable=disable, leave=False, dynamic_ncols=True, **kwargs)

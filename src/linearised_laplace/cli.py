@@ -104,7 +104,11 @@ def tomography(args: argparse.Namespace) -> None:
         settings = TomographySettings.smoke_test(out)
     else:
         settings = TomographySettings(
-            angles=args.angles, image=args.image, width=args.width, out=out
+            angles=args.angles,
+            image=args.image,
+            width=args.width,
+            n_samples=args.n_samples,
+            out=out,
         )
     if args.methods:
         settings = replace(settings, methods=tuple(args.methods))
@@ -168,6 +172,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--angles", type=int, default=60, choices=(60, 120), help="projection angles")
     t.add_argument("--image", default="shepp-logan", choices=("shepp-logan", "ellipses"))
     t.add_argument("--width", type=int, default=32, help="U-Net channels")
+    t.add_argument(
+        "--n-samples", type=int, default=TomographySettings.n_samples, help="image samples"
+    )
     t.add_argument(
         "--methods", nargs="+", metavar="METHOD", help=f"subset of: {', '.join(TOMOGRAPHY_METHODS)}"
     )

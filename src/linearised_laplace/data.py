@@ -3,6 +3,9 @@
 The library draws its own batches from the user's dataset, so that each data point has a stable index
 (its per-point noise depends on it), passes in a fixed order are reproducible, and shuffling is driven
 by the library's seed rather than by global random state. The user's loader is never iterated.
+Under ``torch.distributed`` each global batch is split over the ranks
+(:mod:`linearised_laplace.distributed`); sums over data points are then completed by
+:meth:`Data.all_reduce`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
+
+from .distributed import Shard
 
 Batch = tuple[Tensor, Tensor, Tensor]  # (indices [b], inputs [b, ...], targets [b, ...])
 
@@ -22,7 +28,11 @@ class Data:
     Args:
         source: A ``DataLoader`` (its dataset, batch size and collate function are used), a
             map-style ``Dataset`` yielding ``(x, y)``, or a pair of tensors ``(X, Y)``.
-        batch_size: Batch size; defaults to the loader's, else 128.
+        batch_size: Batch size; defaults to the loader's, else 128. Under ``torch.distributed``
+            this is the global batch, split over the ranks.
+
+    Attributes:
+        shard: This process's rank and the number of ranks that share each batch.
     """
 
     def __init__(
@@ -30,6 +40,12 @@ class Data:
     ):
         collate = None
         if isinstance(source, DataLoader):
+            if isinstance(source.sampler, DistributedSampler):
+                raise ValueError(
+                    "The loader uses a DistributedSampler, but the library shards the data over "
+                    "the ranks itself (by data index, so the per-point noise stays the same). Remove "
+                    "the DistributedSampler and pass the full dataset on every rank."
+                )
             collate = source.collate_fn
             batch_size = (
                 batch_size or source.batch_size or getattr(source.batch_sampler, "batch_size", None)
@@ -62,6 +78,13 @@ class Data:
         self.n = n
         self.batch_size = int(batch_size or 128)
         self._collate = collate
+        self.shard = Shard.current()
+        if self.batch_size < self.shard.world:
+            raise ValueError(
+                f"The global batch size ({self.batch_size}) is smaller than the number of ranks "
+                f"({self.shard.world}): some ranks would never see data. Use a batch size of at "
+                f"least {self.shard.world} (it is split over the ranks)."
+            )
 
     def __len__(self) -> int:
         return self.n
@@ -69,12 +92,28 @@ class Data:
     def batches(
         self, order: Tensor | None = None, batch_size: int | None = None
     ) -> Iterator[Batch]:
-        """Yield ``(indices, x, y)`` over ``order`` (default: ``0..n-1``) in consecutive batches."""
+        """Yield ``(indices, x, y)`` over ``order`` (default: ``0..n-1``) in consecutive batches.
+
+        Under ``torch.distributed`` each batch is this rank's share of the global batch.
+        """
+        for _, batch in self.sharded_batches(order, batch_size):
+            yield batch
+
+    def sharded_batches(
+        self, order: Tensor | None = None, batch_size: int | None = None
+    ) -> Iterator[tuple[int, Batch]]:
+        """Yield ``(b, (indices, x, y))``: each global batch's size ``b`` and this rank's share.
+
+        A stochastic gradient scales this rank's share by ``n / b`` before it is all-reduced.
+        """
         order = torch.arange(self.n) if order is None else order.reshape(-1).long()
-        size = batch_size or self.batch_size
-        for idx in order.split(size):
-            x, y = self._fetch(idx)
-            yield idx, x, y
+        for batch in order.split(batch_size or self.batch_size):
+            idx = self.shard.local(batch)
+            yield batch.numel(), (idx, *self._fetch(idx))
+
+    def all_reduce(self, tensor: Tensor) -> Tensor:
+        """Complete a sum over data points by summing ``tensor`` over the ranks (in place)."""
+        return self.shard.all_reduce(tensor)
 
     def random_order(self, generator: torch.Generator) -> Tensor:
         """A random permutation of the data indices."""

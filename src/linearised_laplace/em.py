@@ -12,7 +12,10 @@ posterior samples ``ζ_k ~ N(0, H^{-1})``:
   ``2 Σ_j r_j²`` with ``r_j = μ_j / (μ_j + α)``: best when ``γ ≪ D`` (all networks);
 * weight space: ``γ̂ = D − (1/K) Σ_k ζ_kᵀ A ζ_k``, variance ``2 Σ_j (1 − r_j)²``: best when ``γ ≈ D``.
 
-Estimated ``γ̂`` are clipped to ``[1, d_g − 1]``. For a Gaussian likelihood MacKay's noise update is
+Estimated ``γ̂`` are clipped to ``[1, min(d_g, n·C) − 1]``: ``M`` has rank at most ``n·C``, so neither
+may the exact ``γ``; an unconverged solve can overshoot (at small ``α`` samples are large and the
+estimate inflates), and the clip keeps EM from stepping to a far too small ``α``. For a Gaussian
+likelihood MacKay's noise update is
 ``σ² = ‖y − g(θ̄)‖² / (nC − γ)``.
 """
 
@@ -65,18 +68,25 @@ def exact_gamma(
 
 
 def mackay_update(
-    gamma: Tensor, mean: Tensor, group_ids: Tensor, n_groups: int, clip: bool = True
+    gamma: Tensor,
+    mean: Tensor,
+    group_ids: Tensor,
+    n_groups: int,
+    clip: bool = True,
+    n_observations: int | None = None,
 ) -> Tensor:
     """``α_g = γ_g / ‖θ̄_g‖²``: ``[G]`` (float64).
 
     With ``clip`` (for estimated ``γ̂``, whose noise can leave the feasible range) ``γ̂_g`` is first
-    clipped to ``[1, d_g − 1]`` (``½`` for groups of one parameter); an exact ``γ`` lies in
-    ``(0, d_g)`` already and is used as it is.
+    clipped to ``[1, min(d_g, n·C) − 1]`` (``½`` for groups of one parameter), ``n·C`` being
+    ``n_observations`` (the rank bound of the GGN) when given; an exact ``γ`` lies in
+    ``(0, min(d_g, n·C))`` already and is used as it is.
     """
     sizes = group_sum(torch.ones_like(mean, dtype=torch.float64), group_ids, n_groups)
     if clip:
         low = torch.clamp(sizes / 2, max=1.0)
-        gamma = torch.minimum(torch.maximum(gamma, low), sizes - low)
+        high = sizes if n_observations is None else sizes.clamp_max(n_observations)
+        gamma = torch.minimum(torch.maximum(gamma, low), high - low)
     norm_sq = group_sum(mean.double().square(), group_ids, n_groups)
     return gamma / norm_sq.clamp_min(torch.finfo(torch.float64).tiny)
 
@@ -144,6 +154,7 @@ def run_em(
     max_iter: int,
     tol: float,
     n_observations: int | None = None,
+    update_sigma: bool = False,
     clip_gamma: bool = True,
     on_step: Callable[[EMState], None] | None = None,
     progress: bool | None = None,
@@ -156,8 +167,9 @@ def run_em(
         group_ids: ``[D]`` prior group of each coordinate.
         max_iter: Total EM steps, counting those already in ``state``.
         tol: Stop when every ``|Δ log α_g|`` (and ``|Δ log σ|``) is below this.
-        n_observations: ``n·C``; when given, ``σ`` is updated too (Gaussian likelihood).
-        clip_gamma: Clip estimated ``γ̂`` to ``[1, d_g − 1]`` (off for exact ``γ``).
+        n_observations: ``n·C``, which bounds ``γ`` and enters the noise update.
+        update_sigma: Update ``σ`` too (Gaussian likelihood; needs ``n_observations``).
+        clip_gamma: Clip estimated ``γ̂`` to ``[1, min(d_g, n·C) − 1]`` (off for exact ``γ``).
         on_step: Called with the new state after every completed step (checkpointing).
         progress: Show a progress bar.
 
@@ -171,9 +183,11 @@ def run_em(
         while state.step < max_iter and not state.converged:
             start = time.perf_counter()
             result = e_step(state)
-            precision = mackay_update(result.gamma, result.mean, group_ids, n_groups, clip_gamma)
+            precision = mackay_update(
+                result.gamma, result.mean, group_ids, n_groups, clip_gamma, n_observations
+            )
             sigma = state.sigma
-            if n_observations is not None and result.residual_sq is not None:
+            if update_sigma and n_observations is not None and result.residual_sq is not None:
                 sigma = noise_update(result.residual_sq, n_observations, float(result.gamma.sum()))
             change = max(
                 float((precision.log() - state.precision.log()).abs().max()),

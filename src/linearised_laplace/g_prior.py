@@ -65,7 +65,7 @@ def ggn_diagonal_exact(model: LinearGaussianModel, progress: bool | None = None)
         jac = features.to_dense(x).to(torch.float64)  # [b, C, D]
         factor = model.likelihood.factor(features.forward(x).to(torch.float64))  # [b, C, C]
         total += (factor.transpose(1, 2) @ jac).square().sum((0, 1))
-    return total
+    return data.all_reduce(total)
 
 
 def ggn_diagonal_sampled(
@@ -84,7 +84,7 @@ def ggn_diagonal_sampled(
         cotangents = model.likelihood.factor_vec(f0, nu)
         for probe in cotangents:
             total += features.per_example_vjp(x, probe).to(torch.float64).square().sum(0)
-    return total / n_probes
+    return data.all_reduce(total) / n_probes
 
 
 def ggn_diagonal(

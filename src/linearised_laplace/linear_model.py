@@ -11,7 +11,7 @@ Every product here is matrix-free; :meth:`LinearGaussianModel.dense_ggn` is the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cached_property
 
@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_finite, check_sample_budget
-from .data import Batch, Data
+from .data import Data
 from .features import FeatureOperator
 from .likelihoods import Likelihood
 from .priors import Prior
@@ -61,6 +61,8 @@ class LinearGaussianModel:
 
     def check_batch(self, x: Tensor, y: Tensor, f0: Tensor) -> None:
         """Validate one training batch against the model's outputs ``f0``."""
+        if len(x) == 0:  # a rank's empty share of a small last batch
+            return
         check_finite("The training inputs", x)
         check_finite("The training targets", y)
         self.likelihood.check_targets(f0, y.to(f0.device))
@@ -76,12 +78,12 @@ class LinearGaussianModel:
         _, pull = self.features.pullback(x)
         return f0, pull(self.likelihood.hessian_vec(f0 if at is None else at(x, f0), jz))
 
-    def precision_vec(self, tangents: Tensor, batches: Iterator[Batch] | None = None) -> Tensor:
+    def precision_vec(self, tangents: Tensor) -> Tensor:
         """``H z_k = M z_k + A z_k`` over the whole training set: ``[K, D]``."""
-        out = self.prior_diag() * tangents
-        for _, x, _ in batches or self.data.batches():
-            out = out + self.ggn_vec(x, tangents)[1]
-        return out
+        ggn_z = torch.zeros_like(tangents)
+        for _, x, _ in self.data.batches():
+            ggn_z += self.ggn_vec(x, tangents)[1]
+        return self.prior_diag() * tangents + self.data.all_reduce(ggn_z)
 
     def function_norms(self, tangents: Tensor) -> Tensor:
         """``‖Φ z_k‖²_B = Σ_i (Φ_i z_k)ᵀ B_i (Φ_i z_k)`` over the training set: ``[K]``."""
@@ -89,7 +91,7 @@ class LinearGaussianModel:
         for _, x, _ in self.data.batches():
             f0, jz = self.features.jvp(x, tangents)
             total = total + (jz * self.likelihood.hessian_vec(f0, jz)).sum((-2, -1))
-        return total
+        return self.data.all_reduce(total)
 
     def dense_ggn(self) -> Tensor:
         """``M = Σ_i Φ(x_i)ᵀ B_i Φ(x_i)`` as a dense float64 ``[D, D]`` matrix."""
@@ -104,4 +106,4 @@ class LinearGaussianModel:
             jac = self.features.to_dense(x).to(torch.float64)  # [b, C, D]
             curvature = self.likelihood.hessian(self.features.forward(x).to(torch.float64))
             ggn += jac.flatten(0, 1).T @ torch.bmm(curvature, jac).flatten(0, 1)
-        return ggn
+        return self.data.all_reduce(ggn)

@@ -78,30 +78,32 @@ class MeanProblem:
 
     def value(self, w: Tensor) -> float:
         """``F(w)`` for one ``[D]`` vector (one data pass)."""
-        total = 0.5 * float((self.model.prior_diag() * w * w).sum())
+        nll = torch.zeros((), dtype=torch.float64, device=w.device)
         for _, x, y in self.model.data.batches():
-            total -= float(self.model.likelihood.log_prob(self.outputs(x, w[None])[0], y).sum())
-        return total
+            nll -= self.model.likelihood.log_prob(self.outputs(x, w[None])[0], y).sum().double()
+        return 0.5 * float((self.model.prior_diag() * w * w).sum()) + float(
+            self.model.data.all_reduce(nll)
+        )
 
     def gradient(self, w: Tensor) -> tuple[Tensor, list[Tensor]]:
         """``∇F(w)`` ``[D]`` and the outputs ``g_b(w)`` of every batch (one data pass)."""
-        grad, outputs = self.model.prior_diag() * w, []
+        grad, outputs = torch.zeros_like(w), []
         for _, x, y in self.model.data.batches():
             g = self.outputs(x, w[None])[0]
             _, pull = self.model.features.pullback(x)
-            grad = grad + pull(self.model.likelihood.nll_grad(g, y)[None])[0]
+            grad += pull(self.model.likelihood.nll_grad(g, y)[None])[0]
             outputs.append(g)
-        return grad, outputs
+        return self.model.prior_diag() * w + self.model.data.all_reduce(grad), outputs
 
     def hessian_vec(self, outputs: list[Tensor], v: Tensor) -> Tensor:
         """``Σ_i Φ_iᵀ B_i(g_i) Φ_i v_k + A v_k`` at cached outputs ``g``: ``[K, D]``."""
         features, likelihood = self.model.features, self.model.likelihood
-        out = self.model.prior_diag() * v
+        out = torch.zeros_like(v)
         for (_, x, _), g in zip(self.model.data.batches(), outputs, strict=True):
             _, jv = features.jvp(x, v)
             _, pull = features.pullback(x)
-            out = out + pull(likelihood.hessian_vec(g, jv))
-        return out
+            out += pull(likelihood.hessian_vec(g, jv))
+        return self.model.prior_diag() * v + self.model.data.all_reduce(out)
 
 
 @dataclass(frozen=True)

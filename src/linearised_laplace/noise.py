@@ -157,4 +157,5 @@ def draw_posterior_noise(
         if n_extra:
             nu = torch.cat([nu, extra.points(idx, n_extra, f0.shape[-1], **kw)])
         u += pull(model.likelihood.factor_vec(f0, nu))
+    u = data.all_reduce(u)
     return PosteriorNoise(xi, u[:n_samples], source, (u**2).mean(0))

@@ -64,11 +64,10 @@ def swag_variance(
     count, step = 0, 0
     with progress_bar(total=n_epochs * steps_per_epoch, enabled=progress, desc="SWAG") as bar:
         for _ in range(n_epochs):
-            for idx, x, y in data.batches(data.random_order(generator)):
+            for size, (_, x, y) in data.sharded_batches(data.random_order(generator)):
                 nll = -likelihood.log_prob(lin.evaluate(x, theta), y.to(lin.device)).sum()
-                loss = nll * (len(data) / idx.numel()) + 0.5 * (prior_diag * theta.square()).sum()
-                optimiser.zero_grad()
-                loss.backward()
+                (grad,) = torch.autograd.grad(nll * (len(data) / size), theta)
+                theta.grad = data.all_reduce(grad) + prior_diag * theta.detach()
                 optimiser.step()
                 step += 1
                 if step % every == 0:

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from .. import persistence
 from .._checks import check_positive_int
 from ..data import Data
+from ..distributed import is_main_process
 from ..em import EMState, EStep, check_em_settings, run_em
 from ..exceptions import NotFittedError
 from ..features import FeatureOperator
@@ -163,6 +164,8 @@ class BaseLaplace(ABC):
 
     def _linear_model(self, train_loader: TrainingData) -> LinearGaussianModel:
         data = Data(train_loader)
+        if data.shard.world > 1:
+            self._check_data_parallel(data)
         self._select(data)
         model = LinearGaussianModel(self._observed(), self.likelihood, self.prior, data)
         if self.g_prior and self.scale is None:
@@ -173,6 +176,28 @@ class BaseLaplace(ABC):
             model = replace(model, features=ScaledFeatures(self._observed(), self.scale))
         self._fit_basis(model)
         return replace(model, features=self._features(), prior=self.prior)
+
+    def g_prior_scale(self, train_loader: TrainingData) -> Tensor:
+        """The g-prior's scale ``s = diag(JᵀBJ)^{-1/2}`` ``[D]`` on the training data.
+
+        Computed once (the first ``fit`` or EM computes the same and keeps it), so that other
+        code — an exact baseline, a plot — can use the very scale this method uses.
+        """
+        if not self.g_prior:
+            raise ValueError("This method has g_prior=False; construct it with g_prior=True.")
+        if self.scale is None:
+            self._linear_model(train_loader)
+        return self.scale
+
+    def _check_data_parallel(self, data: Data) -> None:
+        """Under ``torch.distributed``: every rank must hold the same model, seed and data."""
+        data.shard.check_agree(
+            parameters=persistence.model_signature(self.linearisation.snapshot()),
+            seed=self.seed,
+            n_data=len(data),
+            batch_size=data.batch_size,
+            prior_precision=self.prior.precision.tolist(),
+        )
 
     def _check_fitted(self) -> None:
         if self._samples is None:
@@ -256,11 +281,10 @@ class BaseLaplace(ABC):
             outputs = lambda x: problem.outputs(x, mean[None])[0]  # noqa: E731
         if not isinstance(model.likelihood, Gaussian):
             return mean, None
-        residual = sum(
-            float((outputs(x) - y.reshape(len(y), -1).to(mean.dtype)).square().sum())
-            for _, x, y in model.data.batches()
-        )
-        return mean, residual
+        residual = torch.zeros((), dtype=torch.float64, device=mean.device)
+        for _, x, y in model.data.batches():
+            residual += (outputs(x) - y.reshape(len(y), -1).to(mean.dtype)).square().sum().double()
+        return mean, float(model.data.all_reduce(residual))
 
     def _solve_mean(
         self,
@@ -318,16 +342,16 @@ class BaseLaplace(ABC):
             }
             persistence.write(checkpoint, tensors, meta)
 
-        n_obs = len(model.data) * model.n_outputs if update_sigma else None
         state = run_em(
             e_step,
             state,
             self.prior.groups,
             max_iter=max_iter,
             tol=tol,
-            n_observations=n_obs,
+            n_observations=len(model.data) * model.n_outputs,
+            update_sigma=update_sigma,
             clip_gamma=self._estimates_gamma,
-            on_step=None if checkpoint is None else save,
+            on_step=None if checkpoint is None or not is_main_process() else save,
             progress=self.progress,
         )
         self.prior = self.prior.with_precision(state.precision)

@@ -272,10 +272,10 @@ class ExactLaplace(BaseLaplace):
         else:
             problem = self._mean_problem(current, mode)
             outputs = lambda x: problem.outputs(x, theta[None])[0]  # noqa: E731
-        fit = sum(
-            float(current.likelihood.log_prob(outputs(x), y).sum())
-            for _, x, y in current.data.batches()
-        )
+        fit = torch.zeros((), dtype=torch.float64, device=theta.device)
+        for _, x, y in current.data.batches():
+            fit += current.likelihood.log_prob(outputs(x), y).sum().double()
+        fit = float(current.data.all_reduce(fit))
         theta = theta.double()
         return torch.tensor(
             fit

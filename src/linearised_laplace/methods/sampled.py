@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_positive_int
+from ..data import Data
 from ..dual import gaussian_mean, observations, solve_dual
 from ..em import EMState, EStep, function_space_gamma, weight_space_gamma
 from ..likelihoods import Gaussian
@@ -87,9 +88,17 @@ class SampledLaplace(BaseLaplace):
         """The space to sample in: ``"dual"`` when ``n·C < D`` under ``space="auto"``."""
         if self.space != "auto":
             return self.space
-        if isinstance(self.solver, SGD):  # SGD solves the primal problem only
+        if isinstance(self.solver, SGD) or model.data.shard.world > 1:  # primal only
             return "primal"
         return "dual" if observations(model) < model.n_params else "primal"
+
+    def _check_data_parallel(self, data: Data) -> None:
+        if self.space == "dual":
+            raise ValueError(
+                "space='dual' keeps one unknown per observation and is not sharded over ranks; "
+                "under torch.distributed use space='primal' (or 'auto', which then picks it)."
+            )
+        super()._check_data_parallel(data)
 
     def _solver(self, space: str) -> Solver:
         if self.solver is not None:

@@ -157,7 +157,8 @@ def estimate_top_curvature(
 
     def matvec(w: Tensor) -> Tensor:
         z = scale * w
-        return scale * (prior * z + ratio * sum(model.ggn_vec(x, z, at)[1] for x in batches))
+        ggn_z = data.all_reduce(sum((model.ggn_vec(x, z, at)[1] for x in batches), 0 * z))
+        return scale * (prior * z + ratio * ggn_z)
 
     return top_eigenvalue(
         matvec,
@@ -225,9 +226,10 @@ def stochastic_minimise(
     step = 0
     with progress_bar(total=n_steps, enabled=progress, desc=desc) as bar:
         for epoch in range(config.n_epochs):
-            for idx, x, y in data.batches(data.random_order(generator), batch_size):
+            for size, (idx, x, y) in data.sharded_batches(data.random_order(generator), batch_size):
                 _, pull = features.pullback(x)
-                data_term = pull(residual(idx, x, y, z.detach())) * (len(data) / idx.numel())
+                data_term = data.all_reduce(pull(residual(idx, x, y, z.detach())))
+                data_term = data_term * (len(data) / size)
                 z.grad = (data_term + prior * (z.detach() - centre)) / (preconditioner * curvature)
                 if config.clip is not None:
                     clip_norm = clip_norm or config.clip * float(z.grad.norm())

@@ -1,0 +1,348 @@
+"""Scale and speed of sampled linearised Laplace, side by side with laplace-torch and exact inference.
+
+Sections (each case runs in its own process, so its peak memory is its own):
+
+* ``ratio`` — one sampler epoch per posterior sample ÷ one training epoch (forward + backward, Adam)
+  of the same network on the same data: the CNN and the BatchNorm ResNet on Fashion-MNIST.
+* ``dimension`` — time and peak memory against the number of weights ``d`` (two-hidden-layer MLPs,
+  d ≈ 3k, 30k, 300k, 3M) for sampled LLA, ``ExactLaplace`` and laplace-torch's full, Kronecker and
+  diagonal Laplace with each of its GGN backends; predictive variance against exact where exact fits.
+* ``data`` — peak memory of sampled LLA against the number of training points at fixed ``d``.
+* ``batching`` — loop vs vmap over K tangents (``benchmarks/tangent_batching.py``'s measurement).
+
+Run: ``python benchmarks/scaling.py [--sections ...] [--device cuda]``. Writes
+``results/scaling-<section>.{json,md,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import subprocess
+import sys
+import time
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from _report import RESULTS, markdown_table, write  # noqa: E402
+from torch import nn  # noqa: E402
+
+import linearised_laplace as lla  # noqa: E402
+from linearised_laplace.datasets import fashion_mnist  # noqa: E402
+from linearised_laplace.models import build  # noqa: E402
+from linearised_laplace.training import TrainConfig, train_map  # noqa: E402
+
+WIDTHS = {"3k": 4, "20k": 25, "30k": 36, "300k": 270, "3M": 1400}  # 2 hidden layers, 784 inputs
+EXACT_SIZES = ("3k", "20k")  # at 30k ExactLaplace holds three dense 7.2 GB float64 matrices
+PRIOR_PRECISION = 1.0
+N_TEST = 200
+TIMEOUT = 1800
+
+
+def reset_peak() -> float:
+    """Reset this process's peak resident memory to the current one; returns it [MB]."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return peak_mb()
+
+
+def peak_mb() -> float:
+    """Peak resident memory of this process since the last reset [MB] (Linux ``VmHWM``)."""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith("VmHWM"))
+    return int(line.split()[1]) / 1024
+
+
+def data(n_train: int, device: str) -> tuple[tuple, torch.Tensor]:
+    fm = fashion_mnist(n_train=n_train, n_val=100)
+    x, y = fm.train
+    return (x.to(device), y.to(device)), fm.test[0][:N_TEST].to(device)
+
+
+def network(case: dict) -> nn.Module:
+    torch.manual_seed(0)
+    if case["model"] == "mlp":
+        return build("mlp", (1, 28, 28), hidden=case["width"])
+    return build(case["model"], (1, 28, 28), **({"depth": 8} if case["model"] == "resnet" else {}))
+
+
+# ---------------------------------------------------------------- workers (one case each)
+def cost_ratio(case: dict) -> dict:
+    """Seconds of one training epoch and of one sampler epoch per sample (difference of 3 and 1)."""
+    device = case["device"]
+    train, _ = data(case["n_train"], device)
+    net = network(case).to(device)
+    train_map(net, train, TrainConfig(epochs=1), progress=False)  # warm-up
+    epoch = []
+    for _ in range(2):
+        start = time.perf_counter()
+        train_map(copy.deepcopy(net), train, TrainConfig(epochs=1), progress=False)
+        sync(device)
+        epoch.append(time.perf_counter() - start)
+
+    def fit(n_epochs: int) -> float:
+        la = lla.SampledLaplace(
+            net,
+            n_samples=case["k"],
+            prior_precision=PRIOR_PRECISION,
+            tangent_batching=case["batching"],
+            solver=lla.SGD(n_epochs=n_epochs, residual=False, batch_size=128),
+            progress=False,
+        )
+        start = time.perf_counter()
+        la.fit(train)
+        sync(device)
+        return time.perf_counter() - start
+
+    fit(1)  # warm-up
+    one, three = fit(1), fit(3)
+    per_sample = (three - one) / 2 / case["k"]
+    return {"train epoch [s]": min(epoch), "sampler epoch per sample [s]": per_sample}
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def fit_and_predict(case: dict) -> dict:
+    """Fit one method on the MLP of ``case["width"]`` and compute predictive variances."""
+    train, test = data(case["n_train"], "cpu")
+    net = network(case)
+    train_map(net, train, TrainConfig(epochs=3), progress=False)
+    base = reset_peak()
+    start = time.perf_counter()
+    method = case["method"]
+    if method.startswith("lt-"):
+        variance = laplace_torch_variance(net, train, test, method)
+    else:
+        if method == "exact":
+            la = lla.ExactLaplace(net, prior_precision=PRIOR_PRECISION, progress=False)
+        else:
+            solver = lla.SGD(n_epochs=case["epochs"], batch_size=100)
+            la = lla.SampledLaplace(
+                net, n_samples=case["k"], prior_precision=PRIOR_PRECISION, solver=solver
+            )
+            la.progress = False
+        la.fit(train)
+        variance = torch.cat([la.functional_variance(x) for x in test.split(20)])
+    seconds = time.perf_counter() - start
+    variance = variance.diagonal(dim1=-2, dim2=-1).double()
+    path = RESULTS / "scaling-variances" / f"{case['d']}-{method}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(variance.tolist()))
+    return {
+        "seconds": seconds,
+        "peak memory [MB]": peak_mb(),
+        "method memory [MB]": peak_mb() - base,
+    }
+
+
+def laplace_torch_variance(net: nn.Module, train, test, method: str) -> torch.Tensor:
+    from laplace import Laplace
+    from laplace.curvature import AsdlGGN, BackPackGGN, CurvlinopsGGN
+    from torch.utils.data import DataLoader, TensorDataset
+
+    _, structure, backend = method.split("-")
+    backends = {"curvlinops": CurvlinopsGGN, "backpack": BackPackGGN, "asdl": AsdlGGN}
+    la = Laplace(
+        net,
+        "classification",
+        subset_of_weights="all",
+        hessian_structure=structure,
+        prior_precision=PRIOR_PRECISION,
+        backend=backends[backend],
+    )
+    la.fit(DataLoader(TensorDataset(*train), batch_size=100), progress_bar=False)
+    return torch.cat([la._glm_predictive_distribution(x)[1] for x in test.split(10)])
+
+
+def peak_memory_against_n(case: dict) -> dict:
+    """Peak memory of a sampled fit on ``n`` points, and above the loaded data."""
+    train, _ = data(case["n_train"], "cpu")
+    net = network(case)
+    base = reset_peak()
+    solver = lla.SGD(n_epochs=1, batch_size=128)
+    la = lla.SampledLaplace(
+        net, n_samples=case["k"], prior_precision=PRIOR_PRECISION, solver=solver, progress=False
+    )
+    start = time.perf_counter()
+    la.fit(train)
+    return {
+        "seconds": time.perf_counter() - start,
+        "data loaded [MB]": base,
+        "peak memory [MB]": peak_mb(),
+        "method memory [MB]": peak_mb() - base,
+    }
+
+
+WORKERS = {"ratio": cost_ratio, "dimension": fit_and_predict, "data": peak_memory_against_n}
+
+
+def run_case(section: str, case: dict) -> dict:
+    """Run one case in a fresh process; failures and timeouts become the row's ``error``."""
+    try:
+        done = subprocess.run(
+            [sys.executable, __file__, "--worker", section, json.dumps(case)],
+            capture_output=True,
+            text=True,
+            timeout=case.get("timeout", TIMEOUT),
+        )
+    except subprocess.TimeoutExpired:
+        return {**case, "error": f"timeout ({case.get('timeout', TIMEOUT)} s)"}
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
+        return {**case, "error": lines[-1][:200]}
+    return {**case, **json.loads(done.stdout.strip().splitlines()[-1])}
+
+
+# ---------------------------------------------------------------- sections
+def ratio_section(device: str) -> None:
+    rows = []
+    for model in ("cnn", "resnet"):
+        for batching in ("loop", "vmap"):
+            n_train = 2048 if device == "cpu" else 20000  # the GPU needs more work per epoch
+            case = {"model": model, "n_train": n_train, "k": 8, "batching": batching}
+            row = run_case("ratio", {**case, "device": device})
+            if "error" not in row:
+                row["ratio"] = row["sampler epoch per sample [s]"] / row["train epoch [s]"]
+            rows.append(row)
+    columns = ["model", "batching", "train epoch [s]", "sampler epoch per sample [s]", "ratio"]
+    title = f"# Cost ratio: sampler epoch per sample / training epoch ({device})\n\n"
+    note = (
+        f"One run, side by side: {n_train:,} Fashion-MNIST points, batch 128, K = 8 samples. The "
+        "sampler epoch is the difference of fits of 3 and 1 epochs (so the noise pass and the "
+        "step-size estimate cancel), divided by K. The physical limit is about 1.3–2 (one JVP + "
+        "one VJP against one forward + one backward).\n\n"
+    )
+    write(
+        f"scaling-ratio-{device}",
+        {"rows": rows},
+        title + note + markdown_table(rows, columns + ["error"]),
+    )
+
+
+def dimension_section(quick: bool) -> None:
+    sizes = ["3k", "20k"] if quick else list(WIDTHS)
+    methods = ["sampled", "exact"] + [
+        f"lt-{s}-{b}" for s in ("full", "kron", "diag") for b in ("curvlinops", "backpack", "asdl")
+    ]
+    rows = []
+    for size in sizes:
+        big = size in ("300k", "3M")
+        for method in methods:
+            if method == "exact" and size not in EXACT_SIZES:
+                rows.append({"d": size, "method": method, "error": "skipped: 3 dense d×d > 24 GB"})
+                continue
+            case = {
+                "d": size,
+                "model": "mlp",
+                "width": WIDTHS[size],
+                "method": method,
+                "n_train": 1000,
+                "k": 16 if big else 32,
+                "epochs": 10 if big else 20,
+            }
+            rows.append(run_case("dimension", case))
+            print(rows[-1], flush=True)
+    for row in rows:  # predictive error against exact where exact ran
+        exact = RESULTS / "scaling-variances" / f"{row['d']}-exact.json"
+        mine = RESULTS / "scaling-variances" / f"{row['d']}-{row['method']}.json"
+        if "error" in row or not exact.exists() or not mine.exists():
+            continue
+        ref = torch.tensor(json.loads(exact.read_text()))
+        got = torch.tensor(json.loads(mine.read_text()))
+        row["variance error (mean)"] = float((got.mean() - ref.mean()).abs() / ref.mean())
+        row["variance error (median)"] = float(((got - ref).abs() / ref).median())
+    for size in sizes:
+        exact_time = [r["seconds"] for r in rows if r["d"] == size and r["method"] == "sampled"]
+        for row in rows:
+            if row["d"] == size and "seconds" in row and exact_time:
+                row["time / sampled"] = row["seconds"] / exact_time[0]
+    columns = ["d", "method", "seconds", "time / sampled", "peak memory [MB]"]
+    columns += ["variance error (mean)", "variance error (median)", "error"]
+    text = (
+        "# Time and memory against the number of weights d\n\n"
+        "Two-hidden-layer ReLU MLPs on 1,000 Fashion-MNIST points, prior precision 1, predictive "
+        f"variances on {N_TEST} test points. Sampled LLA: K = 32 samples and 20 SGD epochs "
+        "(d ≤ 30k), K = 16 and 10 epochs (d ≥ 300k). laplace-torch 0.3 with each GGN backend "
+        "(`lt-<structure>-<backend>`). Variance error: relative error of the mean predictive "
+        "variance against `ExactLaplace` (mean), and the median per-output relative error "
+        "(sampled: its Monte-Carlo floor is about √(2/K) = 25% at K = 32).\n\n"
+    )
+    write("scaling-dimension", {"rows": rows}, text + markdown_table(rows, columns))
+    plot(rows, "d", "scaling-dimension.png", list(sizes))
+
+
+def data_section(quick: bool) -> None:
+    sizes = [1000, 10000] if quick else [1000, 5000, 20000, 60000]
+    rows = []
+    for n in sizes:
+        case = {"model": "mlp", "width": 256, "n_train": n, "k": 16}
+        rows.append(run_case("data", case))
+        print(rows[-1], flush=True)
+    first = rows[0].get("method memory [MB]")
+    for row in rows:
+        if first and "method memory [MB]" in row:
+            row["growth"] = row["method memory [MB]"] / first - 1
+    columns = ["n_train", "seconds", "data loaded [MB]", "peak memory [MB]"]
+    columns += ["method memory [MB]", "growth", "error"]
+    text = (
+        "# Peak memory of sampled LLA against the number of training points\n\n"
+        "MLP 784-256-256-10 (d = 269k), K = 16 samples, one SGD epoch. `method memory` is the "
+        "peak resident memory above what the process held once the data were loaded.\n\n"
+    )
+    write("scaling-data", {"rows": rows}, text + markdown_table(rows, columns))
+
+
+def batching_section() -> None:
+    import tangent_batching
+
+    tangent_batching.main()
+
+
+def plot(rows: list[dict], key: str, name: str, order: list) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method and "seconds" in r]
+        xs = [order.index(r[key]) for r in mine]
+        axes[0].plot(xs, [r["seconds"] for r in mine], "o-", label=method)
+        axes[1].plot(xs, [r["peak memory [MB]"] for r in mine], "o-", label=method)
+    for ax, label in zip(axes, ("time [s]", "peak memory [MB]"), strict=True):
+        ax.set_xticks(range(len(order)), order)
+        ax.set_yscale("log")
+        ax.set_xlabel("d")
+        ax.set_ylabel(label)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / name, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sections", nargs="+", default=["ratio", "dimension", "data", "batching"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--quick", action="store_true", help="the two smallest sizes only")
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        section, case = args.worker
+        print(json.dumps(WORKERS[section](json.loads(case))))
+        return
+    for section in args.sections:
+        if section == "ratio":
+            ratio_section(args.device)
+        elif section == "dimension":
+            dimension_section(args.quick)
+        elif section == "data":
+            data_section(args.quick)
+        else:
+            batching_section()
+
+
+if __name__ == "__main__":
+    main()
