@@ -44,6 +44,7 @@ benchmarks: $(STAMP) data
 	$(PY) benchmarks/tangent_batching.py
 	$(PY) benchmarks/em_trajectory.py
 	$(PY) benchmarks/siblings.py
+	$(PY) benchmarks/scaling.py
 
 # Optional peer for the benchmarks: laplace-torch 0.3 next to the CPU torch. Three packages need
 # --no-deps because they declare torchvision, which does not import with this torch (and makes

@@ -37,7 +37,7 @@ def _check_products(net, x, lin, rtol=1e-10):
     torch.testing.assert_close(lin.linearised_forward(x, v), f0 + jv)
 
 
-@pytest.mark.parametrize("batching", ["loop", "vmap"])
+@pytest.mark.parametrize("batching", ["loop", "vmap", "auto"])
 @pytest.mark.parametrize(
     "parameters", ["all", "last_layer", ["0.weight", "*.bias"], torch.tensor([36, 2, 17, 0])]
 )
@@ -139,5 +139,23 @@ def test_bad_outputs_and_inputs_raise(net, x, error, match):
 
 
 def test_bad_tangent_batching_raises():
-    with pytest.raises(ValueError, match="'loop' or 'vmap'"):
+    with pytest.raises(ValueError, match="'auto', 'loop' or 'vmap'"):
         Linearisation(mlp(), tangent_batching="fast")
+
+
+def test_auto_batching_keeps_the_faster_way_once_it_has_several_tangents(monkeypatch):
+    lin = Linearisation(mlp())
+    x, _ = classification_data(7)
+    lin.jvp(x, torch.randn(1, lin.n_params))
+    assert lin.batching is None  # one tangent: nothing to choose
+    calls = []
+    original = Linearisation._fastest_batching
+
+    def spy(self, x, tangents):
+        calls.append(tangents.shape[0])
+        return original(self, x, tangents)
+
+    monkeypatch.setattr(Linearisation, "_fastest_batching", spy)
+    lin.jvp(x, torch.randn(3, lin.n_params))
+    lin.jvp(x, torch.randn(3, lin.n_params))
+    assert calls == [3] and lin.batching in ("loop", "vmap")

@@ -60,7 +60,8 @@ class BaseLaplace(ABC):
         g_prior: Rescale features to unit GGN diagonal and put the prior on rescaled weights.
         g_prior_probes: Probes of the per-example estimate of ``diag(JᵀBJ)``, used when one
             example's Jacobian is too large to build (it is exact otherwise).
-        tangent_batching: ``"loop"`` or ``"vmap"`` over samples in JVPs and VJPs.
+        tangent_batching: ``"auto"`` (the faster, measured on the first batch), ``"loop"`` or
+            ``"vmap"`` over samples in JVPs and VJPs.
         progress: Progress bars on long passes (``None``: only on a terminal).
     """
 
@@ -79,7 +80,7 @@ class BaseLaplace(ABC):
         exclude_norm: bool = False,
         g_prior: bool = False,
         g_prior_probes: int = 8,
-        tangent_batching: TangentBatching = "loop",
+        tangent_batching: TangentBatching = "auto",
         progress: bool | None = None,
     ):
         self.likelihood = make_likelihood(likelihood, sigma_noise)
