@@ -248,12 +248,17 @@ def dimension_section(quick: bool) -> None:
     methods = ["sampled", "exact"] + [
         f"lt-{s}-{b}" for s in ("full", "kron", "diag") for b in ("curvlinops", "backpack", "asdl")
     ]
-    rows = []
+    rows, timed_out = [], set()
     for size in sizes:
         big = size in ("300k", "3M")
         for method in methods:
             if method == "exact" and size not in EXACT_SIZES:
                 rows.append({"d": size, "method": method, "error": "skipped: 3 dense d×d > 24 GB"})
+                continue
+            if method in timed_out:
+                rows.append(
+                    {"d": size, "method": method, "error": "skipped: timed out at a smaller d"}
+                )
                 continue
             case = {
                 "d": size,
@@ -268,6 +273,8 @@ def dimension_section(quick: bool) -> None:
                 case["timeout"] = PEER_TIMEOUT
             rows.append(run_case("dimension", case))
             print(rows[-1], flush=True)
+            if rows[-1].get("error", "").startswith("timeout"):
+                timed_out.add(method)
     for row in rows:  # predictive error against exact where exact ran
         exact = RESULTS / "scaling-variances" / f"{row['d']}-exact.json"
         mine = RESULTS / "scaling-variances" / f"{row['d']}-{row['method']}.json"

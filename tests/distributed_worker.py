@@ -24,7 +24,7 @@ N_DATA, BATCH = 97, 32  # the last global batch holds one point: rank 1's share 
 
 
 def fit_all() -> dict[str, torch.Tensor]:
-    """Sampled LLA (EM with the g-prior, then samples), exact EM and a SWAG subnetwork, float64."""
+    """Sampled LLA (EM with the g-prior), exact EM, a SWAG subnetwork and Nyström EM, in float64."""
     torch.set_default_dtype(torch.float64)
     loader = DataLoader(TensorDataset(*classification_data(N_DATA)), batch_size=BATCH)
     out = {}
@@ -47,6 +47,12 @@ def fit_all() -> dict[str, torch.Tensor]:
     subnet = lla.SubnetworkLaplace(mlp(hidden=8), n_params=10, seed=3, progress=False)
     subnet.fit(loader)
     out["subnetwork.indices"] = subnet.linearisation.selection.indices.double()
+    nystrom = lla.NystromLaplace(mlp(hidden=8), n_points=30, rank=6, seed=3, progress=False)
+    nystrom.optimize_prior_precision(loader, max_iter=2, tol=1e-12)
+    out["nystrom.alpha"], out["nystrom.samples"] = (
+        nystrom.prior_precision,
+        nystrom.posterior_samples,
+    )
     return {k: v.detach().double().reshape(-1).contiguous() for k, v in out.items()}
 
 
