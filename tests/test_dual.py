@@ -41,6 +41,10 @@ def test_dual_matrix_matches_its_products_and_preconditioning_helps():
     plain, _ = solve_dual(model, noise.xi, noise.source, lla.CG(rtol=1e-8, preconditioner_rank=0))
     ranked, _ = solve_dual(model, noise.xi, noise.source, lla.CG(rtol=1e-8, preconditioner_rank=30))
     assert ranked.info.n_steps < plain.info.n_steps
+    with pytest.warns(UserWarning, match="inexact. Raise max_iter or preconditioner_rank"):
+        solve_dual(
+            model, noise.xi, noise.source, lla.CG(rtol=1e-8, max_iter=1, preconditioner_rank=0)
+        )
 
 
 def test_auto_space_picks_the_dual_when_observations_are_fewer_than_parameters():

@@ -25,6 +25,7 @@ from .linalg import conjugate_gradient, top_eigenpairs
 from .linear_model import LinearGaussianModel
 from .noise import NoiseSource, seeded_generator
 from .solvers import CG, Cholesky, SolveInfo, SolveResult
+from .solvers.cg import warn_if_unconverged
 from .solvers.exact import cholesky
 
 
@@ -123,14 +124,17 @@ def solve_system(
     if isinstance(solver, CG):
         rank = min(solver.preconditioner_rank, observations(model) - 1)
         precondition = low_rank_preconditioner(model, rank, seed) if rank > 0 else None
-        return conjugate_gradient(
+        w, n_iter, residual = conjugate_gradient(
             matvec,
             rhs,
             init,
             rtol=solver.rtol,
             max_iter=solver.max_iter,
             preconditioner=precondition,
+            progress=progress,
         )
+        warn_if_unconverged(residual, solver, "Raise max_iter or preconditioner_rank")
+        return w, n_iter, residual
     raise TypeError(
         f"The dual sampler solves with lla.CG(...) or lla.Cholesky(), got {type(solver).__name__}; "
         "SGD is for the primal space (space='primal')."

@@ -27,7 +27,8 @@ def conjugate_gradient(
     Args:
         matvec: ``Z [K, n] ↦ H Z`` row-wise.
         rhs: ``[K, n]`` right-hand sides.
-        x0: Optional ``[K, n]`` initial guess (warm start).
+        x0: Optional ``[K, n]`` initial guess (warm start); rows whose residual exceeds ``‖b‖``
+            start from zero instead.
         rtol: Stop when every relative residual ``‖b − H x‖ / ‖b‖`` is below this.
         max_iter: Iteration cap.
         preconditioner: ``R ↦ P^{-1} R`` row-wise for an SPD ``P ≈ H``; none by default.
@@ -39,6 +40,8 @@ def conjugate_gradient(
     apply = (lambda r: r) if preconditioner is None else preconditioner
     x = torch.zeros_like(rhs) if x0 is None else x0.clone()
     r = rhs - matvec(x) if x0 is not None else rhs.clone()
+    cold = r.norm(dim=-1) > rhs.norm(dim=-1)  # a warm start worse than zero: start from zero
+    x[cold], r[cold] = 0.0, rhs[cold]
     z = apply(r)
     p = z.clone()
     rz = (r * z).sum(-1)

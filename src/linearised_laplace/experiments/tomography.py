@@ -69,7 +69,7 @@ class TomographySettings:
     exact_samples: int = 512
     em_steps: int = 3
     em_samples: int = 8
-    cg_iterations: int = 50
+    cg_iterations: int = 200
     preconditioner_rank: int = 50
     methods: tuple[str, ...] = TOMOGRAPHY_METHODS
     out: str = "lla-output/tomography"

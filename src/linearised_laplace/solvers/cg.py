@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -56,5 +57,18 @@ class CG:
             preconditioner=lambda r: r / diagonal,
             progress=progress,
         )
+        warn_if_unconverged(residual, self, "Raise max_iter")
         info = SolveInfo(self.name, n_iter, residual, time.perf_counter() - start)
         return SolveResult(samples, info)
+
+
+def warn_if_unconverged(residual: Tensor, solver: CG, fix: str) -> None:
+    """Warn when CG stopped at its cap above ``rtol``: samples and EM updates would be inexact."""
+    worst = float(residual.max())
+    if worst > solver.rtol:
+        warnings.warn(
+            f"Conjugate gradients stopped at max_iter={solver.max_iter} with relative residual "
+            f"{worst:.1e} > rtol={solver.rtol:.0e}, so the solution is inexact. {fix} "
+            "(lla.CG(max_iter=..., ...)).",
+            stacklevel=3,
+        )
