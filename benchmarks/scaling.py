@@ -33,6 +33,7 @@ from torch import nn  # noqa: E402
 
 import linearised_laplace as lla  # noqa: E402
 from linearised_laplace.datasets import fashion_mnist  # noqa: E402
+from linearised_laplace.experiments.workers import failure  # noqa: E402
 from linearised_laplace.models import build  # noqa: E402
 from linearised_laplace.training import TrainConfig, train_map  # noqa: E402
 
@@ -212,8 +213,7 @@ def _run_fresh(section: str, case: dict) -> dict:
     except subprocess.TimeoutExpired:
         return {**case, "error": f"timeout ({case.get('timeout', TIMEOUT)} s)"}
     if done.returncode != 0:
-        lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
-        return {**case, "error": lines[-1][:200]}
+        return {**case, "error": failure(done)}
     return {**case, **json.loads(done.stdout.strip().splitlines()[-1])}
 
 

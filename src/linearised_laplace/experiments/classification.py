@@ -34,6 +34,7 @@ from ..models import ARCHITECTURES, build
 from ..solvers import SGD
 from ..training import TrainConfig, train_map
 from . import peers
+from .workers import failure
 
 OUR_METHODS = ("map", "ensemble", "mc-dropout", "sampled", "exact", "subnetwork", "nystrom")
 DATASETS = ("digits", "fashion-mnist")
@@ -320,8 +321,7 @@ def _run_worker(method: str, settings: Settings) -> dict:
         text=True,
     )
     if done.returncode != 0:
-        lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
-        return {"method": method, "error": lines[-1]}
+        return {"method": method, "error": failure(done)}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
