@@ -127,9 +127,12 @@ def fit_and_predict(case: dict) -> dict:
         else:
             solver = lla.SGD(n_epochs=case["epochs"], batch_size=100)
             la = lla.SampledLaplace(
-                net, n_samples=case["k"], prior_precision=PRIOR_PRECISION, solver=solver
+                net,
+                n_samples=case["k"],
+                prior_precision=PRIOR_PRECISION,
+                solver=solver,
+                progress=False,
             )
-            la.progress = False
         la.fit(train)
         variance = torch.cat([la.functional_variance(x) for x in test.split(20)])
     seconds = time.perf_counter() - start

@@ -72,8 +72,8 @@ class Shard:
         dist.all_gather(gathered, local)
         table = torch.stack(gathered).cpu()
         for column, name in enumerate(values):
-            if bool((table[:, column] != table[0, column]).any()):
-                differ = [r for r in range(self.world) if table[r, column] != table[0, column]]
+            differ = (table[:, column] != table[0, column]).nonzero().flatten().tolist()
+            if differ:
                 raise ValueError(
                     f"The {self.world} ranks disagree on {name}: ranks {differ} differ from rank 0. "
                     "Every rank must build the same model, pass the same seed and the same "
