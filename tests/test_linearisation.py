@@ -35,6 +35,7 @@ def _check_products(net, x, lin, rtol=1e-10):
     torch.testing.assert_close(per_example, torch.einsum("ncd,nc->nd", jac, u[0]), **close)
     torch.testing.assert_close(lin.to_dense(x), jac, **close)
     torch.testing.assert_close(lin.linearised_forward(x, v), f0 + jv)
+    torch.testing.assert_close(lin.linearised_forward(x, v, chunk=2), f0 + jv, **close)
 
 
 @pytest.mark.parametrize("batching", ["loop", "vmap", "auto"])

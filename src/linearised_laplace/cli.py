@@ -90,6 +90,7 @@ def classification(args: argparse.Namespace) -> None:
             em_samples=args.em_samples,
             sampler_epochs=args.sampler_epochs,
             mean_epochs=args.mean_epochs,
+            device=args.device,
         )
     if args.methods:
         settings = replace(settings, methods=tuple(args.methods))
@@ -108,7 +109,9 @@ def tomography(args: argparse.Namespace) -> None:
             image=args.image,
             width=args.width,
             n_samples=args.n_samples,
+            em_steps=args.em_steps,
             out=out,
+            device=args.device,
         )
     if args.methods:
         settings = replace(settings, methods=tuple(args.methods))
@@ -166,14 +169,21 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="SGD epochs for the EM mean (default: Newton-CG)",
     )
+    c.add_argument(
+        "--device", choices=("cpu", "cuda"), default=None, help="default: cuda where there is one"
+    )
     c.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (for tests)")
     c.set_defaults(func=classification)
     t = bench.add_parser("tomography", help="Table 3: linearised deep image prior for CT")
     t.add_argument("--angles", type=int, default=60, choices=(60, 120), help="projection angles")
     t.add_argument("--image", default="shepp-logan", choices=("shepp-logan", "ellipses"))
-    t.add_argument("--width", type=int, default=32, help="U-Net channels")
+    t.add_argument("--width", type=int, default=TomographySettings.width, help="U-Net channels")
     t.add_argument(
         "--n-samples", type=int, default=TomographySettings.n_samples, help="image samples"
+    )
+    t.add_argument("--em-steps", type=int, default=TomographySettings.em_steps, help="EM steps")
+    t.add_argument(
+        "--device", choices=("cpu", "cuda"), default=None, help="default: cuda where there is one"
     )
     t.add_argument(
         "--methods", nargs="+", metavar="METHOD", help=f"subset of: {', '.join(TOMOGRAPHY_METHODS)}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,13 @@ class ImageData:
     def image_shape(self) -> tuple[int, ...]:
         """``(channels, height, width)``."""
         return tuple(self.train[0].shape[1:])
+
+    def to(self, device: torch.device | str) -> ImageData:
+        """A copy with every split on ``device``."""
+        splits = {
+            k: tuple(t.to(device) for t in getattr(self, k)) for k in ("train", "val", "test")
+        }
+        return replace(self, **splits)
 
 
 def read_idx(path: str | Path) -> Tensor:

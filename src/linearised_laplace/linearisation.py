@@ -233,10 +233,17 @@ class Linearisation(FeatureOperator):
                     self._per_example_vmap = False
             return torch.stack([single(xi, ui) for xi, ui in zip(x, cotangents, strict=True)])
 
-    def linearised_forward(self, x: Tensor, tangents: Tensor) -> Tensor:
-        """``f(x; θ*) + J(x) v_k`` for tangents ``[K, D]``: ``[K, N, C]``."""
-        out, jv = self.jvp(x, tangents)
-        return out + jv
+    def linearised_forward(self, x: Tensor, tangents: Tensor, chunk: int = 512) -> Tensor:
+        """``f(x; θ*) + J(x) v_k`` for tangents ``[K, D]``: ``[K, N, C]``.
+
+        Inputs go through ``chunk`` at a time: a batched JVP holds ``K`` copies of the
+        activations, which for a whole test set can exceed memory.
+        """
+        parts = []
+        for inputs in x.split(chunk):
+            out, jv = self.jvp(inputs, tangents)
+            parts.append(out + jv)
+        return torch.cat(parts, dim=1)
 
     def to_dense(self, x: Tensor) -> Tensor:
         """The Jacobian ``J(x)``: ``[N, C, D]``, as per-example ``torch.func.jacrev`` under ``vmap``.

@@ -66,6 +66,7 @@ class Settings:
         nystrom_points: ``M`` of the Nyström basis; its rank is 20.
         angles: Rotations of the test set (Figure 5).
         seed: Seeds training, data splits and samples.
+        device: ``"cpu"``, ``"cuda"``, or ``None`` for the GPU where there is one.
     """
 
     dataset: str = "digits"
@@ -86,8 +87,11 @@ class Settings:
     angles: tuple[int, ...] = ANGLES
     seed: int = 0
     smoke: bool = field(default=False)
+    device: str | None = None
 
     def __post_init__(self):
+        if self.device is None:
+            object.__setattr__(self, "device", "cuda" if torch.cuda.is_available() else "cpu")
         if self.epochs is None:
             object.__setattr__(self, "epochs", 100 if self.dataset == "digits" else 20)
         if self.dataset not in DATASETS:
@@ -126,7 +130,7 @@ class Settings:
 
 
 def load_data(settings: Settings) -> ImageData:
-    """The data set of ``settings`` (shrunk for smoke tests)."""
+    """The data set of ``settings`` (shrunk for smoke tests), on the CPU."""
     data = (
         digits()
         if settings.dataset == "digits"
@@ -144,7 +148,7 @@ def load_data(settings: Settings) -> ImageData:
 def trained_model(
     settings: Settings, data: ImageData, seed: int, dropout: float = 0.0
 ) -> nn.Module:
-    """A MAP network, trained once and cached in ``out/checkpoints`` (resumable)."""
+    """A MAP network on the data's device, trained once and cached in ``out/checkpoints``."""
     folder = Path(settings.out) / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     tag = (
@@ -155,9 +159,10 @@ def trained_model(
     torch.manual_seed(seed)
     size = {"hidden": 16 * settings.width} if settings.model == "mlp" else {"width": settings.width}
     net = build(settings.model, data.image_shape, data.classes, dropout=dropout, **size)
-    net = net.to(data.train[0].dtype)
+    device = data.train[0].device
+    net = net.to(dtype=data.train[0].dtype, device=device)
     if final.exists():
-        net.load_state_dict(load_file(str(final)))
+        net.load_state_dict(load_file(str(final), device=str(device)))
         return net.eval()
     train_map(
         net,
@@ -166,7 +171,7 @@ def trained_model(
         checkpoint=folder / f"{tag}.partial.safetensors",
         progress=None,
     )
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(final))
+    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(final))
     (folder / f"{tag}.partial.safetensors").unlink(missing_ok=True)
     return net.eval()
 
@@ -230,11 +235,18 @@ def evaluate(method: str, settings: Settings) -> dict:
     """Fit and score one method (run in its own process by :func:`run`)."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
     data = load_data(settings)
-    net = trained_model(settings, data, settings.seed)
+    on_device = data.to(settings.device)
+    net = trained_model(settings, on_device, settings.seed)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
-    predictor, info = build_predictor(method, settings, data, net)
+    fitted, info = build_predictor(method, settings, on_device, net)
+    if settings.device == "cuda":
+        torch.cuda.synchronize()
     fit_seconds = time.perf_counter() - start
+
+    def predictor(inputs: Tensor) -> Tensor:
+        return fitted(inputs.to(settings.device)).cpu()
+
     x, y = data.test
     with torch.no_grad():
         test_samples = predictor(x)
@@ -246,6 +258,7 @@ def evaluate(method: str, settings: Settings) -> dict:
     confidence, accuracy, counts = metrics.calibration_bins(probs_in, y, 15)
     return {
         "method": method,
+        "device": settings.device,
         "fit [s]": fit_seconds,
         "peak memory [MB]": max(peak - before, 0) / 1024,
         **score(test_samples, y),
@@ -275,7 +288,9 @@ def _cached(path: Path, settings: Settings) -> dict | None:
 
 def _settings_json(settings: Settings) -> dict:
     return json.loads(
-        json.dumps({k: v for k, v in asdict(settings).items() if k not in ("methods", "out")})
+        json.dumps(
+            {k: v for k, v in asdict(settings).items() if k not in ("methods", "out", "device")}
+        )
     )
 
 
@@ -287,7 +302,7 @@ def run(settings: Settings, progress: bool | None = None) -> dict:
     """
     out = Path(settings.out)
     (out / "methods").mkdir(parents=True, exist_ok=True)
-    data = load_data(settings)
+    data = load_data(settings).to(settings.device)
     trained_model(settings, data, settings.seed)  # train once, before the workers
     methods = [m for m in settings.methods if not m.startswith("lt-") or peers.available()]
     skipped = [m for m in settings.methods if m not in methods]

@@ -56,6 +56,7 @@ class TomographySettings:
         methods: Methods to run.
         out: Output folder.
         seed: Seeds the noise, the network and the samples.
+        device: ``"cpu"``, ``"cuda"``, or ``None`` for the GPU where there is one.
     """
 
     angles: int = 60
@@ -74,8 +75,11 @@ class TomographySettings:
     methods: tuple[str, ...] = TOMOGRAPHY_METHODS
     out: str = "lla-output/tomography"
     seed: int = 0
+    device: str | None = None
 
     def __post_init__(self):
+        if self.device is None:
+            object.__setattr__(self, "device", "cuda" if torch.cuda.is_available() else "cpu")
         unknown = [m for m in self.methods if m not in TOMOGRAPHY_METHODS]
         if unknown:
             raise ValueError(
@@ -100,7 +104,7 @@ class TomographySettings:
 
 @dataclass(frozen=True)
 class Problem:
-    """Ground truth, measurements and the operator."""
+    """Ground truth (on the CPU), measurements and the operator (on the settings' device)."""
 
     truth: Tensor
     measurements: Tensor
@@ -111,11 +115,11 @@ class Problem:
 def make_problem(s: TomographySettings) -> Problem:
     """The phantom, its noisy sinogram and the noise level ``σ``."""
     truth = shepp_logan(s.size) if s.image == "shepp-logan" else ellipses(s.size, seed=s.seed)
-    operator = RayTransform(s.size, s.angles)
-    clean = operator(truth)
+    operator = RayTransform(s.size, s.angles, device=s.device)
+    clean = operator(truth.to(s.device))
     sigma = s.noise * float(clean.abs().mean())
     noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(s.seed))
-    return Problem(truth, clean + sigma * noise, sigma, operator)
+    return Problem(truth, clean + sigma * noise.to(s.device), sigma, operator)
 
 
 def dip_network(
@@ -127,10 +131,11 @@ def dip_network(
     tag = f"dip-{s.image}-{s.size}-a{s.angles}-n{s.noise}-d{s.depth}w{s.width}-i{s.dip_iterations}-p{dropout}-s{s.seed}"
     torch.manual_seed(s.seed)
     net = UNet(depth=s.depth, width=s.width, dropout=dropout).to(problem.truth.dtype)
+    net = net.to(problem.measurements.device)
     path = folder / f"{tag}.safetensors"
     z = problem.operator.fbp(problem.measurements[None])[None].detach()
     if path.exists():
-        net.load_state_dict(load_file(str(path)))
+        net.load_state_dict(load_file(str(path), device=str(problem.measurements.device)))
         return net.eval(), z, json.loads((folder / f"{tag}.json").read_text())["seconds"]
     start = time.perf_counter()
     fit_dip(
@@ -141,7 +146,7 @@ def dip_network(
         progress,
     )
     seconds = time.perf_counter() - start
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(path))
     (folder / f"{tag}.json").write_text(json.dumps({"seconds": seconds}))
     return net.eval(), z, seconds
 
@@ -154,18 +159,18 @@ def run_method(
     dropout = 0.05 if method == "mc-dropout" else 0.0
     net, z, dip_seconds = dip_network(s, problem, dropout, progress)
     start = time.perf_counter()
-    result = {"dip_seconds": dip_seconds}
+    result = {"dip_seconds": dip_seconds, "device": str(z.device)}
     if method == "mc-dropout":
         images = mc_dropout_samples(net, z, s.n_samples, s.seed)[:, 0, 0]
         mean = images.mean(0)
         return {
             **result,
-            "mean": mean,
-            "deviations": images - mean,
-            "seconds": time.perf_counter() - start,
+            "mean": mean.cpu(),
+            "deviations": (images - mean).cpu(),
+            "seconds": _elapsed(start, z.device),
         }
     with torch.no_grad():
-        result["mean"] = net(z)[0, 0]
+        result["mean"] = net(z)[0, 0].cpu()
     kw = {"n_samples": s.n_samples, "seed": s.seed, "progress": progress}
     if method == "exact":
         scaler = LinearisedDIP(net, problem.operator, sigma_noise=problem.sigma, **kw)
@@ -185,8 +190,14 @@ def run_method(
             (z, y), max_iter=s.em_steps, n_em_samples=s.em_samples
         )
         deviations = la.image_samples(z).detach()
-    seconds = time.perf_counter() - start
-    return {**result, "deviations": deviations, "seconds": seconds, "em_history": history}
+    seconds = _elapsed(start, z.device)
+    return {**result, "deviations": deviations.cpu(), "seconds": seconds, "em_history": history}
+
+
+def _elapsed(start: float, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 def score(result: dict, truth: Tensor) -> dict:
@@ -233,7 +244,7 @@ def run(s: TomographySettings, progress: bool | None = None) -> dict:
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     problem = make_problem(s)
     settings = json.loads(
-        json.dumps({k: v for k, v in asdict(s).items() if k not in ("methods", "out")})
+        json.dumps({k: v for k, v in asdict(s).items() if k not in ("methods", "out", "device")})
     )
     rows, images = [], {}
     for method in s.methods:
@@ -268,6 +279,7 @@ def run(s: TomographySettings, progress: bool | None = None) -> dict:
         "settings": settings,
         "measurements": problem.measurements.numel(),
         "sigma": problem.sigma,
+        "device": s.device,
         "results": rows,
     }
     (out / "results.json").write_text(json.dumps(report, indent=1))

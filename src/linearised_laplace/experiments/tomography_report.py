@@ -64,7 +64,7 @@ def write_report(report: dict, problem, images: dict, out: Path) -> None:
 def _figure(problem, images: dict, path: Path) -> None:
     method = "sampled-dual" if "sampled-dual" in images else next(iter(images))
     mean, std = images[method]["mean"], images[method]["std"]
-    fbp = problem.operator.fbp(problem.measurements[None])[0]
+    fbp = problem.operator.fbp(problem.measurements[None])[0].cpu()
     panels = [
         ("ground truth", problem.truth, "gray"),
         ("FBP", fbp, "gray"),

@@ -148,7 +148,9 @@ def exact_linearised_dip(
     m = y.numel()
     columns = []
     for block in progress_bar(
-        torch.eye(m, dtype=lin.dtype).split(chunk), enabled=progress, desc="exact: G"
+        torch.eye(m, dtype=lin.dtype, device=lin.device).split(chunk),
+        enabled=progress,
+        desc="exact: G",
     ):
         columns.append(kernel_vec(model, block).double())
     gram = torch.cat(columns)

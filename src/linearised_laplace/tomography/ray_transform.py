@@ -89,10 +89,16 @@ class RayTransform:
         n_angles: Angles evenly spread over ``[0°, 180°)``.
         dtype: dtype of the matrix.
         step: Sampling step along rays (pixels).
+        device: Where the matrix lives (images and sinograms must live there too).
     """
 
     def __init__(
-        self, size: int, n_angles: int, dtype: torch.dtype = torch.float32, step: float = 0.25
+        self,
+        size: int,
+        n_angles: int,
+        dtype: torch.dtype = torch.float32,
+        step: float = 0.25,
+        device: torch.device | str = "cpu",
     ):
         if size < 2 or n_angles < 1:
             raise ValueError(
@@ -101,9 +107,9 @@ class RayTransform:
         self.size, self.n_angles = size, n_angles
         self.angles = np.linspace(0.0, 180.0, n_angles, endpoint=False)
         scipy_matrix = ray_transform_matrix(size, self.angles, step)
-        self.matrix = _to_torch(scipy_matrix, dtype)
-        self.transpose = _to_torch(scipy_matrix.T.tocsr(), dtype)
-        self.dtype = dtype
+        self.matrix = _to_torch(scipy_matrix, dtype).to(device)
+        self.transpose = _to_torch(scipy_matrix.T.tocsr(), dtype).to(device)
+        self.dtype, self.device = dtype, torch.device(device)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -144,9 +150,9 @@ class RayTransform:
         n = self.size
         padded = 2 ** math.ceil(math.log2(2 * n))
         # Ram-Lak filter built in the spatial domain (no DC offset; Kak & Slaney, ch. 3).
-        kernel = torch.zeros(padded, dtype=torch.float64)
+        kernel = torch.zeros(padded, dtype=torch.float64, device=sinograms.device)
         kernel[0] = 0.25
-        odd = torch.arange(1, padded // 2, 2)
+        odd = torch.arange(1, padded // 2, 2, device=sinograms.device)
         kernel[odd] = kernel[-odd] = -1 / (math.pi * odd.double()) ** 2
         ramp = 2 * torch.fft.fft(kernel).real
         spectrum = torch.fft.fft(sinograms.double(), n=padded, dim=-1) * ramp
