@@ -86,3 +86,13 @@ def test_out_of_distribution_inputs_match_the_image_size():
     data = datasets.digits()
     ood = datasets.out_of_distribution(data, n=50)
     assert ood.shape == (50, 1, 8, 8) and float(ood.max()) <= 1.0
+
+
+def test_moving_image_data_copies_every_split():
+    data = datasets.digits()
+    moved = data.to("meta")  # a device without storage, standing in for a GPU
+    assert moved.classes == data.classes and moved.image_shape == data.image_shape
+    for split in ("train", "val", "test"):
+        for before, after in zip(getattr(data, split), getattr(moved, split), strict=True):
+            assert after.device.type == "meta" and after.shape == before.shape
+            assert before.device.type == "cpu"  # the original is untouched

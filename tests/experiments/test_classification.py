@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from linearised_laplace import cli
 from linearised_laplace.experiments.classification import OUR_METHODS, Settings, run
@@ -17,6 +18,7 @@ def test_every_method_runs_end_to_end_and_is_scored(smoke_report):
     assert [r["method"] for r in report["results"]] == list(OUR_METHODS)
     for r in report["results"]:
         assert "error" not in r, r
+        assert r["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
         assert 0 <= r["accuracy"] <= 1 and r["NLL"] > 0 and 0 <= r["OOD AUROC"] <= 1
         assert r["joint LL κ=1"] == pytest.approx(-r["NLL"], rel=1e-9)
         assert set(r["rotated"]) == {"0", "90"}

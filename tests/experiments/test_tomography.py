@@ -2,6 +2,7 @@ import json
 from dataclasses import replace
 
 import pytest
+import torch
 
 from linearised_laplace import cli
 from linearised_laplace.experiments.tomography import TOMOGRAPHY_METHODS, TomographySettings, run
@@ -11,6 +12,7 @@ def test_cli_runs_every_method_and_writes_table_3(tmp_path, capsys):
     out = tmp_path / "ct"
     assert cli.main(["benchmark", "tomography", "--smoke", "--out", str(out)]) == 0
     report = json.loads((out / "results.json").read_text())
+    assert report["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     assert [r["method"] for r in report["results"]] == [*TOMOGRAPHY_METHODS, "exact (K = 4)"]
     for r in report["results"]:
         assert "error" not in r, r
