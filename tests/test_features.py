@@ -8,8 +8,9 @@ def _matrix(n=6, c=2, d=5, seed=0):
     return torch.randn(n, c, d, generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.mark.parametrize("rows", [[4, 0, 3], [1, 2, 3]])  # scattered, and consecutive (a view)
 @pytest.mark.parametrize("layout", ["dense3", "dense2", "coo", "csr"])
-def test_matrix_features_products_match_the_matrix(layout):
+def test_matrix_features_products_match_the_matrix(layout, rows):
     phi = _matrix()
     phi[phi.abs() < 0.5] = 0.0  # genuinely sparse
     flat = phi.reshape(12, 5)
@@ -20,7 +21,7 @@ def test_matrix_features_products_match_the_matrix(layout):
         "csr": flat.to_sparse_csr(),
     }
     feats = MatrixFeatures(matrix[layout], n_outputs=2)
-    idx = torch.tensor([4, 0, 3])
+    idx = torch.tensor(rows)
     v, u = torch.randn(3, 5), torch.randn(3, 3, 2)
     torch.testing.assert_close(feats.to_dense(idx), phi[idx])
     f0, jv = feats.jvp(idx, v)

@@ -2,14 +2,18 @@ import pytest
 import torch
 
 from linearised_laplace import (
+    Categorical,
     Data,
     Gaussian,
     LinearGaussianModel,
     Linearisation,
     MatrixFeatures,
+    NoiseSource,
+    draw_posterior_noise,
     make_prior,
     reference,
 )
+from linearised_laplace.mean import MeanMode, MeanProblem
 
 from .cases import classification_data, mlp
 from .helpers import dense_parts, matrix_model
@@ -45,6 +49,28 @@ def test_network_ggn_matches_reference():
     jac = reference.jacobian(net, x)
     hess = torch.eye(3).expand(9, 3, 3) / 0.25
     torch.testing.assert_close(model.dense_ggn(), reference.ggn(jac, hess))
+
+
+def test_dense_features_reproduce_the_network_model():
+    net = mlp()
+    x, y = classification_data(11)
+    lin = Linearisation(net)
+    prior = make_prior(2.0, lin.selection.group_ids, lin.selection.names)
+    model = LinearGaussianModel(lin, Categorical(), prior, Data((x, y), 4))
+    dense = model.with_dense_features()
+    assert isinstance(dense.features, MatrixFeatures)
+    torch.testing.assert_close(dense.features.matrix, reference.jacobian(net, x))
+    torch.testing.assert_close(dense.dense_ggn(), model.dense_ggn())
+    z = torch.randn(3, model.n_params)
+    torch.testing.assert_close(dense.precision_vec(z), model.precision_vec(z))
+    for mode in (MeanMode.TANGENT, MeanMode.AFFINE):
+        grads = [MeanProblem(m, mode, lin.theta_star).gradient(z[0])[0] for m in (model, dense)]
+        torch.testing.assert_close(*grads)
+    noise = [
+        draw_posterior_noise(m, 2, NoiseSource(5)).rhs(model.prior_diag()) for m in (model, dense)
+    ]
+    torch.testing.assert_close(*noise)
+    assert model.with_dense_features(limit_gib=1e-9) is model
 
 
 def test_check_batch_rejects_non_finite_values():

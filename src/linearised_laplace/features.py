@@ -95,6 +95,12 @@ class MatrixFeatures(FeatureOperator):
             raise IndexError(f"Row indices must lie in [0, {self.n_points}).")
         return x
 
+    def _dense_block(self, x: Tensor) -> Tensor:
+        """``Φ`` of rows ``x``: a view when they are consecutive (as in ordered data passes)."""
+        if x.numel() > 1 and int(x[-1] - x[0]) == x.numel() - 1 and bool((x.diff() == 1).all()):
+            return self.matrix[int(x[0]) : int(x[-1]) + 1]
+        return self.matrix[x]
+
     def _sparse_block(self, x: Tensor) -> Tensor:
         c = self.n_outputs
         rows = (x[:, None] * c + torch.arange(c, device=x.device)).reshape(-1)
@@ -112,7 +118,7 @@ class MatrixFeatures(FeatureOperator):
             out = torch.sparse.mm(self._sparse_block(x), tangents.T)  # [b·C, K]
             out = out.T.reshape(-1, x.numel(), self.n_outputs)
         else:
-            out = torch.einsum("bcd,kd->kbc", self.matrix[x], tangents)
+            out = torch.einsum("bcd,kd->kbc", self._dense_block(x), tangents)
         return self.forward(x), out
 
     def pullback(self, x: Tensor) -> tuple[Tensor, Pullback]:  # noqa: D102
@@ -124,7 +130,7 @@ class MatrixFeatures(FeatureOperator):
                 return torch.sparse.mm(block_t, u.reshape(u.shape[0], -1).T).T
 
         else:
-            block = self.matrix[x]
+            block = self._dense_block(x)
 
             def fn(u: Tensor) -> Tensor:
                 return torch.einsum("kbc,bcd->kd", u, block)
@@ -134,7 +140,7 @@ class MatrixFeatures(FeatureOperator):
     def per_example_vjp(self, x: Tensor, cotangents: Tensor) -> Tensor:  # noqa: D102
         x = self._rows(x)
         if not self.sparse:
-            return torch.einsum("bc,bcd->bd", cotangents, self.matrix[x])
+            return torch.einsum("bc,bcd->bd", cotangents, self._dense_block(x))
         block = self._sparse_block(x)
         (row, col), values = block.indices(), block.values()
         scaled = values * cotangents.reshape(-1)[row]
@@ -145,7 +151,7 @@ class MatrixFeatures(FeatureOperator):
         x = self._rows(x)
         if self.sparse:
             return self._sparse_block(x).to_dense().reshape(x.numel(), self.n_outputs, -1)
-        return self.matrix[x]
+        return self._dense_block(x)
 
 
 class OutputMap(FeatureOperator):

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ._checks import check_finite, check_sample_budget
 from .data import Data
-from .features import FeatureOperator
+from .features import FeatureOperator, MatrixFeatures
 from .likelihoods import Likelihood
 from .priors import Prior
 
@@ -92,6 +92,29 @@ class LinearGaussianModel:
             f0, jz = self.features.jvp(x, tangents)
             total = total + (jz * self.likelihood.hessian_vec(f0, jz)).sum((-2, -1))
         return self.data.all_reduce(total)
+
+    def with_dense_features(self, limit_gib: float = 1.0) -> LinearGaussianModel:
+        """This model with ``Φ`` ``[n, C, D]`` built once and held, its data indexed by point.
+
+        Each later data pass (the mean's Newton-CG, the evidence) is then a matrix product instead of
+        a JVP and a VJP through the network; the data indices, and so the per-point noise, are kept.
+        Returns ``self`` when ``Φ`` would exceed ``limit_gib`` or the data are split over ranks.
+        """
+        n, c, d = len(self.data), self.n_outputs, self.n_params
+        dtype, device = self.features.dtype, self.features.device
+        size_gib = n * c * d * torch.finfo(dtype).bits / 8 / 2**30
+        if self.data.shard.world > 1 or size_gib > limit_gib:
+            return self
+        jacobian = torch.empty(n, c, d, dtype=dtype, device=device)
+        offset = torch.empty(n, c, dtype=dtype, device=device)
+        targets = []
+        for idx, x, y in self.data.batches():
+            offset[idx] = self.features.forward(x)
+            self.check_batch(x, y, offset[idx])
+            jacobian[idx] = self.features.to_dense(x)
+            targets.append(y)
+        data = Data((torch.arange(n), torch.cat(targets)), batch_size=self.data.batch_size)
+        return replace(self, features=MatrixFeatures(jacobian, offset=offset), data=data)
 
     def dense_ggn(self) -> Tensor:
         """``M = Σ_i Φ(x_i)ᵀ B_i Φ(x_i)`` as a dense float64 ``[D, D]`` matrix."""
