@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -37,6 +38,11 @@ def test_cached_methods_are_not_rerun(smoke_report):
     marker.write_text(json.dumps(cached))
     again = run(Settings.smoke_test(str(out)), progress=False)
     assert again["results"][0]["NLL"] == 123.0
+    # A sampler setting reruns the sampled method only.
+    tuned = replace(Settings.smoke_test(str(out)), methods=("map", "sampled"), sampler_epochs=3)
+    rerun = {r["method"]: r for r in run(tuned, progress=False)["results"]}
+    assert rerun["map"]["NLL"] == 123.0
+    assert rerun["sampled"]["settings"]["sampler_epochs"] == 3
 
 
 def test_cli_demo_and_benchmark_smoke(tmp_path, capsys):

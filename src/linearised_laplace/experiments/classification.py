@@ -276,14 +276,35 @@ def evaluate(method: str, settings: Settings) -> dict:
     }
 
 
-def _cached(path: Path, settings: Settings) -> dict | None:
+# Settings that only some methods read: a cached result stands while the others agree.
+METHOD_SETTINGS = {
+    "ensemble": ("ensemble",),
+    "sampled": ("em_steps", "em_samples", "sampler_epochs", "mean_epochs"),
+    "exact": ("em_steps",),
+    "subnetwork": ("em_steps", "subnetwork_size"),
+    "nystrom": ("nystrom_points",),
+}
+
+
+def _relevant(settings: dict, method: str) -> dict:
+    """The recorded settings that decide ``method``'s result."""
+    own = set(METHOD_SETTINGS.get(method, ()))
+    if method.startswith("lt-subnet"):
+        own.add("subnetwork_size")
+    specific = {key for keys in METHOD_SETTINGS.values() for key in keys}
+    return {k: v for k, v in settings.items() if k not in specific or k in own}
+
+
+def _cached(path: Path, settings: Settings, method: str) -> dict | None:
     if not path.exists():
         return None
     try:
         result = json.loads(path.read_text())
     except json.JSONDecodeError:
         return None
-    return result if result.get("settings") == _settings_json(settings) else None
+    stored = result.get("settings", {})
+    current = _settings_json(settings)
+    return result if _relevant(stored, method) == _relevant(current, method) else None
 
 
 def _settings_json(settings: Settings) -> dict:
@@ -297,8 +318,8 @@ def _settings_json(settings: Settings) -> dict:
 def run(settings: Settings, progress: bool | None = None) -> dict:
     """Train, fit every method in its own process, and write the report (JSON, markdown, PNGs).
 
-    Methods whose result is cached for the same settings are not rerun; a method that fails is
-    reported with its error instead of stopping the benchmark.
+    Methods whose result is cached for the same settings (those the method reads) are not rerun;
+    a method that fails is reported with its error instead of stopping the benchmark.
     """
     out = Path(settings.out)
     (out / "methods").mkdir(parents=True, exist_ok=True)
@@ -309,7 +330,7 @@ def run(settings: Settings, progress: bool | None = None) -> dict:
     results = []
     for method in progress_bar(methods, enabled=progress, desc="methods"):
         path = out / "methods" / f"{method}.json"
-        result = _cached(path, settings)
+        result = _cached(path, settings, method)
         if result is None:
             result = _run_worker(method, settings)
             result["settings"] = _settings_json(settings)
