@@ -102,7 +102,7 @@ class LinearGaussianModel:
         """
         n, c, d = len(self.data), self.n_outputs, self.n_params
         dtype, device = self.features.dtype, self.features.device
-        size_gib = n * c * d * torch.finfo(dtype).bits / 8 / 2**30
+        size_gib = n * c * d * dtype.itemsize / 2**30
         if self.data.shard.world > 1 or size_gib > limit_gib:
             return self
         jacobian = torch.empty(n, c, d, dtype=dtype, device=device)

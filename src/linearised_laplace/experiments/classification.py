@@ -284,6 +284,7 @@ METHOD_SETTINGS = {
     "subnetwork": ("em_steps", "subnetwork_size"),
     "nystrom": ("nystrom_points",),
 }
+_METHOD_SPECIFIC = {key for keys in METHOD_SETTINGS.values() for key in keys}
 
 
 def _relevant(settings: dict, method: str) -> dict:
@@ -291,8 +292,7 @@ def _relevant(settings: dict, method: str) -> dict:
     own = set(METHOD_SETTINGS.get(method, ()))
     if method.startswith("lt-subnet"):
         own.add("subnetwork_size")
-    specific = {key for keys in METHOD_SETTINGS.values() for key in keys}
-    return {k: v for k, v in settings.items() if k not in specific or k in own}
+    return {k: v for k, v in settings.items() if k not in _METHOD_SPECIFIC or k in own}
 
 
 def _cached(path: Path, settings: Settings, method: str) -> dict | None:
