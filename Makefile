@@ -55,8 +55,8 @@ peers: $(STAMP)
 	echo "torch==2.13.0" > $(VENV)/torch-constraint.txt
 	$(PY) -m pip install --quiet -c $(VENV)/torch-constraint.txt --no-deps \
 		laplace-torch==0.3 backpack-for-pytorch==1.7.1 curvlinops-for-pytorch==3.0.1
-	$(PY) -m pip install --quiet -c $(VENV)/torch-constraint.txt asdfghjkl==0.1a4 opt-einsum \
-		torchmetrics "einops>=0.3,<1" "unfoldNd>=0.2,<1" einconv "linear_operator>=0.2"
+	$(PY) -m pip install --quiet -c $(VENV)/torch-constraint.txt asdfghjkl==0.1a4 opt-einsum==3.4.0 \
+		torchmetrics==1.9.0 einops==0.8.2 unfoldNd==0.2.3 einconv==0.1.0 linear_operator==0.6.1
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

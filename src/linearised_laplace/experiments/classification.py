@@ -191,10 +191,9 @@ def build_predictor(
         dropout_net = trained_model(s, data, s.seed, dropout=0.1)
         return (lambda x: mc_dropout_samples(dropout_net, x, s.n_samples, seed=s.seed)), {}
     if method.startswith("lt-"):
-        predictor, _ = peers.laplace_torch_predictor(
+        return peers.laplace_torch_predictor(
             method, net, data.train, data.val, s.n_samples, s.subnetwork_size
         )
-        return predictor, {}
     if method == "sampled":
         mean_solver = None if s.mean_epochs is None else SGD(n_epochs=s.mean_epochs)
         solver = SGD(n_epochs=s.sampler_epochs)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -58,14 +59,11 @@ def _backend(net: nn.Module, structure: str) -> type:
     return BackPackGGN if structure == "lastlayer" or isinstance(net, nn.Sequential) else AsdlGGN
 
 
-def laplace_torch_predictor(
-    method: str, net: nn.Module, train, val, n_samples: int, subnetwork_size: int = 1000
-) -> tuple[Callable[[Tensor], Tensor], Tensor | None]:
-    """Fit laplace-torch's ``method`` (e.g. ``"lt-kron-val"``) on ``train``, tuning on ``val``.
+def fit_laplace_torch(method: str, net: nn.Module, train, val, subnetwork_size: int = 1000):
+    """laplace-torch's ``method`` (e.g. ``"lt-kron-val"``) fitted on ``train``, its prior tuned.
 
-    Returns:
-        ``x ↦`` logit samples ``[S, N, C]`` (the same posterior draws for every call, except ELLA),
-        and, for subnetworks, the chosen flat parameter indices.
+    ``train`` and ``val`` are ``(x, y)`` pairs; ``-marglik`` tunes the prior precision by
+    laplace-torch's marginal likelihood, ``-val`` by its grid search on ``val``. ``net`` is copied.
     """
     from laplace import ELLA, Laplace
     from laplace.utils import LargestVarianceDiagLaplaceSubnetMask, LargestVarianceSWAGSubnetMask
@@ -85,10 +83,8 @@ def laplace_torch_predictor(
         la.optimize_prior_precision(
             method="gridsearch", val_loader=val_loader, grid_size=21, pred_type="gp"
         )
-        return (
-            lambda x: la.functional_samples(x, pred_type="gp", n_samples=n_samples).detach()
-        ), None
-    indices, parameters = None, "all"
+        return la
+    backend = _backend(net, structure)
     if structure.startswith("subnet"):
         if structure == "subnetdiag":
             diagonal = Laplace(
@@ -104,32 +100,16 @@ def laplace_torch_predictor(
             mask = LargestVarianceSWAGSubnetMask(
                 copy.deepcopy(net), n_params_subnet=subnetwork_size, likelihood="classification"
             )
-        indices = mask.select(train_loader)
-        la = Laplace(
-            model,
-            "classification",
-            subset_of_weights="subnetwork",
-            hessian_structure="full",
-            subnetwork_indices=indices,
-            backend=_backend(net, structure),
-        )
+        options = {
+            "subset_of_weights": "subnetwork",
+            "hessian_structure": "full",
+            "subnetwork_indices": mask.select(train_loader),
+        }
     elif structure == "lastlayer":
-        la = Laplace(
-            model,
-            "classification",
-            subset_of_weights="last_layer",
-            hessian_structure="full",
-            backend=_backend(net, structure),
-        )
-        parameters = "last_layer"
+        options = {"subset_of_weights": "last_layer", "hessian_structure": "full"}
     else:
-        la = Laplace(
-            model,
-            "classification",
-            subset_of_weights="all",
-            hessian_structure=structure,
-            backend=_backend(net, structure),
-        )
+        options = {"subset_of_weights": "all", "hessian_structure": structure}
+    la = Laplace(model, "classification", backend=backend, **options)
     la.fit(train_loader, progress_bar=False)
     if tuning == "marglik":
         la.optimize_prior_precision(method="marglik", pred_type="glm")
@@ -141,10 +121,33 @@ def laplace_torch_predictor(
             link_approx="probit",
             grid_size=21,
         )
-    lin = Linearisation(net, parameters)
+    return la
+
+
+def function_sampler(la, net: nn.Module, n_samples: int) -> Callable[[Tensor], Tensor]:
+    """``x ↦`` ``[S, N, C]`` joint logit samples of a fitted laplace-torch object ``la``.
+
+    Weight-space posteriors give ``f(x; θ*) + J(x)(θ_s − θ*)`` for ``S`` fixed draws ``θ_s``
+    (subnetwork draws embedded into the full vector); ELLA draws afresh on every call.
+    """
+    from laplace import ELLA
+    from laplace.lllaplace import LLLaplace
+
+    if isinstance(la, ELLA):
+        return lambda x: la.functional_samples(x, pred_type="gp", n_samples=n_samples).detach()
+    lin = Linearisation(net, "last_layer" if isinstance(la, LLLaplace) else "all")
     draws = (la.sample(n_samples) - la.mean).detach()
-    if draws.shape[1] != lin.n_params:  # subnetwork samples: embed into the full vector
+    if draws.shape[1] != lin.n_params:
         full = draws.new_zeros(n_samples, lin.n_params)
-        full[:, indices] = draws
+        full[:, la.backend.subnetwork_indices] = draws
         draws = full
-    return (lambda x: lin.linearised_forward(x, draws)), indices
+    return lambda x: lin.linearised_forward(x, draws)
+
+
+def laplace_torch_predictor(
+    method: str, net: nn.Module, train, val, n_samples: int, subnetwork_size: int = 1000
+) -> tuple[Callable[[Tensor], Tensor], dict]:
+    """:func:`fit_laplace_torch`, then its :func:`function_sampler` and its prior precision."""
+    la = fit_laplace_torch(method, net, train, val, subnetwork_size)
+    precision = torch.as_tensor(la.prior_precision).detach().flatten().tolist()
+    return function_sampler(la, net, n_samples), {"prior_precision": precision}
