@@ -105,7 +105,10 @@ def _figure6(done: list[dict], path: Path) -> None:
         title="Prior precision trajectories (Figure 6)",
     )
     ax.grid(alpha=0.3, which="both")
-    ax.legend()
+    if ax.lines:
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no method with EM was run", ha="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
