@@ -25,6 +25,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from ..linearisation import Linearisation
 
 BATCH = 100
+ASDL_VAL_BATCH = (
+    10  # ASDL's predictive takes a jacrev over the batch: (C·b) × b images' activations
+)
 PEER_METHODS = (
     "lt-full-marglik",
     "lt-kron-marglik",
@@ -48,8 +51,8 @@ def available() -> bool:
     return True
 
 
-def _loader(data) -> DataLoader:
-    return DataLoader(TensorDataset(*data), batch_size=BATCH)
+def _loader(data, batch_size: int = BATCH) -> DataLoader:
+    return DataLoader(TensorDataset(*data), batch_size=batch_size)
 
 
 def _backend(net: nn.Module, structure: str) -> type:
@@ -70,7 +73,7 @@ def fit_laplace_torch(method: str, net: nn.Module, train, val, subnetwork_size: 
 
     _, structure, tuning = method.split("-")
     model = copy.deepcopy(net)
-    train_loader, val_loader = _loader(train), _loader(val)
+    train_loader = _loader(train)
     if structure == "ella":
         la = ELLA(
             model,
@@ -81,7 +84,7 @@ def fit_laplace_torch(method: str, net: nn.Module, train, val, subnetwork_size: 
         )
         la.fit(train_loader, progress_bar=False)
         la.optimize_prior_precision(
-            method="gridsearch", val_loader=val_loader, grid_size=21, pred_type="gp"
+            method="gridsearch", val_loader=_loader(val), grid_size=21, pred_type="gp"
         )
         return la
     backend = _backend(net, structure)
@@ -114,9 +117,10 @@ def fit_laplace_torch(method: str, net: nn.Module, train, val, subnetwork_size: 
     if tuning == "marglik":
         la.optimize_prior_precision(method="marglik", pred_type="glm")
     else:
+        val_batch = ASDL_VAL_BATCH if backend.__name__.startswith("Asdl") else BATCH
         la.optimize_prior_precision(
             method="gridsearch",
-            val_loader=val_loader,
+            val_loader=_loader(val, val_batch),
             pred_type="glm",
             link_approx="probit",
             grid_size=21,
