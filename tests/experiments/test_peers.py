@@ -49,3 +49,9 @@ def test_function_samples_have_laplace_torch_covariance(method, architecture):
     assert (empirical - covariance).abs().le(5 * cov_error + 1e-6).all()
     assert variance.max() > 1e-3  # a posterior with spread, not the MAP
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+
+
+def test_kfac_on_a_batchnorm_resnet_says_what_to_use_instead():
+    net, train = _network("resnet")
+    with pytest.raises(NotImplementedError, match="Use lt-diag-"):
+        fit_laplace_torch("lt-kron-marglik", net, train, train)

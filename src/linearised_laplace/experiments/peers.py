@@ -88,6 +88,13 @@ def fit_laplace_torch(method: str, net: nn.Module, train, val, subnetwork_size: 
         )
         return la
     backend = _backend(net, structure)
+    batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    if structure == "kron" and batchnorm and backend.__name__.startswith("Asdl"):
+        raise NotImplementedError(
+            "laplace-torch's KFAC cannot run this network: BackPACK only extends nn.Sequential "
+            "networks, and ASDL has no Kronecker factors for BatchNorm layers. Use lt-diag-* or "
+            "lt-lastlayer-* for it."
+        )
     if structure.startswith("subnet"):
         if structure == "subnetdiag":
             diagonal = Laplace(
