@@ -158,9 +158,9 @@ def ours(method: str, net: nn.Module, train_data, val_data, test_data) -> tuple[
 
 
 def peer(method: str, net: nn.Module, train_data, val_data, test_data) -> tuple[torch.Tensor, dict]:
-    predict, indices = peers.laplace_torch_predictor(method, net, train_data, val_data, SAMPLES)
-    log_probs = torch.log_softmax(predict(test_data[0]), -1)
-    extras = {}
+    la = peers.fit_laplace_torch(method, net, train_data, val_data)
+    log_probs = torch.log_softmax(peers.function_sampler(la, net, SAMPLES)(test_data[0]), -1)
+    extras, indices = {}, peers.subnetwork_indices(la)
     if indices is not None:
         extras["zero-curvature chosen"] = zero_curvature_share(net, train_data, indices)
     return log_probs, extras
