@@ -9,7 +9,8 @@ memory of the fit. Each method runs in its own process, so that peak memories do
 laplace-torch is an optional peer: when it imports (see `make peers`), its structures run on the
 same network (KFAC, diagonal, last-layer and full Laplace, each with marginal-likelihood and with
 validation tuning, its SubnetLaplace and its ELLA); when it does not, the benchmark says so and
-skips them. Run: `python benchmarks/siblings.py`.
+skips them. Run: `python benchmarks/siblings.py` (`--only METHOD ...` re-runs those rows and keeps
+the others).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from _report import markdown_table, write
+from _report import RESULTS, markdown_table, write
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -197,6 +198,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", help="run one method (internal)")
     parser.add_argument("--weights", type=Path, help="trained weights (internal)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="METHOD",
+        help="re-run these methods only, keeping the other rows of results/siblings.json",
+    )
     args = parser.parse_args()
     if args.method:
         print(json.dumps(run_one(args.method, args.weights)))
@@ -204,7 +211,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         weights = Path(folder) / "cnn.safetensors"
         train(weights)
-        methods = OURS + (PEERS if peers.available() else [])
+        methods = args.only or OURS + (PEERS if peers.available() else [])
         rows = []
         for method in methods:
             done = subprocess.run(
@@ -219,6 +226,10 @@ def main() -> None:
                 continue
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
+    if args.only:
+        fresh = {r["method"]: r for r in rows}
+        kept = json.loads((RESULTS / "siblings.json").read_text())["rows"]
+        rows = [fresh.pop(r["method"], r) for r in kept] + list(fresh.values())
     peers_note = (
         "laplace-torch ran on the same network (rows `lt-*`)."
         if peers.available()
