@@ -34,7 +34,7 @@ from ..models import ARCHITECTURES, build
 from ..solvers import SGD
 from ..training import TrainConfig, train_map
 from . import peers
-from .workers import failure
+from .workers import failure, use_idle_cores
 
 OUR_METHODS = ("map", "ensemble", "mc-dropout", "sampled", "exact", "subnetwork", "nystrom")
 DATASETS = ("digits", "fashion-mnist")
@@ -232,7 +232,7 @@ def score(samples: Tensor, y: Tensor) -> dict:
 
 def evaluate(method: str, settings: Settings) -> dict:
     """Fit and score one method (run in its own process by :func:`run`)."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    threads = use_idle_cores()
     data = load_data(settings)
     on_device = data.to(settings.device)
     net = trained_model(settings, on_device, settings.seed)
@@ -258,6 +258,7 @@ def evaluate(method: str, settings: Settings) -> dict:
     return {
         "method": method,
         "device": settings.device,
+        "threads": threads,
         "fit [s]": fit_seconds,
         "peak memory [MB]": max(peak - before, 0) / 1024,
         **score(test_samples, y),
