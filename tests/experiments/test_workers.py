@@ -26,7 +26,7 @@ def test_failure_names_the_signal_of_a_killed_worker():
     assert failure(done) == "killed by SIGKILL (the out-of-memory killer, most likely)"
 
 
-def test_idle_cores_sees_a_busy_core(monkeypatch):
+def test_idle_cores_sees_a_busy_core():
     idle = workers.idle_cores(0.3)
     if idle is None:
         pytest.skip("no /proc/stat here")

@@ -10,7 +10,7 @@ copy of the network: laplace-torch's backends leave hooks on modules. The GGN co
 laplace-torch 0.3's default (curvlinops) builds a full GGN from one GGN-vector product per column
 per batch, which took more than 15 minutes for the last layer of the Fashion-MNIST CNN. BackPACK
 only extends ``nn.Sequential`` stacks, so other networks (the ResNet) use ASDL, which has no KFAC
-for BatchNorm: there the KFAC methods fail and their error is reported.
+for BatchNorm: there the KFAC methods are refused with a message naming the structures that run.
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from ..linearisation import Linearisation
 
 BATCH = 100
-ASDL_VAL_BATCH = (
-    10  # ASDL's predictive takes a jacrev over the batch: (C·b) × b images' activations
-)
+# ASDL's predictive takes a jacrev over each batch: activations of (C·b) × b images
+ASDL_VAL_BATCH = 10
 PEER_METHODS = (
     "lt-full-marglik",
     "lt-kron-marglik",
@@ -88,8 +87,9 @@ def fit_laplace_torch(method: str, net: nn.Module, train, val, subnetwork_size: 
         )
         return la
     backend = _backend(net, structure)
-    batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
-    if structure == "kron" and batchnorm and backend.__name__.startswith("Asdl"):
+    asdl = backend.__name__.startswith("Asdl")
+    batchnorm = (isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    if structure == "kron" and asdl and any(batchnorm):
         raise NotImplementedError(
             "laplace-torch's KFAC cannot run this network: BackPACK only extends nn.Sequential "
             "networks, and ASDL has no Kronecker factors for BatchNorm layers. Use lt-diag-* or "
@@ -126,7 +126,7 @@ def fit_laplace_torch(method: str, net: nn.Module, train, val, subnetwork_size: 
     if tuning == "marglik":
         la.optimize_prior_precision(method="marglik", pred_type="glm")
     else:
-        val_batch = ASDL_VAL_BATCH if backend.__name__.startswith("Asdl") else BATCH
+        val_batch = ASDL_VAL_BATCH if asdl else BATCH
         la.optimize_prior_precision(
             method="gridsearch",
             val_loader=_loader(val, val_batch),
