@@ -42,6 +42,8 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix src tests benchmarks
 
 benchmarks: $(STAMP) data
+	$(PY) benchmarks/solver_fidelity.py
+	$(PY) benchmarks/solver_fidelity.py --problems fashion-cnn-n2000 --samples 16 --name solver_fidelity-fashion
 	$(PY) benchmarks/sampler_convergence.py
 	$(PY) benchmarks/tangent_batching.py
 	$(PY) benchmarks/em_trajectory.py

@@ -11,7 +11,7 @@ Imported as ``lla`` in the documentation::
 
 from . import metrics
 from .data import Data
-from .exceptions import DivergenceError, NotFittedError
+from .exceptions import ConvergenceError, ConvergenceWarning, DivergenceError, NotFittedError
 from .features import FeatureOperator, MatrixFeatures
 from .g_prior import ScaledFeatures
 from .likelihoods import Categorical, Gaussian, Likelihood
@@ -32,6 +32,8 @@ __all__ = [
     "SGD",
     "Categorical",
     "Cholesky",
+    "ConvergenceError",
+    "ConvergenceWarning",
     "Data",
     "DivergenceError",
     "ExactLaplace",

@@ -8,7 +8,7 @@ $$ ζ = θ_0 − A^{-1} Φᵀ L\, w, \qquad (I + Lᵀ K L)\, w = Lᵀ Φ θ_0 �
 (method-spec §7.2). ``I + LᵀKL ⪰ I`` is well posed even though the softmax ``B`` is singular, and
 ``B^{-1}`` is never needed. A product with it is one VJP pass and one JVP pass over the data; the
 unknowns ``w`` are ``K × n × C`` numbers instead of ``K × D``. The system is solved by conjugate
-gradients, preconditioned with a randomised rank-``r`` eigendecomposition of ``LᵀKL``
+gradients, preconditioned with a randomised rank-``r`` Nyström approximation of ``LᵀKL``
 (``P = I + U Λ Uᵀ``, applied by Woodbury), or exactly by Cholesky on small problems.
 """
 
@@ -21,12 +21,12 @@ import torch
 from torch import Tensor
 
 from ._checks import check_sample_budget
-from .linalg import conjugate_gradient, top_eigenpairs
+from .linalg import conjugate_gradient
 from .linear_model import LinearGaussianModel
 from .noise import NoiseSource, seeded_generator
 from .solvers import CG, Cholesky, SolveInfo, SolveResult
-from .solvers.cg import warn_if_unconverged
 from .solvers.exact import cholesky
+from .solvers.preconditioner import Preconditioner, nystrom
 
 
 def observations(model: LinearGaussianModel) -> int:
@@ -85,9 +85,9 @@ def dual_matrix(model: LinearGaussianModel) -> Tensor:
     return torch.eye(n_obs, dtype=torch.float64, device=rows.device) + (rows / prior) @ rows.T
 
 
-def low_rank_preconditioner(model: LinearGaussianModel, rank: int, seed: int = 0):
-    """``R ↦ (I + U Λ Uᵀ)^{-1} R`` from the top-``rank`` eigenpairs of ``LᵀKL`` (Woodbury)."""
-    values, vectors = top_eigenpairs(
+def kernel_preconditioner(model: LinearGaussianModel, rank: int, seed: int = 0) -> Preconditioner:
+    """``P = I + U Λ Uᵀ`` from a rank-``rank`` Nyström approximation of ``LᵀKL``."""
+    sketch = nystrom(
         lambda w: kernel_vec(model, w),
         observations(model),
         rank,
@@ -95,13 +95,8 @@ def low_rank_preconditioner(model: LinearGaussianModel, rank: int, seed: int = 0
         dtype=model.features.dtype,
         device=model.features.device,
     )
-    vectors = vectors.to(model.features.dtype)
-    shrink = (values / (1 + values)).to(model.features.dtype)
-
-    def apply(r: Tensor) -> Tensor:
-        return r - ((r @ vectors) * shrink) @ vectors.T
-
-    return apply
+    ones = torch.ones(observations(model), dtype=model.features.dtype, device=model.features.device)
+    return Preconditioner(ones, sketch.vectors, sketch.values)
 
 
 def solve_system(
@@ -122,19 +117,17 @@ def solve_system(
         w = torch.cholesky_solve(rhs.double().T, factor).T.to(rhs.dtype)
         return w, 0, (matvec(w) - rhs).norm(dim=-1) / rhs.norm(dim=-1)
     if isinstance(solver, CG):
-        rank = min(solver.preconditioner_rank, observations(model) - 1)
-        precondition = low_rank_preconditioner(model, rank, seed) if rank > 0 else None
-        w, n_iter, residual = conjugate_gradient(
+        rank = min(solver.preconditioner_rank, observations(model))
+        precondition = kernel_preconditioner(model, rank, seed).solve if rank > 0 else None
+        return conjugate_gradient(
             matvec,
             rhs,
             init,
-            rtol=solver.rtol,
+            rtol=solver.tolerance(rhs.dtype),
             max_iter=solver.max_iter,
             preconditioner=precondition,
             progress=progress,
         )
-        warn_if_unconverged(residual, solver, "Raise max_iter or preconditioner_rank")
-        return w, n_iter, residual
     raise TypeError(
         f"The dual sampler solves with lla.CG(...) or lla.Cholesky(), got {type(solver).__name__}; "
         "SGD is for the primal space (space='primal')."
@@ -174,7 +167,14 @@ def solve_dual(
         model, dual_rhs(model, theta0, source), solver, init, seed, progress
     )
     samples = theta0 - dual_pullback(model, w) / prior
-    info = SolveInfo(f"dual-{solver.name}", n_steps, residual, time.perf_counter() - start)
+    info = SolveInfo(
+        f"dual-{solver.name}",
+        n_steps,
+        residual,
+        time.perf_counter() - start,
+        space="dual",
+        tolerance=solver.tolerance(w.dtype) if isinstance(solver, CG) else None,
+    )
     return SolveResult(samples, info), w
 
 
@@ -217,6 +217,12 @@ def gaussian_mean(
         model, rhs.reshape(1, -1), solver, seed=seed, progress=progress
     )
     mean = dual_pullback(model, u) / model.prior_diag()
-    return SolveResult(
-        mean, SolveInfo(f"dual-mean-{solver.name}", n_steps, residual, time.perf_counter() - start)
+    info = SolveInfo(
+        f"dual-mean-{solver.name}",
+        n_steps,
+        residual,
+        time.perf_counter() - start,
+        space="dual",
+        tolerance=solver.tolerance(u.dtype) if isinstance(solver, CG) else None,
     )
+    return SolveResult(mean, info)

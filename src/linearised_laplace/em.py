@@ -46,7 +46,7 @@ def function_space_gamma(model: LinearGaussianModel, samples: Tensor, n_groups: 
     """``γ̂_g = (1/K) Σ_k ⟨ζ_{k,g}, (M ζ_k)_g⟩`` (one data pass): ``[G]`` (float64)."""
     if n_groups == 1:
         return model.function_norms(samples).mean().double().reshape(1)
-    ggn_z = model.precision_vec(samples) - model.prior_diag() * samples
+    ggn_z = model.ggn_products(samples)
     return group_sum((samples * ggn_z).double(), model.prior.groups, n_groups).mean(0)
 
 

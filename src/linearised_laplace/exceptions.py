@@ -7,3 +7,11 @@ class NotFittedError(RuntimeError):
 
 class DivergenceError(RuntimeError):
     """An iterative solver left the region where its iterates are finite and bounded."""
+
+
+class ConvergenceWarning(UserWarning):
+    """An iterative solve stopped above its residual tolerance: its samples are inexact."""
+
+
+class ConvergenceError(RuntimeError):
+    """An iterative solve stopped above its residual tolerance under ``strict=True``."""

@@ -45,22 +45,27 @@ def conjugate_gradient(
     z = apply(r)
     p = z.clone()
     rz = (r * z).sum(-1)
-    norm_b = rhs.norm(dim=-1).clamp_min(torch.finfo(rhs.dtype).tiny)
+    tiny = torch.finfo(rhs.dtype).tiny
+    norm_b = rhs.norm(dim=-1).clamp_min(tiny)
     n_iter = 0
     bar = progress_bar(total=max_iter, enabled=progress, desc="conjugate gradients")
-    while n_iter < max_iter and bool((r.norm(dim=-1) / norm_b > rtol).any()):
-        bar.set_postfix(residual=f"{float((r.norm(dim=-1) / norm_b).max()):.1e}", refresh=False)
+    while n_iter < max_iter:
+        relative = r.norm(dim=-1) / norm_b
+        active = relative > rtol  # converged rows are frozen: their updates would be round-off
+        if not bool(active.any()):
+            break
+        bar.set_postfix(residual=f"{float(relative.max()):.1e}", refresh=False)
         bar.update()
         hp = matvec(p)
         curvature = (p * hp).sum(-1)
-        alpha = torch.where(curvature > 0, rz / curvature.clamp_min(1e-300), 0.0)
+        alpha = torch.where(active & (curvature > tiny), rz / curvature.clamp_min(tiny), 0.0)
         x += alpha[:, None] * p
         r -= alpha[:, None] * hp
         z = apply(r)
         rz_new = (r * z).sum(-1)
-        beta = torch.where(rz > 0, rz_new / rz.clamp_min(1e-300), 0.0)
-        p = z + beta[:, None] * p
-        rz = rz_new
+        beta = torch.where(active & (rz > tiny), rz_new / rz.clamp_min(tiny), 0.0)
+        p = torch.where(active[:, None], z + beta[:, None] * p, p)
+        rz = torch.where(active, rz_new, rz)
         n_iter += 1
     bar.close()
     return x, n_iter, r.norm(dim=-1) / norm_b
@@ -78,7 +83,8 @@ def top_eigenvalue(
     """Largest eigenvalue of a symmetric PSD operator by Lanczos with full reorthogonalisation.
 
     The top Ritz value approaches the largest eigenvalue from below, much faster than power
-    iteration; ``n_iter = 20`` is typically within a few percent.
+    iteration; ``n_iter = 20`` is typically within a few percent. On reaching an invariant subspace
+    it restarts from a random vector orthogonal to it.
 
     Args:
         matvec: ``Z [1, n] ↦ H Z``.
@@ -91,19 +97,36 @@ def top_eigenvalue(
     Returns:
         The estimate of ``λ_max(H)``.
     """
-    v = torch.randn(n, generator=generator, dtype=torch.float64).to(dtype=dtype, device=device)
+
+    def orthogonal(w: Tensor, basis: list[Tensor]) -> Tensor:
+        for _ in range(2):  # full reorthogonalisation, twice ("twice is enough")
+            for q in basis:
+                w = w - (w @ q) * q
+        return w
+
+    def draw() -> Tensor:
+        return torch.randn(n, generator=generator, dtype=torch.float64).to(
+            dtype=dtype, device=device
+        )
+
+    v = draw()
     basis = [v / v.norm()]
     alphas, betas = [], []
     for _ in range(min(n_iter, n)):
         w = matvec(basis[-1][None])[0]
         alphas.append(float(w @ basis[-1]))
-        for q in basis:  # full reorthogonalisation
-            w = w - (w @ q) * q
-        beta = float(w.norm())
-        if beta <= 1e-10 * max(abs(a) for a in alphas) or len(basis) == n:
+        if len(basis) == n:
             break
+        w = orthogonal(w, basis)
+        beta = float(w.norm())
+        if beta <= 1e-10 * max(abs(a) for a in alphas):
+            # an invariant subspace, which may miss the top eigenvector: restart orthogonally to it
+            # (a zero coupling in the tridiagonal matrix), rather than stop on a round-off decision
+            w, beta = orthogonal(draw(), basis), 0.0
+            basis.append(w / w.norm())
+        else:
+            basis.append(w / beta)
         betas.append(beta)
-        basis.append(w / beta)
     k = len(alphas)
     tri = torch.diag(torch.tensor(alphas, dtype=torch.float64))
     off = torch.tensor(betas[: k - 1], dtype=torch.float64)

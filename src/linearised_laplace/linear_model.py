@@ -78,12 +78,16 @@ class LinearGaussianModel:
         _, pull = self.features.pullback(x)
         return f0, pull(self.likelihood.hessian_vec(f0 if at is None else at(x, f0), jz))
 
-    def precision_vec(self, tangents: Tensor) -> Tensor:
-        """``H z_k = M z_k + A z_k`` over the whole training set: ``[K, D]``."""
+    def ggn_products(self, tangents: Tensor) -> Tensor:
+        """``M z_k`` over the whole training set: ``[K, D]``."""
         ggn_z = torch.zeros_like(tangents)
         for _, x, _ in self.data.batches():
             ggn_z += self.ggn_vec(x, tangents)[1]
-        return self.prior_diag() * tangents + self.data.all_reduce(ggn_z)
+        return self.data.all_reduce(ggn_z)
+
+    def precision_vec(self, tangents: Tensor) -> Tensor:
+        """``H z_k = M z_k + A z_k`` over the whole training set: ``[K, D]``."""
+        return self.prior_diag() * tangents + self.ggn_products(tangents)
 
     def function_norms(self, tangents: Tensor) -> Tensor:
         """``‖Φ z_k‖²_B = Σ_i (Φ_i z_k)ᵀ B_i (Φ_i z_k)`` over the training set: ``[K]``."""

@@ -29,6 +29,7 @@ from .linalg import conjugate_gradient
 from .linear_model import LinearGaussianModel
 from .noise import seeded_generator
 from .solvers.base import SolveInfo, SolveResult
+from .solvers.preconditioner import Preconditioner
 from .solvers.sgd import (
     SGD,
     check_residuals,
@@ -196,13 +197,14 @@ def sgd_mean(
     start = time.perf_counter()
     model = problem.model
     n_points = config.curvature_points or config.batch_size or model.data.batch_size
+    jacobi = Preconditioner.diagonal(preconditioner)
     curvatures = [
         estimate_top_curvature(
             model,
             n_points,
             config.curvature_iters,
             seeded_generator(seed, "sgd-mean", k),
-            preconditioner.rsqrt(),
+            jacobi,
             at,
         )
         for k, at in enumerate(
@@ -223,7 +225,7 @@ def sgd_mean(
             torch.zeros_like(init),
             init[None],
             config=cfg,
-            preconditioner=preconditioner,
+            preconditioner=jacobi,
             curvature=max(curvatures),
             generator=seeded_generator(seed, "sgd-mean", cfg.lr),
             progress=progress,

@@ -19,6 +19,7 @@ from ._progress import progress_bar
 
 if TYPE_CHECKING:
     from .linear_model import LinearGaussianModel
+    from .solvers.preconditioner import LowRank
 
 
 def derive_seed(*key: object) -> int:
@@ -96,12 +97,15 @@ class PosteriorNoise:
         source: Regenerates the per-point ``ν`` (the naive objective needs them).
         ggn_diag: ``[D]`` Hutchinson estimate of ``diag(M)``, ``mean_p u_p²`` over the samples' ``u``
             and extra probes from the same pass (``E[u uᵀ] = M``); SGD preconditions with it.
+        ggn_low_rank: A Nyström approximation of ``M`` for the solvers' preconditioner, attached
+            by :func:`~linearised_laplace.solvers.preconditioner.with_ggn_sketch` (``None``: none).
     """
 
     xi: Tensor
     u: Tensor
     source: NoiseSource
     ggn_diag: Tensor
+    ggn_low_rank: LowRank | None = None
 
     @property
     def n_samples(self) -> int:

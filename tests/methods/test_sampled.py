@@ -21,10 +21,13 @@ def test_samples_equal_exact_samples_for_the_same_seed(task):
     kw = {"prior_precision": 2.0, "n_samples": 4, "seed": 3, **QUIET}
     exact = lla.ExactLaplace(net, task, **kw).fit((x, y))
     cg = lla.SampledLaplace(net, task, solver=lla.CG(rtol=1e-12), **kw).fit((x, y))
-    sgd = lla.SampledLaplace(net, task, **kw).fit((x, y))
+    sgd = lla.SampledLaplace(net, task, solver=lla.SGD(), **kw).fit((x, y))
+    auto = lla.SampledLaplace(net, task, **kw).fit((x, y))
     assert _relative(cg.posterior_samples, exact.posterior_samples) < 1e-8
     assert _relative(sgd.posterior_samples, exact.posterior_samples) < 0.05
     assert sgd.solve_info.n_steps == 50 and sgd.solve_info.rel_residual.shape == (4,)
+    assert auto.solve_info.solver == "cholesky" and "auto: Cholesky" in auto.solve_info.reason
+    assert _relative(auto.posterior_samples, exact.posterior_samples) < 1e-10
 
 
 def test_sample_covariance_converges_to_the_exact_covariance():
@@ -209,3 +212,49 @@ def test_predictive_samples_subsets_and_refuses_more_than_drawn():
     )
     with pytest.raises(ValueError, match="Only 4 posterior samples were drawn, 5 were asked for"):
         la.predictive_samples(x[:3], n_samples=5)
+
+
+def _small_noise():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 6), nn.Tanh(), nn.Linear(6, 1))
+    x = torch.randn(80, 2)
+    return net, (x, torch.sin(x[:, :1]))
+
+
+def test_convergence_warning_fires_on_a_starved_solve_and_not_on_a_converged_one():
+    import warnings
+
+    net, data = _small_noise()
+    kw = {"sigma_noise": 0.05, "prior_precision": 1e-3, "n_samples": 3, **QUIET}
+    starved = lla.SGD(n_epochs=1, precondition=False)
+    with pytest.warns(lla.ConvergenceWarning, match=r"samples ended above .* lla.SGD\(n_epochs"):
+        la = lla.SampledLaplace(net, "regression", solver=starved, **kw).fit(data)
+    assert not la.solve_info.converged
+    with pytest.raises(lla.ConvergenceError, match="did not converge"):
+        lla.SampledLaplace(net, "regression", solver=starved, strict=True, **kw).fit(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", lla.ConvergenceWarning)
+        good = lla.SampledLaplace(net, "regression", solver=lla.CG(), strict=True, **kw).fit(data)
+    assert good.solve_info.converged and good.solve_info.tolerance == 1e-8  # float64 default
+    with pytest.warns(lla.ConvergenceWarning):  # EM never uses an unconverged E-step silently
+        lla.SampledLaplace(net, "regression", solver=starved, **kw).optimize_prior_precision(
+            data, max_iter=1, n_em_samples=2
+        )
+
+
+def test_preconditioned_sgd_samples_small_noise_regression_like_exact():
+    # cond(H) ≈ 1e6 here: Jacobi SGD stays far off; the Nyström preconditioner brings it within 5%
+    net, data = _small_noise()
+    kw = {"sigma_noise": 0.05, "prior_precision": 1e-2, "n_samples": 4, "seed": 1, **QUIET}
+    exact = lla.ExactLaplace(net, "regression", **kw).fit(data)
+    nystrom = lla.SampledLaplace(net, "regression", solver=lla.SGD(), **kw).fit(data)
+    jacobi = lla.SGD(preconditioner_rank=0)
+    with pytest.warns(lla.ConvergenceWarning):
+        diagonal = lla.SampledLaplace(net, "regression", solver=jacobi, **kw).fit(data)
+    x_new = torch.randn(20, 2)
+    mean = net(x_new).detach()
+    errors = [
+        _relative(la.predictive_samples(x_new) - mean, exact.predictive_samples(x_new) - mean)
+        for la in (nystrom, diagonal)
+    ]
+    assert errors[0] < 0.05 < 0.5 < errors[1]

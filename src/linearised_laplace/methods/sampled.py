@@ -14,13 +14,16 @@ from torch import Tensor
 
 from .._checks import check_positive_int
 from ..data import Data
-from ..dual import gaussian_mean, observations, solve_dual
+from ..dual import gaussian_mean, solve_dual
 from ..em import EMState, EStep, function_space_gamma, weight_space_gamma
 from ..likelihoods import Gaussian
 from ..linear_model import LinearGaussianModel
 from ..mean import MeanProblem, Newton
 from ..noise import NoiseSource, PosteriorNoise, derive_seed, draw_posterior_noise
 from ..solvers import CG, SGD, Cholesky, SolveInfo, Solver, SolveResult
+from ..solvers.auto import Choice, choose_solver
+from ..solvers.base import check_convergence
+from ..solvers.preconditioner import with_ggn_sketch
 from .base import BaseLaplace, TrainingData, solver_settings
 
 SOLVERS = {"SGD": SGD, "CG": CG, "Cholesky": Cholesky, "Newton": Newton}
@@ -40,20 +43,24 @@ class SampledLaplace(BaseLaplace):
             ``seed``, ``parameters``, ``exclude_norm``, ``g_prior``, ``tangent_batching``,
             ``progress``).
         likelihood: ``"classification"`` or ``"regression"``.
-        solver: For the samples: :class:`~linearised_laplace.solvers.SGD` (the primal default,
-            with defaults that need no tuning), :class:`~linearised_laplace.solvers.CG` (the dual
-            default, ``rtol=1e-6``) or :class:`~linearised_laplace.solvers.Cholesky`.
+        solver: For the samples: ``"auto"`` (default; see :func:`~linearised_laplace.solvers.auto.
+            choose_solver`: Cholesky where a dense solve is cheap, else preconditioned CG or SGD),
+            :class:`~linearised_laplace.solvers.SGD`, :class:`~linearised_laplace.solvers.CG` or
+            :class:`~linearised_laplace.solvers.Cholesky`. ``solve_info`` says which ran and why.
         mean_solver: For the linear model's mean in EM: :class:`~linearised_laplace.mean.Newton`
             (default; full-batch Newton-CG, one data pass per CG iteration at one vector, precise)
             or :class:`~linearised_laplace.solvers.SGD` (minibatch, as the seed paper).
         space: ``"primal"`` (weight space, ``K × D`` unknowns), ``"dual"`` (observation space,
             ``K × n·C`` unknowns, pathwise conditioning; see :mod:`linearised_laplace.dual`) or
-            ``"auto"`` (default: dual when ``n·C < D``, unless the solver is SGD). Both give the same samples for the same
-            seed, up to the solver's tolerance.
+            ``"auto"`` (default: dual when ``n·C < D``, unless the solver is SGD). Both give the
+            same samples for the same seed, up to the solver's tolerance.
+        strict: Raise :class:`~linearised_laplace.ConvergenceError` when a solve ends above its
+            residual tolerance, instead of a :class:`~linearised_laplace.ConvergenceWarning`.
         **kwargs: The shared keywords.
 
     Attributes:
-        solve_info: Diagnostics of the last solve (steps, relative residuals, time).
+        solve_info: Diagnostics of the last solve: the solver and space that ran and why, steps,
+            each sample's relative residual against the tolerance, time.
 
     Example:
         >>> import torch, linearised_laplace as lla
@@ -69,28 +76,36 @@ class SampledLaplace(BaseLaplace):
         model,
         likelihood="classification",
         *,
-        solver: Solver | None = None,
+        solver: Solver | str | None = "auto",
         mean_solver: Newton | SGD | None = None,
         space: str = "auto",
+        strict: bool = False,
         **kwargs,
     ):
         super().__init__(model, likelihood, **kwargs)
         if space not in SPACES:
             raise ValueError(f"`space` must be one of {SPACES}, got {space!r}.")
+        if solver == "auto":
+            solver = None
+        if solver is not None and not isinstance(solver, SGD | CG | Cholesky):
+            raise TypeError(
+                f"`solver` must be 'auto', lla.SGD(...), lla.CG(...) or lla.Cholesky(), "
+                f"got {solver!r}."
+            )
         if space == "dual" and isinstance(solver, SGD):
             raise ValueError("The dual space is solved by lla.CG(...) or lla.Cholesky(), not SGD.")
         self.solver = solver
         self.space = space
+        self.strict = bool(strict)
         self.mean_solver = Newton() if mean_solver is None else mean_solver
         self.solve_info: SolveInfo | None = None
 
+    def _choice(self, model: LinearGaussianModel) -> Choice:
+        """The solver and space for ``model`` (``solver="auto"`` and ``space="auto"`` resolved)."""
+        return choose_solver(model, self.solver, self.space)
+
     def _space(self, model: LinearGaussianModel) -> str:
-        """The space to sample in: ``"dual"`` when ``n·C < D`` under ``space="auto"``."""
-        if self.space != "auto":
-            return self.space
-        if isinstance(self.solver, SGD) or model.data.shard.world > 1:  # primal only
-            return "primal"
-        return "dual" if observations(model) < model.n_params else "primal"
+        return self._choice(model).space
 
     def _check_data_parallel(self, data: Data) -> None:
         if self.space == "dual":
@@ -100,31 +115,27 @@ class SampledLaplace(BaseLaplace):
             )
         super()._check_data_parallel(data)
 
-    def _solver(self, space: str) -> Solver:
-        if self.solver is not None:
-            return self.solver
-        return SGD() if space == "primal" else CG(rtol=1e-6)
-
     def _solve(
         self, model: LinearGaussianModel, noise: PosteriorNoise, init: Tensor | None, seed: int
     ) -> tuple[SolveResult, Tensor]:
         """Samples in the chosen space, and the warm start for a next solve in that space."""
-        space = self._space(model)
-        if space == "dual":
-            result, dual = solve_dual(
+        choice = self._choice(model)
+        if choice.space == "dual":
+            result, warm = solve_dual(
                 model,
                 noise.xi,
                 noise.source,
-                self._solver(space),
+                choice.solver,
                 init=init,
                 seed=seed,
                 progress=self.progress,
             )
-            return result, dual
-        result = self._solver(space).solve(
-            model, noise, init=init, seed=seed, progress=self.progress
-        )
-        return result, result.samples
+        else:
+            result = choice.solver.solve(model, noise, init=init, seed=seed, progress=self.progress)
+            warm = result.samples
+        info = replace(result.info, reason=choice.reason)
+        check_convergence(info, choice.solver.advice, self.strict)
+        return SolveResult(result.samples, info), warm
 
     def fit(self, train_loader: TrainingData) -> SampledLaplace:
         """Draw ``n_samples`` posterior samples at the current hyperparameters; returns ``self``.
@@ -137,8 +148,17 @@ class SampledLaplace(BaseLaplace):
         self._draw(self._linear_model(train_loader))
         return self
 
+    def _noise(self, model: LinearGaussianModel, n_samples: int) -> PosteriorNoise:
+        """The noise of ``n_samples`` samples, with the GGN sketch the primal solver will use."""
+        noise = draw_posterior_noise(model, n_samples, NoiseSource(self.seed), self.progress)
+        choice = self._choice(model)
+        rank = getattr(choice.solver, "preconditioner_rank", 0)
+        if choice.space == "primal" and getattr(choice.solver, "precondition", True):
+            noise = with_ggn_sketch(model, noise, rank, self.seed)
+        return noise
+
     def _draw(self, model: LinearGaussianModel, warm: Tensor | None = None) -> None:
-        noise = draw_posterior_noise(model, self.n_samples, NoiseSource(self.seed), self.progress)
+        noise = self._noise(model, self.n_samples)
         init = None
         if warm is not None and self._space(model) == "primal":
             # samples share noise by index, so the first rows warm-start exactly
@@ -185,7 +205,7 @@ class SampledLaplace(BaseLaplace):
         mode = self._check_em(max_iter, tol, mean, update_sigma, checkpoint, gamma)
         k = check_positive_int("n_em_samples", n_em_samples)
         model = self._linear_model(train_loader)
-        noise = draw_posterior_noise(model, k, NoiseSource(self.seed), self.progress)
+        noise = self._noise(model, k)
         sigma_ref = float(self.sigma_noise)
         n_groups = self.prior.precision.numel()
 
@@ -231,7 +251,9 @@ class SampledLaplace(BaseLaplace):
             g = problem.outputs(x, zero)[0]
             return y.reshape(g.shape).to(g.dtype) - g
 
-        return gaussian_mean(model, targets, self._solver("dual"), seed, self.progress).samples[0]
+        result = gaussian_mean(model, targets, self._choice(model).solver, seed, self.progress)
+        check_convergence(result.info, self._choice(model).solver.advice, self.strict)
+        return result.samples[0]
 
     def _at(
         self, model: LinearGaussianModel, noise: PosteriorNoise, state: EMState, sigma_ref: float
@@ -243,7 +265,10 @@ class SampledLaplace(BaseLaplace):
         ratio = (
             sigma_ref / state.sigma
         )  # B ∝ σ⁻²: Jᵀ L ν scales by σ_ref/σ, diag(JᵀBJ) by its square
-        scaled = replace(noise, u=noise.u * ratio, ggn_diag=noise.ggn_diag * ratio**2)
+        low_rank = None if noise.ggn_low_rank is None else noise.ggn_low_rank.scaled(ratio**2)
+        scaled = replace(
+            noise, u=noise.u * ratio, ggn_diag=noise.ggn_diag * ratio**2, ggn_low_rank=low_rank
+        )
         return replace(current, likelihood=Gaussian(state.sigma)), scaled
 
     def functional_variance(self, x: Tensor) -> Tensor:
@@ -257,6 +282,7 @@ class SampledLaplace(BaseLaplace):
             "solver": None if self.solver is None else solver_settings(self.solver),
             "mean_solver": solver_settings(self.mean_solver),
             "space": self.space,
+            "strict": self.strict,
         }
 
     @classmethod
@@ -271,4 +297,5 @@ class SampledLaplace(BaseLaplace):
             "solver": build(meta["solver"]),
             "mean_solver": build(meta["mean_solver"]),
             "space": meta["space"],
+            "strict": meta.get("strict", False),
         }

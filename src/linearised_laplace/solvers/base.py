@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import warnings
+from dataclasses import dataclass, fields
 
 from torch import Tensor
 
+from ..exceptions import ConvergenceError, ConvergenceWarning
 from ..linear_model import LinearGaussianModel
 
 
@@ -21,6 +24,9 @@ class SolveInfo:
         wall_time: Seconds.
         top_eigenvalue: SGD's estimate ``λ̂`` of the largest eigenvalue of the (preconditioned)
             minibatch precision, which sets its step size; ``None`` for other solvers.
+        space: ``"primal"`` (weight space) or ``"dual"`` (observation space).
+        tolerance: The relative residual that counts as converged (``None``: not checked).
+        reason: Why this solver and space ran (``solver="auto"`` states its choice here).
     """
 
     solver: str
@@ -28,6 +34,25 @@ class SolveInfo:
     rel_residual: Tensor
     wall_time: float
     top_eigenvalue: float | None = None
+    space: str = "primal"
+    tolerance: float | None = None
+    reason: str = ""
+
+    @property
+    def converged(self) -> bool:
+        """Every sample's relative residual is within the tolerance (unchecked solves count)."""
+        if self.tolerance is None or not bool((self.rel_residual == self.rel_residual).all()):
+            return self.tolerance is None
+        return float(self.rel_residual.max()) <= self.tolerance
+
+    def summary(self) -> str:
+        """One line: solver, space, steps, worst residual, time."""
+        worst = float(self.rel_residual.max()) if self.rel_residual.numel() else math.nan
+        return (
+            f"{self.solver} in {self.space} space: {self.n_steps} steps, worst relative residual "
+            f"{worst:.1e}{'' if self.tolerance is None else f' (tol {self.tolerance:.0e})'}, "
+            f"{self.wall_time:.1f} s"
+        )
 
 
 @dataclass(frozen=True)
@@ -42,3 +67,64 @@ def relative_residual(model: LinearGaussianModel, samples: Tensor, rhs: Tensor) 
     """``‖H ζ_k − b_k‖ / ‖b_k‖`` over the full training set (one pass): ``[K]``."""
     residual = model.precision_vec(samples) - rhs
     return residual.norm(dim=-1) / rhs.norm(dim=-1).clamp_min(1e-300)
+
+
+def check_convergence(info: SolveInfo, fix: str, strict: bool = False) -> None:
+    """Warn (or raise under ``strict``) when a solve's worst residual exceeds its tolerance.
+
+    Args:
+        info: The solve's diagnostics.
+        fix: What to change, e.g. ``"raise lla.SGD(n_epochs=...)"``.
+        strict: Raise :class:`~linearised_laplace.ConvergenceError` instead of warning.
+    """
+    if info.converged:
+        return
+    worst = float(info.rel_residual.max())
+    n_bad = int((~(info.rel_residual <= info.tolerance)).sum())
+    message = (
+        f"{info.solver} did not converge: {n_bad} of {info.rel_residual.numel()} samples ended "
+        f"above the relative residual tolerance {info.tolerance:.0e} (worst {worst:.2e}), so the "
+        f"samples, and any EM step that uses them, are inexact. {fix}"
+    )
+    if strict:
+        raise ConvergenceError(message)
+    warnings.warn(message, ConvergenceWarning, stacklevel=4)
+
+
+def check_settings(
+    solver: str,
+    config: object,
+    *,
+    positive_ints: tuple[str, ...] = (),
+    non_negative_ints: tuple[str, ...] = (),
+    positive: tuple[str, ...] = (),
+    intervals: dict[str, str] | None = None,
+) -> None:
+    """Refuse dataclass settings that cannot work, naming the setting, its range and the value.
+
+    ``intervals`` maps a setting to ``"(0, 1]"`` or ``"[0, 1)"``. A setting may be ``None`` only if
+    its default is ``None``.
+    """
+    defaults = {f.name: f.default for f in fields(config)}
+
+    def check(name: str, ok, expected: str) -> None:
+        value = getattr(config, name)
+        if value is None and defaults[name] is None:
+            return
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not (number and ok(value)):
+            optional = " or None" if defaults[name] is None else ""
+            raise ValueError(f"{solver} `{name}` must be {expected}{optional}, got {value!r}.")
+
+    for name in positive_ints:
+        check(name, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
+    for name in non_negative_ints:
+        check(name, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
+    for name in positive:
+        check(name, lambda v: 0 < v < math.inf, "a finite number > 0")
+    for name, text in (intervals or {}).items():
+        low, high = (float(t) for t in text[1:-1].split(","))
+        if text.startswith("["):
+            check(name, lambda v, lo=low, hi=high: lo <= v < hi, f"in {text}")
+        else:
+            check(name, lambda v, lo=low, hi=high: lo < v <= hi, f"in {text}")

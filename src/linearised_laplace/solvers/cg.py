@@ -1,39 +1,63 @@
-"""Full-batch conjugate gradients on ``H ζ_k = A θⁿ_k``, matrix-free (one data pass per iteration)."""
+"""Full-batch preconditioned conjugate gradients on ``H ζ_k = A θⁿ_k``, matrix-free."""
 
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from ..linalg import conjugate_gradient
 from ..linear_model import LinearGaussianModel
 from ..noise import PosteriorNoise
-from .base import SolveInfo, SolveResult
+from .base import SolveInfo, SolveResult, check_settings
+from .preconditioner import precision_preconditioner, with_ggn_sketch
 
 
 @dataclass(frozen=True)
 class CG:
     """Preconditioned conjugate gradients over the full training set.
 
-    Exact up to ``rtol`` without building ``H``, but each iteration is a pass over all data and the
-    iteration count grows with ``√cond``; minibatch SGD scales better to large data sets. In the
-    primal space it is preconditioned by the Jacobi diagonal ``diag(M̂) + diag(A)`` of the noise
-    pass; in the dual space (``SampledLaplace(space="dual")``) by a randomised rank-
-    ``preconditioner_rank`` eigendecomposition of the kernel.
+    Exact up to ``rtol`` without building ``H``; each iteration is one pass over all data (a JVP and
+    a VJP per sample), and the iteration count grows with the square root of the preconditioned
+    condition number. In the primal space the preconditioner is ``P = A + M_r`` with a
+    rank-``preconditioner_rank`` Nyström approximation ``M_r`` of the GGN (one extra data pass;
+    :mod:`~linearised_laplace.solvers.preconditioner`); in the dual space
+    (``SampledLaplace(space="dual")``) it is ``I + U Λ Uᵀ`` from a Nyström approximation of the
+    kernel.
 
     Args:
-        rtol: Relative residual at which every sample stops.
+        rtol: Relative residual at which every sample stops; a sample above it at ``max_iter``
+            raises a :class:`~linearised_laplace.ConvergenceWarning`. ``None`` (default): ``1e-4``
+            for float32 features, ``1e-8`` for float64; float32 sums over thousands of points
+            stall near ``1e-5`` (``benchmarks/results/solver_fidelity.md``), and a residual of
+            ``1e-4`` already puts samples within 0.01% of exact there.
         max_iter: Iteration cap.
-        preconditioner_rank: Rank of the dual space's low-rank preconditioner (0: none).
+        preconditioner_rank: Rank of the low-rank part of the preconditioner (0: Jacobi in the
+            primal space, none in the dual).
     """
 
-    rtol: float = 1e-8
+    rtol: float | None = None
     max_iter: int = 1000
     preconditioner_rank: int = 100
     name = "cg"
+    advice = "Raise lla.CG(max_iter=...) or its preconditioner_rank."
+
+    def __post_init__(self):
+        check_settings(
+            "CG",
+            self,
+            positive_ints=("max_iter",),
+            non_negative_ints=("preconditioner_rank",),
+            positive=("rtol",),
+        )
+
+    def tolerance(self, dtype: torch.dtype) -> float:
+        """``rtol``, or its default for ``dtype``."""
+        if self.rtol is not None:
+            return self.rtol
+        return 1e-8 if dtype == torch.float64 else 1e-4
 
     def solve(
         self,
@@ -41,34 +65,29 @@ class CG:
         noise: PosteriorNoise,
         *,
         init: Tensor | None = None,
+        seed: int = 0,
         progress: bool | None = False,
         **_,
     ) -> SolveResult:
         """Solve for the samples, warm-started from ``init`` ``[K, D]`` if given."""
         start = time.perf_counter()
         prior = model.prior_diag()
-        diagonal = noise.ggn_diag + prior
+        noise = with_ggn_sketch(model, noise, self.preconditioner_rank, seed)
+        preconditioner = precision_preconditioner(prior, noise.ggn_diag, noise.ggn_low_rank)
         samples, n_iter, residual = conjugate_gradient(
             model.precision_vec,
             noise.rhs(prior),
             init,
-            rtol=self.rtol,
+            rtol=self.tolerance(prior.dtype),
             max_iter=self.max_iter,
-            preconditioner=lambda r: r / diagonal,
+            preconditioner=preconditioner.solve,
             progress=progress,
         )
-        warn_if_unconverged(residual, self, "Raise max_iter")
-        info = SolveInfo(self.name, n_iter, residual, time.perf_counter() - start)
-        return SolveResult(samples, info)
-
-
-def warn_if_unconverged(residual: Tensor, solver: CG, fix: str) -> None:
-    """Warn when CG stopped at its cap above ``rtol``: samples and EM updates would be inexact."""
-    worst = float(residual.max())
-    if worst > solver.rtol:
-        warnings.warn(
-            f"Conjugate gradients stopped at max_iter={solver.max_iter} with relative residual "
-            f"{worst:.1e} > rtol={solver.rtol:.0e}, so the solution is inexact. {fix} "
-            "(lla.CG(max_iter=..., ...)).",
-            stacklevel=3,
+        info = SolveInfo(
+            self.name,
+            n_iter,
+            residual,
+            time.perf_counter() - start,
+            tolerance=self.tolerance(prior.dtype),
         )
+        return SolveResult(samples, info)

@@ -44,6 +44,7 @@ class Cholesky:
     """Exact solve through a dense Cholesky factor of ``H`` (small ``D`` only)."""
 
     name = "cholesky"
+    advice = ""
 
     def solve(self, model: LinearGaussianModel, noise: PosteriorNoise, **_) -> SolveResult:
         """Exact samples ``ζ_k = H^{-1}(A θ_0 + u_k)`` (extra keywords are ignored)."""
