@@ -76,7 +76,8 @@ def budget_to_reach(problem, name, same_noise, n_samples, limit=0.1):
 def run_problem(problem: Problem, n_samples: int, scan: bool) -> list[dict]:
     exact, exact_seconds, _ = fit(problem, None, n_samples, method=lla.ExactLaplace)
     closed = mean_variance(exact, problem.x_test)
-    exact_functions = exact.predictive_samples(problem.x_test) - exact.model(problem.x_test)
+    with torch.no_grad():
+        exact_functions = exact.predictive_samples(problem.x_test) - exact.model(problem.x_test)
     same_noise = exact_functions.double().square().sum(-1).mean(0)
     mc = monte_carlo_error(exact_functions)
     rows = []

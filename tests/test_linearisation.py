@@ -38,7 +38,7 @@ def _check_products(net, x, lin, rtol=1e-10):
     torch.testing.assert_close(lin.linearised_forward(x, v, chunk=2), f0 + jv, **close)
 
 
-@pytest.mark.parametrize("batching", ["loop", "vmap", "auto"])
+@pytest.mark.parametrize("batching", ["loop", "vmap", "auto", "jacobian"])
 @pytest.mark.parametrize(
     "parameters", ["all", "last_layer", ["0.weight", "*.bias"], torch.tensor([36, 2, 17, 0])]
 )
@@ -56,6 +56,9 @@ def test_cnn_with_batchnorm_on_running_statistics(exclude_norm):
     lin = Linearisation(net, exclude_norm=exclude_norm)
     assert ("1.weight" in lin.selection.names) != exclude_norm
     _check_products(net, x, lin)
+    _check_products(
+        net, x, Linearisation(net, exclude_norm=exclude_norm, tangent_batching="jacobian")
+    )
 
 
 def test_linear_model_jacobian_is_the_design_matrix():
@@ -140,7 +143,7 @@ def test_bad_outputs_and_inputs_raise(net, x, error, match):
 
 
 def test_bad_tangent_batching_raises():
-    with pytest.raises(ValueError, match="'auto', 'loop' or 'vmap'"):
+    with pytest.raises(ValueError, match="'auto', 'loop', 'vmap' or 'jacobian'"):
         Linearisation(mlp(), tangent_batching="fast")
 
 
@@ -160,3 +163,28 @@ def test_auto_batching_keeps_the_faster_way_once_it_has_several_tangents(monkeyp
     lin.jvp(x, torch.randn(3, lin.n_params))
     lin.jvp(x, torch.randn(3, lin.n_params))
     assert calls == [3] and lin.batching in ("loop", "vmap")
+
+
+def test_auto_takes_the_jacobian_path_for_many_tangents_and_it_matches_jacrev(monkeypatch):
+    net = mlp()
+    x, _ = classification_data(7)
+    lin = Linearisation(net)
+    lin.jvp(x, torch.randn(2, lin.n_params))  # measures the costs
+    assert {"tangent", "jacobian"} <= set(lin._costs)
+    monkeypatch.setitem(lin._costs, "jacobian", 5 * lin._costs["tangent"])  # 5 tangents' worth
+    built = []
+    monkeypatch.setattr(lin, "to_dense", lambda x, f=lin.to_dense: built.append(1) or f(x))
+    jac = _dense_reference(net, x, lin)
+    for k, dense in ((3, False), (8, True)):
+        built.clear()
+        v, u = torch.randn(k, lin.n_params), torch.randn(k, 7, 3)
+        f0, jv = lin.jvp(x, v)
+        _, pull = lin.pullback(x)
+        torch.testing.assert_close(jv, torch.einsum("ncd,kd->knc", jac, v))
+        torch.testing.assert_close(pull(u), torch.einsum("ncd,knc->kd", jac, u))
+        torch.testing.assert_close(f0, net(x))
+        assert bool(built) == dense
+    x += 1.0  # the cached batch changed in place: its Jacobian is not reused
+    torch.testing.assert_close(
+        lin.jvp(x, v)[1], torch.einsum("ncd,kd->knc", _dense_reference(net, x, lin), v)
+    )

@@ -6,7 +6,8 @@ $$ f_{\mathrm{lin}}(x; θ) = f(x; θ^*) + J(x)(θ − θ^*), \qquad J(x) = ∂f(
 
 :class:`Linearisation` gives ``J(x) v`` (forward mode, ``torch.func.jvp``), ``J(x)ᵀ u`` (reverse mode,
 ``torch.func.vjp``) and per-example ``J(x_i)ᵀ u_i`` for ``K`` vectors at once, without building
-``J``. Modules without forward-mode support (``nn.TransformerEncoderLayer``'s fast path, ``nn.LSTM``
+``J`` of the data set; for many vectors on a small network it may build one batch's ``J(x)`` and
+multiply, where that was measured to be cheaper. Modules without forward-mode support (``nn.TransformerEncoderLayer``'s fast path, ``nn.LSTM``
 on CPU) fall back automatically to a JVP computed as the VJP of a VJP.
 
 The network always runs in evaluation mode (BatchNorm on its running statistics, no dropout) on a
@@ -31,8 +32,10 @@ from ._checks import check_output
 from .features import FeatureOperator, Pullback
 from .parameters import ParameterSpec, select_parameters
 
-TangentBatching = Literal["auto", "loop", "vmap"]
-BATCHINGS = ("auto", "loop", "vmap")
+TangentBatching = Literal["auto", "loop", "vmap", "jacobian"]
+BATCHINGS = ("auto", "loop", "vmap", "jacobian")
+JACOBIAN_BYTES = 256 * 2**20
+"""Largest per-batch Jacobian ``[N, C, D]`` that the ``"jacobian"`` path builds."""
 
 
 @contextmanager
@@ -62,10 +65,15 @@ class Linearisation(FeatureOperator):
             :func:`~linearised_laplace.parameters.select_parameters`): ``"all"`` trainable ones
             (default), ``"last_layer"``, names or ``fnmatch`` patterns, or flat indices.
         exclude_norm: Leave normalisation-layer affine parameters out of the linearisation.
-        tangent_batching: How ``K`` tangents are pushed through: ``"loop"``, ``"vmap"``, or
+        tangent_batching: How ``K`` tangents are pushed through: ``"loop"``, ``"vmap"``,
+            ``"jacobian"`` (build each batch's Jacobian ``[N, C, D]`` once, by per-example
+            reverse mode, and multiply: the cheapest for many tangents on a small network), or
             ``"auto"`` (default): the first JVP of several tangents times one JVP + VJP each way
-            on up to 8 of them and 128 inputs of its batch, and keeps the faster (``vmap`` won by 3× for an MLP, the loop by 2× for
-            a CNN on this CPU; ``benchmarks/results/tangent_batching.md``).
+            on up to 8 of them and 128 inputs of its batch and keeps the faster (``vmap`` won by
+            3× for an MLP, the loop by 2× for a CNN on this CPU;
+            ``benchmarks/results/tangent_batching.md``); it also times building that batch's
+            Jacobian where it fits in :data:`JACOBIAN_BYTES`, and takes the ``"jacobian"`` path
+            for calls with more tangents than that costs.
 
     Attributes:
         selection: The linearised parameters.
@@ -82,12 +90,15 @@ class Linearisation(FeatureOperator):
     ):
         if tangent_batching not in BATCHINGS:
             raise ValueError(
-                f"`tangent_batching` must be 'auto', 'loop' or 'vmap', got {tangent_batching!r}."
+                f"`tangent_batching` must be 'auto', 'loop', 'vmap' or 'jacobian', got "
+                f"{tangent_batching!r}."
             )
         self.selection = select_parameters(model, parameters, exclude_norm=exclude_norm)
         self.model = model
         self.tangent_batching = tangent_batching
-        self.batching: str | None = None if tangent_batching == "auto" else tangent_batching
+        self.batching: str | None = {"auto": None, "jacobian": "loop"}.get(
+            tangent_batching, tangent_batching
+        )
         state = {n: p.detach().clone() for n, p in model.named_parameters()}
         state.update({n: b.detach().clone() for n, b in model.named_buffers()})
         self._order = list(state)
@@ -98,6 +109,9 @@ class Linearisation(FeatureOperator):
         self.dtype, self.device = self.theta_star.dtype, self.theta_star.device
         self.forward_ad: bool | None = None  # None until the first JVP tells
         self._per_example_vmap = True
+        # "auto"'s measured costs, seconds per input: one tangent's JVP + VJP, and building J(x)
+        self._costs: dict[str, float] = {}
+        self._cached: tuple[tuple, Tensor, Tensor] | None = None  # last batch's ((x, v), f, J)
 
     def snapshot(self) -> dict[str, Tensor]:
         """The private copy of every parameter and buffer, in the model's order."""
@@ -111,6 +125,7 @@ class Linearisation(FeatureOperator):
         for name in self._frozen:
             self._frozen[name] = state[name].to(self.device)
         self.theta_star = self.selection.flatten(self._theta)
+        self._cached = None
 
     def _call(self, theta: dict[str, Tensor], x: Tensor) -> Tensor:
         with eval_mode(self.model):
@@ -138,6 +153,9 @@ class Linearisation(FeatureOperator):
     def jvp(self, x: Tensor, tangents: Tensor) -> tuple[Tensor, Tensor]:
         """``f(x; θ*)`` ``[N, C]`` and ``J(x) v_k`` ``[K, N, C]`` for tangents ``[K, D]``."""
         x = self._inputs(x)
+        if self._use_jacobian(x, tangents.shape[0]):
+            out, jac = self._batch_jacobian(x)
+            return out, torch.einsum("ncd,kd->knc", jac, tangents)
         if self.forward_ad is not False:
             try:
                 result = self._jvp_forward(x, tangents)
@@ -175,7 +193,9 @@ class Linearisation(FeatureOperator):
         """``"loop"`` or ``"vmap"``, whichever pushes tangents through faster (best of 2).
 
         Timed on at most 8 tangents and 128 inputs, so that the choice costs little even on the
-        first call of a large predictive.
+        first call of a large predictive. The per-tangent cost is kept, and where a batch's
+        Jacobian fits in :data:`JACOBIAN_BYTES`, so is the cost of building it: calls with many
+        tangents then take the ``"jacobian"`` path when it is the cheaper.
         """
         x, tangents = x[:128], tangents[:8]
         seconds = {}
@@ -191,10 +211,54 @@ class Linearisation(FeatureOperator):
                     if mode == "loop":  # not a batching problem: let `jvp` handle it
                         raise
                     break  # a model vmap cannot batch
-                if x.is_cuda:
-                    torch.cuda.synchronize(x.device)
+                self._synchronize(x)
                 seconds[mode] = min(seconds[mode], time.perf_counter() - start)
-        return min(seconds, key=seconds.get)
+        fastest = min(seconds, key=seconds.get)
+        self._costs["tangent"] = seconds[fastest] / (len(x) * len(tangents))
+        if self._jacobian_fits(x, len(x)):
+            start = time.perf_counter()
+            self._batch_jacobian(x)
+            self._synchronize(x)
+            self._costs["jacobian"] = (time.perf_counter() - start) / len(x)
+        return fastest
+
+    @staticmethod
+    def _synchronize(x: Tensor) -> None:
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+
+    def _jacobian_fits(self, x: Tensor, n: int) -> bool:
+        if "n_outputs" not in self._costs:
+            self._costs["n_outputs"] = self.forward(x[:1]).shape[-1]
+        return n * self._costs["n_outputs"] * self.n_params * self.dtype.itemsize <= JACOBIAN_BYTES
+
+    def _may_use_jacobian(self, x: Tensor) -> bool:
+        if self.tangent_batching == "jacobian":
+            return True
+        measured = self.tangent_batching == "auto" and "jacobian" in self._costs
+        return measured and self._jacobian_fits(x, len(x))
+
+    def _use_jacobian(self, x: Tensor, n_tangents: int) -> bool:
+        """Whether ``J(x) V`` is cheaper as a product with the batch's Jacobian."""
+        if self.tangent_batching == "jacobian":
+            return True
+        if n_tangents < 2 or not self._may_use_jacobian(x):
+            return False
+        return n_tangents * self._costs["tangent"] > self._costs["jacobian"]
+
+    def _is_cached(self, x: Tensor) -> bool:
+        # the cache holds x itself, so no other tensor can reuse its memory while it is there
+        if self._cached is None:
+            return False
+        cached_x, version = self._cached[0]
+        return cached_x is x and version == x._version
+
+    def _batch_jacobian(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``f(x; θ*)`` and ``J(x)`` ``[N, C, D]``, kept for the next call on the same batch."""
+        if not self._is_cached(x):
+            self._cached = None  # free the last batch's first
+            self._cached = ((x, x._version), self.forward(x), self.to_dense(x))
+        return self._cached[1], self._cached[2]
 
     def _jvp_double_vjp(self, x: Tensor, tangents: Tensor) -> tuple[Tensor, Tensor]:
         # u ↦ J(x)ᵀu is linear, so its VJP with cotangent v is J(x) v. The math attention kernel
@@ -209,8 +273,24 @@ class Linearisation(FeatureOperator):
         return out.detach(), torch.stack(jv).detach()
 
     def pullback(self, x: Tensor) -> tuple[Tensor, Pullback]:
-        """``f(x; θ*)`` and the map ``u ↦ J(x)ᵀ u`` from ``[K, N, C]`` to ``[K, D]``."""
+        """``f(x; θ*)`` and the map ``u ↦ J(x)ᵀ u`` from ``[K, N, C]`` to ``[K, D]``.
+
+        Where the ``"jacobian"`` path may pay off, the reverse pass is set up only for calls with
+        few cotangents; the others are products with the batch's (cached) Jacobian.
+        """
         x = self._inputs(x)
+        if not self._may_use_jacobian(x):
+            return self._reverse_pullback(x)
+        out = self._cached[1] if self._is_cached(x) else self.forward(x)
+
+        def fn(cotangents: Tensor) -> Tensor:
+            if self._use_jacobian(x, cotangents.shape[0]):
+                return torch.einsum("ncd,knc->kd", self._batch_jacobian(x)[1], cotangents)
+            return self._reverse_pullback(x)[1](cotangents)
+
+        return out, fn
+
+    def _reverse_pullback(self, x: Tensor) -> tuple[Tensor, Pullback]:
         out, vjp_fn = vjp(lambda theta: self._call(theta, x), self._theta)
         flatten = self.selection.flatten
 

@@ -146,9 +146,12 @@ def load_data(settings: Settings) -> ImageData:
 
 
 def trained_model(
-    settings: Settings, data: ImageData, seed: int, dropout: float = 0.0
+    settings: Settings, data: ImageData, seed: int, dropout: float = 0.0, cache: bool = True
 ) -> nn.Module:
-    """A MAP network on the data's device, trained once and cached in ``out/checkpoints``."""
+    """A MAP network on the data's device, trained once and cached in ``out/checkpoints``.
+
+    ``cache=False`` trains afresh and keeps nothing (the MAP row times its training so).
+    """
     folder = Path(settings.out) / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     tag = (
@@ -161,15 +164,15 @@ def trained_model(
     net = build(settings.model, data.image_shape, data.classes, dropout=dropout, **size)
     device = data.train[0].device
     net = net.to(dtype=data.train[0].dtype, device=device)
-    if final.exists():
+    if cache and final.exists():
         net.load_state_dict(load_file(str(final), device=str(device)))
         return net.eval()
+    config = TrainConfig(epochs=settings.epochs, seed=seed)
+    if not cache:
+        train_map(net, data.train, config, progress=None)
+        return net.eval()
     train_map(
-        net,
-        data.train,
-        TrainConfig(epochs=settings.epochs, seed=seed),
-        checkpoint=folder / f"{tag}.partial.safetensors",
-        progress=None,
+        net, data.train, config, checkpoint=folder / f"{tag}.partial.safetensors", progress=None
     )
     save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(final))
     (folder / f"{tag}.partial.safetensors").unlink(missing_ok=True)
@@ -182,8 +185,9 @@ def build_predictor(
     """Fit ``method`` and return ``x ↦`` logit samples ``[S, N, C]`` and extra information."""
     s = settings
     kw = {"n_samples": s.n_samples, "progress": False, "exclude_norm": True}
-    if method == "map":
-        return (lambda x: net(x).detach()[None]), {}
+    if method == "map":  # its fit is a fresh training run, to compare the others' fit with
+        fresh = trained_model(s, data, s.seed, cache=False)
+        return (lambda x: fresh(x).detach()[None]), {}
     if method == "ensemble":
         members = [net] + [trained_model(s, data, s.seed + k) for k in range(1, s.ensemble)]
         return (lambda x: ensemble_samples(members, x)), {}

@@ -23,7 +23,7 @@ from ..noise import NoiseSource, PosteriorNoise, derive_seed, draw_posterior_noi
 from ..solvers import CG, SGD, Cholesky, SolveInfo, Solver, SolveResult
 from ..solvers.auto import Choice, choose_solver
 from ..solvers.base import check_convergence
-from ..solvers.preconditioner import with_ggn_sketch
+from ..solvers.preconditioner import LowRank, with_ggn_sketch
 from .base import BaseLaplace, TrainingData, solver_settings
 
 SOLVERS = {"SGD": SGD, "CG": CG, "Cholesky": Cholesky, "Newton": Newton}
@@ -148,17 +148,27 @@ class SampledLaplace(BaseLaplace):
         self._draw(self._linear_model(train_loader))
         return self
 
-    def _noise(self, model: LinearGaussianModel, n_samples: int) -> PosteriorNoise:
-        """The noise of ``n_samples`` samples, with the GGN sketch the primal solver will use."""
+    def _noise(
+        self, model: LinearGaussianModel, n_samples: int, sketch: LowRank | None = None
+    ) -> PosteriorNoise:
+        """The noise of ``n_samples`` samples, with the GGN sketch the primal solver will use.
+
+        ``sketch``: one already taken of this model's GGN (it does not depend on the prior).
+        """
         noise = draw_posterior_noise(model, n_samples, NoiseSource(self.seed), self.progress)
         choice = self._choice(model)
         rank = getattr(choice.solver, "preconditioner_rank", 0)
         if choice.space == "primal" and getattr(choice.solver, "precondition", True):
-            noise = with_ggn_sketch(model, noise, rank, self.seed)
+            noise = with_ggn_sketch(model, replace(noise, ggn_low_rank=sketch), rank, self.seed)
         return noise
 
-    def _draw(self, model: LinearGaussianModel, warm: Tensor | None = None) -> None:
-        noise = self._noise(model, self.n_samples)
+    def _draw(
+        self,
+        model: LinearGaussianModel,
+        warm: Tensor | None = None,
+        sketch: LowRank | None = None,
+    ) -> None:
+        noise = self._noise(model, self.n_samples, sketch)
         init = None
         if warm is not None and self._space(model) == "primal":
             # samples share noise by index, so the first rows warm-start exactly
@@ -230,7 +240,9 @@ class SampledLaplace(BaseLaplace):
             **self._settings(),
         }
         state = self._em(model, e_step, mode, max_iter, tol, update_sigma, checkpoint, settings)
-        self._draw(replace(model, prior=self.prior, likelihood=self.likelihood), state.samples)
+        final = replace(model, prior=self.prior, likelihood=self.likelihood)
+        _, scaled = self._at(model, noise, state, sigma_ref)
+        self._draw(final, state.samples, scaled.ggn_low_rank)
         return self.em_history
 
     def _solve_mean(
