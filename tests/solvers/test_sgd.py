@@ -104,3 +104,18 @@ def test_divergence_backs_off_to_a_stable_step():
 def test_bad_settings_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SGD(**kwargs)
+
+
+def test_error_estimate_is_the_energy_norm_error_when_the_preconditioner_is_exact():
+    from linearised_laplace.solvers.exact import posterior_precision
+
+    model = matrix_model(alpha=[0.05, 3.0], likelihood="regression")
+    noise = draw_posterior_noise(model, 3, NoiseSource(0), progress=False)
+    result = SGD(n_epochs=3, preconditioner_rank=8).solve(model, noise, progress=False)
+    exact = closed_form(model, noise)
+    h = posterior_precision(model)
+    error = result.samples.double() - exact.double()
+    energy = ((error @ h) * error).sum(-1).sqrt() / ((exact @ h) * exact).sum(-1).sqrt()
+    torch.testing.assert_close(result.info.error_estimate.double(), energy, rtol=1e-6, atol=1e-12)
+    assert result.info.checked is result.info.error_estimate
+    assert result.info.converged == bool((energy <= 0.1).all())

@@ -25,7 +25,11 @@ class SolveInfo:
         top_eigenvalue: SGD's estimate ``λ̂`` of the largest eigenvalue of the (preconditioned)
             minibatch precision, which sets its step size; ``None`` for other solvers.
         space: ``"primal"`` (weight space) or ``"dual"`` (observation space).
-        tolerance: The relative residual that counts as converged (``None``: not checked).
+        tolerance: The largest ``error_estimate`` (or, without one, ``rel_residual``) that counts
+            as converged (``None``: not checked).
+        error_estimate: ``[K]`` SGD's relative residual in its preconditioner's inverse norm,
+            which approximates each sample's relative error in the energy norm; ``None`` for
+            solvers whose ``rel_residual`` is checked.
         reason: Why this solver and space ran (``solver="auto"`` states its choice here).
     """
 
@@ -37,22 +41,27 @@ class SolveInfo:
     space: str = "primal"
     tolerance: float | None = None
     reason: str = ""
+    error_estimate: Tensor | None = None
+
+    @property
+    def checked(self) -> Tensor:
+        """``[K]``: what the tolerance applies to (``error_estimate``, else ``rel_residual``)."""
+        return self.rel_residual if self.error_estimate is None else self.error_estimate
 
     @property
     def converged(self) -> bool:
-        """Every sample's relative residual is within the tolerance (unchecked solves count)."""
-        if self.tolerance is None or not bool((self.rel_residual == self.rel_residual).all()):
-            return self.tolerance is None
-        return float(self.rel_residual.max()) <= self.tolerance
+        """Every sample is within the tolerance (unchecked solves count as converged)."""
+        return self.tolerance is None or bool((self.checked <= self.tolerance).all())
 
     def summary(self) -> str:
-        """One line: solver, space, steps, worst residual, time."""
+        """One line: solver, space, steps, worst residual (and error estimate), time."""
         worst = float(self.rel_residual.max()) if self.rel_residual.numel() else math.nan
-        return (
-            f"{self.solver} in {self.space} space: {self.n_steps} steps, worst relative residual "
-            f"{worst:.1e}{'' if self.tolerance is None else f' (tol {self.tolerance:.0e})'}, "
-            f"{self.wall_time:.1f} s"
-        )
+        text = f"{self.solver} in {self.space} space: {self.n_steps} steps, worst relative residual {worst:.1e}"
+        if self.error_estimate is not None:
+            text += f", worst error estimate {float(self.error_estimate.max()):.1e}"
+        if self.tolerance is not None:
+            text += f" (tol {self.tolerance:.0e})"
+        return f"{text}, {self.wall_time:.1f} s"
 
 
 @dataclass(frozen=True)
@@ -79,11 +88,12 @@ def check_convergence(info: SolveInfo, fix: str, strict: bool = False) -> None:
     """
     if info.converged:
         return
-    worst = float(info.rel_residual.max())
-    n_bad = int((~(info.rel_residual <= info.tolerance)).sum())
+    worst = float(info.checked.nan_to_num(math.inf).max())
+    n_bad = int((~(info.checked <= info.tolerance)).sum())
+    what = "relative residual" if info.error_estimate is None else "error estimate"
     message = (
-        f"{info.solver} did not converge: {n_bad} of {info.rel_residual.numel()} samples ended "
-        f"above the relative residual tolerance {info.tolerance:.0e} (worst {worst:.2e}), so the "
+        f"{info.solver} did not converge: {n_bad} of {info.checked.numel()} samples ended "
+        f"above the {what} tolerance {info.tolerance:.0e} (worst {worst:.2e}), so the "
         f"samples, and any EM step that uses them, are inexact. {fix}"
     )
     if strict:
