@@ -9,6 +9,11 @@ Sections (each case runs in its own process, so its peak memory is its own):
   diagonal Laplace with each of its GGN backends; predictive variance against exact where exact fits.
 * ``data`` — peak memory of sampled LLA against the number of training points at fixed ``d``.
 * ``batching`` — loop vs vmap over K tangents (``benchmarks/tangent_batching.py``'s measurement).
+* ``resnet18`` — the seed paper's architecture: a ResNet-18 from ``transformers``' ``ResNetConfig``
+  (basic blocks [2, 2, 2, 2], 11.2M weights, 32×32 inputs, one thread), wrapped to return
+  ``.logits``: sampler epoch per sample ÷ training epoch, with and without set-up, next to the
+  floor of one JVP + one VJP per sample measured in the same run (``make peers`` installs
+  ``transformers``).
 
 Run: ``python benchmarks/scaling.py [--sections ...] [--device cuda]``. Writes
 ``results/scaling-<section>.{json,md,png}``.
@@ -22,6 +27,7 @@ import json
 import subprocess
 import sys
 import time
+import warnings
 
 import matplotlib
 
@@ -185,7 +191,68 @@ def peak_memory_against_n(case: dict) -> dict:
     }
 
 
-WORKERS = {"ratio": cost_ratio, "dimension": fit_and_predict, "data": peak_memory_against_n}
+def resnet18(case: dict) -> dict:
+    """Training epoch, JVP + VJP floor and sampler epoch per sample of a transformers ResNet-18."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    config = ResNetConfig(
+        layer_type="basic", depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512], num_labels=10
+    )
+    torch.manual_seed(0)
+
+    class Logits(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = ResNetForImageClassification(config)
+
+        def forward(self, x):
+            return self.net(pixel_values=x).logits
+
+    net = Logits().eval()
+    n, k, batch = case["n_train"], case["k"], case["batch_size"]
+    gen = torch.Generator().manual_seed(0)
+    train = (torch.randn(n, 3, 32, 32, generator=gen), torch.randint(0, 10, (n,), generator=gen))
+    start = time.perf_counter()
+    train_map(copy.deepcopy(net), train, TrainConfig(epochs=1, batch_size=batch), progress=False)
+    epoch = time.perf_counter() - start
+    lin = lla.Linearisation(net, tangent_batching="loop")
+    tangent = torch.randn(1, lin.n_params)
+    start = time.perf_counter()
+    for x in train[0].split(batch):
+        _, jv = lin.jvp(x, tangent)
+        lin.pullback(x)[1](jv)
+    floor = time.perf_counter() - start
+
+    def fit(n_epochs: int) -> float:
+        la = lla.SampledLaplace(
+            net,
+            n_samples=k,
+            solver=lla.SGD(n_epochs=n_epochs, batch_size=batch),
+            tangent_batching="loop",
+            progress=False,
+        )
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", lla.ConvergenceWarning)  # 1-2 epochs: not converged
+            la.fit(train)
+        return time.perf_counter() - start
+
+    one, two = fit(1), fit(2)
+    return {
+        "D": lin.n_params,
+        "train epoch [s]": epoch,
+        "JVP + VJP epoch [s]": floor,
+        "sampler epoch per sample [s]": (two - one) / k,
+        "fit per sample-epoch, with set-up [s]": two / (2 * k),
+    }
+
+
+WORKERS = {
+    "ratio": cost_ratio,
+    "dimension": fit_and_predict,
+    "data": peak_memory_against_n,
+    "resnet18": resnet18,
+}
 
 
 def run_case(section: str, case: dict) -> dict:
@@ -244,6 +311,30 @@ def ratio_section(device: str) -> None:
         {"rows": rows},
         title + note + markdown_table(rows, columns + ["error"]),
     )
+
+
+def resnet18_section() -> None:
+    case = {"n_train": 128, "k": 2, "batch_size": 32, "timeout": 3600}
+    row = run_case("resnet18", case)
+    if "error" not in row:
+        floor, epoch = row["JVP + VJP epoch [s]"], row["train epoch [s]"]
+        row["floor ÷ train"] = floor / epoch
+        row["sampler ÷ train"] = row["sampler epoch per sample [s]"] / epoch
+        row["with set-up ÷ train"] = row["fit per sample-epoch, with set-up [s]"] / epoch
+        row["sampler ÷ floor"] = row["sampler epoch per sample [s]"] / floor
+    columns = [
+        "D", "train epoch [s]", "JVP + VJP epoch [s]", "sampler epoch per sample [s]",
+        "fit per sample-epoch, with set-up [s]", "floor ÷ train", "sampler ÷ train",
+        "with set-up ÷ train", "sampler ÷ floor", "error",
+    ]  # fmt: skip
+    note = (
+        "# ResNet-18 (transformers ResNetConfig, basic blocks [2, 2, 2, 2]): sampler cost\n\n"
+        "128 random 32×32 images, batch 32, one thread, K = 2 samples. The sampler epoch per "
+        "sample is the difference of fits of 2 and 1 epochs over K; 'with set-up' divides the "
+        "whole 2-epoch fit (noise pass, GGN sketch, step size, residuals) by 2K. The floor is one "
+        "JVP + one VJP per batch, measured in the same run.\n\n"
+    )
+    write("scaling-resnet18", {"rows": [row]}, note + markdown_table([row], columns))
 
 
 def dimension_section(quick: bool) -> None:
@@ -370,7 +461,9 @@ def plot(rows: list[dict], key: str, name: str, order: list, title: str) -> None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", nargs="+", default=["ratio", "dimension", "data", "batching"])
+    parser.add_argument(
+        "--sections", nargs="+", default=["ratio", "dimension", "data", "batching", "resnet18"]
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="the two smallest sizes only")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
@@ -382,6 +475,8 @@ def main() -> None:
     for section in args.sections:
         if section == "ratio":
             ratio_section(args.device)
+        elif section == "resnet18":
+            resnet18_section()
         elif section == "dimension":
             dimension_section(args.quick)
         elif section == "data":

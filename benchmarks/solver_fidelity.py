@@ -24,6 +24,7 @@ Fashion-MNIST CNN (D = 20.5k, exact from a 20.5k² dense GGN) runs on its own:
 from __future__ import annotations
 
 import argparse
+import json
 import time
 import warnings
 
@@ -151,9 +152,19 @@ def main() -> None:
     parser.add_argument("--problems", default=",".join(p for p in PROBLEMS if "fashion" not in p))
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--name", default="solver_fidelity", help="results file name")
+    parser.add_argument(
+        "--only", action="store_true", help="re-run --problems and keep the other problems' rows"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     rows = []
+    if args.only and (RESULTS / f"{args.name}.json").exists():
+        kept = json.loads((RESULTS / f"{args.name}.json").read_text())["rows"]
+        rows = [
+            r
+            for r in kept
+            if r["problem"] not in {PROBLEMS[p]().name for p in args.problems.split(",")}
+        ]
     for name in args.problems.split(","):
         problem = PROBLEMS[name]()
         n_params = sum(p.numel() for p in problem.model.parameters())

@@ -71,9 +71,8 @@ class Linearisation(FeatureOperator):
             ``"auto"`` (default): the first JVP of several tangents times one JVP + VJP each way
             on up to 8 of them and 128 inputs of its batch and keeps the faster (``vmap`` won by
             3× for an MLP, the loop by 2× for a CNN on this CPU;
-            ``benchmarks/results/tangent_batching.md``); it also times building that batch's
-            Jacobian where it fits in :data:`JACOBIAN_BYTES`, and takes the ``"jacobian"`` path
-            for calls with more tangents than that costs.
+            ``benchmarks/results/tangent_batching.md``); calls with at least ``C`` tangents take
+            the ``"jacobian"`` path where the batch's Jacobian fits in :data:`JACOBIAN_BYTES`.
 
     Attributes:
         selection: The linearised parameters.
@@ -109,8 +108,7 @@ class Linearisation(FeatureOperator):
         self.dtype, self.device = self.theta_star.dtype, self.theta_star.device
         self.forward_ad: bool | None = None  # None until the first JVP tells
         self._per_example_vmap = True
-        # "auto"'s measured costs, seconds per input: one tangent's JVP + VJP, and building J(x)
-        self._costs: dict[str, float] = {}
+        self._outputs: int | None = None  # C, read off the first batch
         self._cached: tuple[tuple, Tensor, Tensor] | None = None  # last batch's ((x, v), f, J)
 
     def snapshot(self) -> dict[str, Tensor]:
@@ -193,9 +191,7 @@ class Linearisation(FeatureOperator):
         """``"loop"`` or ``"vmap"``, whichever pushes tangents through faster (best of 2).
 
         Timed on at most 8 tangents and 128 inputs, so that the choice costs little even on the
-        first call of a large predictive. The per-tangent cost is kept, and where a batch's
-        Jacobian fits in :data:`JACOBIAN_BYTES`, so is the cost of building it: calls with many
-        tangents then take the ``"jacobian"`` path when it is the cheaper.
+        first call of a large predictive.
         """
         x, tangents = x[:128], tangents[:8]
         seconds = {}
@@ -213,38 +209,34 @@ class Linearisation(FeatureOperator):
                     break  # a model vmap cannot batch
                 self._synchronize(x)
                 seconds[mode] = min(seconds[mode], time.perf_counter() - start)
-        fastest = min(seconds, key=seconds.get)
-        self._costs["tangent"] = seconds[fastest] / (len(x) * len(tangents))
-        if self._jacobian_fits(x, len(x)):
-            start = time.perf_counter()
-            self._batch_jacobian(x)
-            self._synchronize(x)
-            self._costs["jacobian"] = (time.perf_counter() - start) / len(x)
-        return fastest
+        return min(seconds, key=seconds.get)
 
     @staticmethod
     def _synchronize(x: Tensor) -> None:
         if x.is_cuda:
             torch.cuda.synchronize(x.device)
 
-    def _jacobian_fits(self, x: Tensor, n: int) -> bool:
-        if "n_outputs" not in self._costs:
-            self._costs["n_outputs"] = self.forward(x[:1]).shape[-1]
-        return n * self._costs["n_outputs"] * self.n_params * self.dtype.itemsize <= JACOBIAN_BYTES
+    def _n_outputs(self, x: Tensor) -> int:
+        if self._outputs is None:
+            self._outputs = self.forward(x[:1]).shape[-1]
+        return self._outputs
 
     def _may_use_jacobian(self, x: Tensor) -> bool:
-        if self.tangent_batching == "jacobian":
-            return True
-        measured = self.tangent_batching == "auto" and "jacobian" in self._costs
-        return measured and self._jacobian_fits(x, len(x))
+        if self.tangent_batching != "auto":
+            return self.tangent_batching == "jacobian"
+        size = len(x) * self._n_outputs(x) * self.n_params * self.dtype.itemsize
+        return size <= JACOBIAN_BYTES
 
     def _use_jacobian(self, x: Tensor, n_tangents: int) -> bool:
-        """Whether ``J(x) V`` is cheaper as a product with the batch's Jacobian."""
+        """Whether ``J(x) V`` goes through the batch's Jacobian: forced, or (auto) ``K ≥ C``.
+
+        A rule of sizes rather than of timings, so that results never depend on the machine's
+        load: building ``J(x)`` costs about ``C/2`` tangents' JVP + VJP (per-example reverse mode
+        for a CNN on Fashion-MNIST cost 4.7 tangents at ``C = 10``).
+        """
         if self.tangent_batching == "jacobian":
             return True
-        if n_tangents < 2 or not self._may_use_jacobian(x):
-            return False
-        return n_tangents * self._costs["tangent"] > self._costs["jacobian"]
+        return n_tangents >= max(2, self._n_outputs(x)) and self._may_use_jacobian(x)
 
     def _is_cached(self, x: Tensor) -> bool:
         # the cache holds x itself, so no other tensor can reuse its memory while it is there

@@ -157,8 +157,8 @@ class SampledLaplace(BaseLaplace):
         """
         noise = draw_posterior_noise(model, n_samples, NoiseSource(self.seed), self.progress)
         choice = self._choice(model)
-        rank = getattr(choice.solver, "preconditioner_rank", 0)
-        if choice.space == "primal" and getattr(choice.solver, "precondition", True):
+        if choice.space == "primal" and not isinstance(choice.solver, Cholesky):
+            rank = choice.solver.sketch_rank(model)
             noise = with_ggn_sketch(model, replace(noise, ggn_low_rank=sketch), rank, self.seed)
         return noise
 

@@ -53,6 +53,10 @@ class CG:
             positive=("rtol",),
         )
 
+    def sketch_rank(self, model: LinearGaussianModel) -> int:
+        """The rank of the GGN sketch this solver preconditions ``model`` with."""
+        return self.preconditioner_rank
+
     def tolerance(self, dtype: torch.dtype) -> float:
         """``rtol``, or its default for ``dtype``."""
         if self.rtol is not None:
@@ -72,7 +76,7 @@ class CG:
         """Solve for the samples, warm-started from ``init`` ``[K, D]`` if given."""
         start = time.perf_counter()
         prior = model.prior_diag()
-        noise = with_ggn_sketch(model, noise, self.preconditioner_rank, seed)
+        noise = with_ggn_sketch(model, noise, self.sketch_rank(model), seed)
         preconditioner = precision_preconditioner(prior, noise.ggn_diag, noise.ggn_low_rank)
         samples, n_iter, residual = conjugate_gradient(
             model.precision_vec,

@@ -39,6 +39,7 @@ from torch import Tensor
 
 from .._progress import progress_bar
 from ..exceptions import DivergenceError
+from ..likelihoods import Gaussian
 from ..linalg import top_eigenvalue
 from ..linear_model import LinearGaussianModel
 from ..noise import PosteriorNoise, seeded_generator
@@ -81,8 +82,12 @@ class SGD:
         preconditioner_rank: Rank ``r`` of the Nyström approximation in ``P = A + M_r``
             (:mod:`~linearised_laplace.solvers.preconditioner`), built from one data pass of
             ``r + 10`` GGN products; ``0`` is Jacobi, ``P = A + diag(M̂)`` from the noise pass'
-            free Hutchinson estimate. The default deflates the top of the GGN's spectrum, which is
-            what makes small-noise regression converge.
+            free Hutchinson estimate. ``None`` (default): 100 for a Gaussian likelihood, whose
+            curvature ``σ⁻²`` is unbounded and whose small-noise problems need the deflation to
+            converge; 0 for classification, whose softmax curvature is at most ½ and where
+            Jacobi SGD matched exact (``benchmarks/results/solver_fidelity.md``) without a
+            sketch's extra pass, which costs 110 sample-epochs where a batch's Jacobian does not
+            fit in memory.
         curvature_points: Data points in the random subsample on which ``λ̂`` is estimated;
             defaults to the batch size, so that ``λ̂`` reflects a minibatch's curvature (larger
             than the full data's), which is what limits a stable step.
@@ -109,7 +114,7 @@ class SGD:
     retries: int = 3
     objective: Objective | str = Objective.LOW_VARIANCE
     precondition: bool = True
-    preconditioner_rank: int = 100
+    preconditioner_rank: int | None = None
     curvature_points: int | None = None
     curvature_iters: int = 20
     residual: bool = True
@@ -141,6 +146,14 @@ class SGD:
                 "polyak": "(0, 1]",
             },
         )
+
+    def sketch_rank(self, model: LinearGaussianModel) -> int:
+        """The rank of the GGN sketch this solver preconditions ``model`` with."""
+        if not self.precondition:
+            return 0
+        if self.preconditioner_rank is not None:
+            return self.preconditioner_rank
+        return 100 if isinstance(model.likelihood, Gaussian) else 0
 
     def solve(
         self,
@@ -343,7 +356,7 @@ def sample_then_optimise(
     generator = seeded_generator(seed, "sgd")
     prior = model.prior_diag()
     if config.precondition:
-        noise = with_ggn_sketch(model, noise, config.preconditioner_rank, seed)
+        noise = with_ggn_sketch(model, noise, config.sketch_rank(model), seed)
         preconditioner = precision_preconditioner(prior, noise.ggn_diag, noise.ggn_low_rank)
     else:
         preconditioner = Preconditioner.diagonal(torch.ones_like(prior))
