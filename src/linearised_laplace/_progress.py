@@ -5,6 +5,7 @@ Under ``torch.distributed`` only rank 0 shows them.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 
 import torch.distributed as dist
@@ -17,3 +18,10 @@ def progress_bar(iterable: Iterable | None = None, *, enabled: bool | None, **kw
     if dist.is_available() and dist.is_initialized() and dist.get_rank() > 0:
         disable = True
     return tqdm(iterable, disable=disable, leave=False, dynamic_ncols=True, **kwargs)
+
+
+def progress_note(text: str, *, enabled: bool | None) -> None:
+    """One line among the progress bars, shown where they would be."""
+    shown = sys.stderr.isatty() if enabled is None else enabled
+    if shown and not (dist.is_available() and dist.is_initialized() and dist.get_rank() > 0):
+        tqdm.write(text, file=sys.stderr)

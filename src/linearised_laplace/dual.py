@@ -167,15 +167,15 @@ def solve_dual(
         model, dual_rhs(model, theta0, source), solver, init, seed, progress
     )
     samples = theta0 - dual_pullback(model, w) / prior
-    info = SolveInfo(
-        f"dual-{solver.name}",
-        n_steps,
-        residual,
-        time.perf_counter() - start,
-        space="dual",
-        tolerance=solver.tolerance(w.dtype) if isinstance(solver, CG) else None,
-    )
+    info = dual_info(f"dual-{solver.name}", solver, n_steps, residual, start)
     return SolveResult(samples, info), w
+
+
+def dual_info(name: str, solver: CG | Cholesky, n_steps: int, residual: Tensor, start: float):
+    """A dual solve's diagnostics; CG's residuals are checked against its tolerance."""
+    tolerance = solver.tolerance(residual.dtype) if isinstance(solver, CG) else None
+    seconds = time.perf_counter() - start
+    return SolveInfo(name, n_steps, residual, seconds, space="dual", tolerance=tolerance)
 
 
 def gaussian_mean(
@@ -217,12 +217,6 @@ def gaussian_mean(
         model, rhs.reshape(1, -1), solver, seed=seed, progress=progress
     )
     mean = dual_pullback(model, u) / model.prior_diag()
-    info = SolveInfo(
-        f"dual-mean-{solver.name}",
-        n_steps,
-        residual,
-        time.perf_counter() - start,
-        space="dual",
-        tolerance=solver.tolerance(u.dtype) if isinstance(solver, CG) else None,
+    return SolveResult(
+        mean, dual_info(f"dual-mean-{solver.name}", solver, n_steps, residual, start)
     )
-    return SolveResult(mean, info)

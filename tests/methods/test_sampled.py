@@ -258,3 +258,11 @@ def test_preconditioned_sgd_samples_small_noise_regression_like_exact():
         for la in (nystrom, diagonal)
     ]
     assert errors[0] < 0.05 < 0.5 < errors[1]
+
+
+def test_auto_choice_is_one_line_of_the_progress_output(capsys):
+    x, y = classification_data(20)
+    lla.SampledLaplace(mlp(), n_samples=2, progress=True).fit((x, y))
+    assert "auto: Cholesky, a dense primal solve is cheap" in capsys.readouterr().err
+    lla.SampledLaplace(mlp(), n_samples=2, progress=False).fit((x, y))
+    assert "auto:" not in capsys.readouterr().err

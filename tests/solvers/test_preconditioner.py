@@ -67,3 +67,14 @@ def test_sketch_is_kept_and_rescaled_not_recomputed():
     assert with_ggn_sketch(model, noise, 3) is noise
     assert with_ggn_sketch(model, noise, 0) is noise
     torch.testing.assert_close(noise.ggn_low_rank.scaled(2.0).values, 2 * noise.ggn_low_rank.values)
+
+
+def test_sketch_rank_is_capped_by_its_memory(monkeypatch):
+    import linearised_laplace.solvers.preconditioner as preconditioner
+
+    model = matrix_model()  # D = 8
+    noise = draw_posterior_noise(model, 2, NoiseSource(0))
+    monkeypatch.setattr(preconditioner, "SKETCH_BYTES", 4 * 8 * 8 * 13)  # width 13: rank 3
+    assert with_ggn_sketch(model, noise, 100).ggn_low_rank.rank == 3
+    monkeypatch.setattr(preconditioner, "SKETCH_BYTES", 4 * 8 * 8 * 5)  # no room: Jacobi
+    assert with_ggn_sketch(model, noise, 100) is noise

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_positive_int
+from .._progress import progress_note
 from ..data import Data
 from ..dual import gaussian_mean, solve_dual
 from ..em import EMState, EStep, function_space_gamma, weight_space_gamma
@@ -120,6 +121,7 @@ class SampledLaplace(BaseLaplace):
     ) -> tuple[SolveResult, Tensor]:
         """Samples in the chosen space, and the warm start for a next solve in that space."""
         choice = self._choice(model)
+        progress_note(choice.reason, enabled=self.progress)
         if choice.space == "dual":
             result, warm = solve_dual(
                 model,

@@ -122,9 +122,9 @@ class Preconditioner:
     @classmethod
     def diagonal_plus_low_rank(cls, diag: Tensor, low_rank: LowRank) -> Preconditioner:
         """``P = diag(d) + V diag(λ) Vᵀ``, refactored into the form above (a thin QR)."""
-        inv_sqrt = diag.rsqrt()
         if low_rank.rank == 0:
-            return cls(inv_sqrt, diag.new_zeros(diag.numel(), 0), diag.new_zeros(0))
+            return cls.diagonal(diag)
+        inv_sqrt = diag.rsqrt()
         scaled = (inv_sqrt[:, None] * low_rank.vectors).double()  # E^{-1/2} V
         q, r = torch.linalg.qr(scaled)
         core = (r * low_rank.values.double()) @ r.T  # R Λ Rᵀ
@@ -188,11 +188,20 @@ def ggn_nystrom(model: LinearGaussianModel, rank: int, seed: int = 0) -> LowRank
     return LowRank(prior_sqrt[:, None] * sketch.vectors, sketch.values)
 
 
+SKETCH_BYTES = 2 * 2**30
+"""Memory for a sketch's ``[D, r + 10]`` float64 matrices (four of them); a larger ``D`` gets a
+lower rank, down to none (Jacobi)."""
+
+
 def with_ggn_sketch(
     model: LinearGaussianModel, noise: PosteriorNoise, rank: int, seed: int = 0
 ) -> PosteriorNoise:
-    """``noise`` carrying a rank-``≥ rank`` GGN sketch (computed unless it already has one)."""
-    rank = min(rank, model.n_params)
+    """``noise`` carrying a GGN sketch of rank ``min(rank, D)`` (computed unless it has one).
+
+    The rank is capped so that the sketch fits in :data:`SKETCH_BYTES`.
+    """
+    affordable = SKETCH_BYTES // (4 * 8 * model.n_params) - 10
+    rank = max(0, min(rank, model.n_params, affordable))
     if rank == 0 or (noise.ggn_low_rank is not None and noise.ggn_low_rank.rank >= rank):
         return noise
     return replace(noise, ggn_low_rank=ggn_nystrom(model, rank, seed))
