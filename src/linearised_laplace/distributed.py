@@ -50,9 +50,18 @@ class Shard:
         return indices if self.world == 1 else indices.tensor_split(self.world)[self.rank]
 
     def all_reduce(self, tensor: Tensor) -> Tensor:
-        """Sum ``tensor`` over the ranks, in place; returns it."""
+        """Sum ``tensor`` over the ranks, in place; returns it.
+
+        A non-contiguous tensor (an ``einsum`` may return a transposed view) is reduced through a
+        contiguous copy: gloo would reduce a copy of it and leave the tensor as it was.
+        """
         if self.world > 1:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            if tensor.is_contiguous():
+                dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            else:
+                dense = tensor.contiguous()
+                dist.all_reduce(dense, op=dist.ReduceOp.SUM)
+                tensor.copy_(dense)
         return tensor
 
     def check_agree(self, **values: object) -> None:

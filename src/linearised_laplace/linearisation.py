@@ -249,7 +249,12 @@ class Linearisation(FeatureOperator):
         """``f(x; θ*)`` and ``J(x)`` ``[N, C, D]``, kept for the next call on the same batch."""
         if not self._is_cached(x):
             self._cached = None  # free the last batch's first
-            self._cached = ((x, x._version), self.forward(x), self.to_dense(x))
+            out = self.forward(x)
+            if len(x) == 0:  # a rank's empty share of a batch: nothing to differentiate
+                jac = out.new_zeros(0, out.shape[-1], self.n_params)
+            else:
+                jac = self.to_dense(x)
+            self._cached = ((x, x._version), out, jac)
         return self._cached[1], self._cached[2]
 
     def _jvp_double_vjp(self, x: Tensor, tangents: Tensor) -> tuple[Tensor, Tensor]:
