@@ -207,14 +207,10 @@ class Linearisation(FeatureOperator):
                     if mode == "loop":  # not a batching problem: let `jvp` handle it
                         raise
                     break  # a model vmap cannot batch
-                self._synchronize(x)
+                if x.is_cuda:
+                    torch.cuda.synchronize(x.device)
                 seconds[mode] = min(seconds[mode], time.perf_counter() - start)
         return min(seconds, key=seconds.get)
-
-    @staticmethod
-    def _synchronize(x: Tensor) -> None:
-        if x.is_cuda:
-            torch.cuda.synchronize(x.device)
 
     def _n_outputs(self, x: Tensor) -> int:
         if self._outputs is None:

@@ -6,6 +6,7 @@ import math
 import warnings
 from dataclasses import dataclass, fields
 
+import torch
 from torch import Tensor
 
 from ..exceptions import ConvergenceError, ConvergenceWarning
@@ -74,8 +75,12 @@ class SolveResult:
 
 def relative_residual(model: LinearGaussianModel, samples: Tensor, rhs: Tensor) -> Tensor:
     """``‖H ζ_k − b_k‖ / ‖b_k‖`` over the full training set (one pass): ``[K]``."""
-    residual = model.precision_vec(samples) - rhs
-    return residual.norm(dim=-1) / rhs.norm(dim=-1).clamp_min(1e-300)
+    return relative_norm(model.precision_vec(samples) - rhs, rhs)
+
+
+def relative_norm(residual: Tensor, rhs: Tensor) -> Tensor:
+    """``‖r_k‖ / ‖b_k‖`` row-wise: ``[K]``."""
+    return residual.norm(dim=-1) / rhs.norm(dim=-1).clamp_min(torch.finfo(rhs.dtype).tiny)
 
 
 def check_convergence(info: SolveInfo, fix: str, strict: bool = False) -> None:

@@ -42,7 +42,7 @@ from ..exceptions import DivergenceError
 from ..linalg import top_eigenvalue
 from ..linear_model import LinearGaussianModel
 from ..noise import PosteriorNoise, seeded_generator
-from .base import SolveInfo, SolveResult, check_settings, relative_residual
+from .base import SolveInfo, SolveResult, check_settings, relative_norm, relative_residual
 from .preconditioner import Preconditioner, precision_preconditioner, with_ggn_sketch
 
 T = TypeVar("T")
@@ -392,7 +392,7 @@ def sample_then_optimise(
             unknown = torch.full((noise.n_samples,), float("nan"))
             return samples, n_steps, unknown, unknown
         r = model.precision_vec(samples) - rhs
-        residuals = r.norm(dim=-1) / rhs.norm(dim=-1).clamp_min(torch.finfo(r.dtype).tiny)
+        residuals = relative_norm(r, rhs)
         check_residuals(residuals, initial, cfg, "sample-then-optimise")
         return samples, n_steps, residuals, preconditioned_residual(preconditioner, r, rhs)
 
