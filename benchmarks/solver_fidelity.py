@@ -13,7 +13,8 @@ of the functional variance's trace:
   inverse norm, which its tolerance applies to), whether a ``ConvergenceWarning`` fired, wall time,
   and the smallest budget (epochs or CG iterations) that reaches 10% error against the same noise.
 
-``SGD-jacobi`` is SGD with the former default preconditioner (Jacobi, ``preconditioner_rank=0``).
+``SGD-jacobi`` is SGD with the former default preconditioner (Jacobi, ``preconditioner_rank=0``);
+``SDD`` is stochastic dual descent (always in the dual space).
 
 ``pass`` means ``|err| ≤ max(10%, 2 mc)`` and ``corr ≥ 0.9``. Run:
 ``python benchmarks/solver_fidelity.py [--problems a,b] [--samples S] [--name NAME]``; the
@@ -44,8 +45,14 @@ SOLVERS = {
     "SGD": lambda budget=None: lla.SGD() if budget is None else lla.SGD(n_epochs=budget),
     "CG": lambda budget=None: lla.CG() if budget is None else lla.CG(max_iter=budget),
     "SGD-jacobi": lambda budget=None: lla.SGD(preconditioner_rank=0),  # the former default
+    # stochastic dual descent; space="auto" runs it in the dual, the only space it solves
+    "SDD": lambda budget=None: lla.SDD() if budget is None else lla.SDD(n_epochs=budget),
 }
-BUDGETS = {"SGD": [1, 2, 5, 10, 20, 50, 100, 200], "CG": [1, 2, 5, 10, 20, 50, 100, 200, 500]}
+BUDGETS = {
+    "SGD": [1, 2, 5, 10, 20, 50, 100, 200],
+    "CG": [1, 2, 5, 10, 20, 50, 100, 200, 500],
+    "SDD": [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000],
+}
 SMALL = 5_000  # parameters up to which budgets are scanned
 
 
@@ -122,7 +129,7 @@ def run_problem(problem: Problem, n_samples: int, scan: bool) -> list[dict]:
 
 def plot(rows: list[dict], path) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    markers = {"default": "o", "SGD": "s", "CG": "^", "SGD-jacobi": "x"}
+    markers = {"default": "o", "SGD": "s", "CG": "^", "SGD-jacobi": "x", "SDD": "D"}
     for problem in dict.fromkeys(r["problem"] for r in rows):
         colour = None
         for r in (r for r in rows if r["problem"] == problem):
@@ -140,7 +147,7 @@ def plot(rows: list[dict], path) -> None:
         yscale="log",
         xlabel="wall time (s)",
         ylabel="|error| of mean variance vs exact samples",
-        title="o default   □ SGD   △ CG   × SGD with Jacobi (the former default)",
+        title="o default   □ SGD   △ CG   × SGD with Jacobi (the former default)   ◇ SDD",
     )
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, SubsetRandomSampler, TensorDataset
 
 import linearised_laplace as lla
 
@@ -54,6 +54,10 @@ def fit_all() -> dict[str, torch.Tensor]:
         nystrom.prior_precision,
         nystrom.posterior_samples,
     )
+    half = SubsetRandomSampler(range(0, N_DATA, 2))  # a validation split: the same on every rank
+    subset = DataLoader(loader.dataset, batch_size=BATCH, sampler=half)
+    subset_fit = lla.ExactLaplace(mlp(hidden=8), seed=3, progress=False).fit(subset)
+    out["subset.covariance"] = subset_fit.posterior_covariance
     return {k: v.detach().double().reshape(-1).contiguous() for k, v in out.items()}
 
 
@@ -65,6 +69,11 @@ def misuse() -> dict[str, str]:
         "seed": lambda: lla.SampledLaplace(mlp(), seed=dist.get_rank()).fit((x, y)),
         "shapes": lambda: lla.SampledLaplace(mlp(hidden=4 + dist.get_rank())).fit((x, y)),
         "dual": lambda: lla.SampledLaplace(mlp(), space="dual").fit((x, y)),
+        "data": lambda: lla.SampledLaplace(mlp()).fit(
+            DataLoader(
+                TensorDataset(x, y), 32, sampler=SubsetRandomSampler(range(dist.get_rank(), 90, 2))
+            )
+        ),
     }
     errors = {}
     for name, case in cases.items():

@@ -1,6 +1,14 @@
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+    SubsetRandomSampler,
+    TensorDataset,
+)
 
 from linearised_laplace import Data
 
@@ -66,3 +74,39 @@ def test_items_that_are_not_pairs_raise():
 
     with pytest.raises(TypeError, match=r"must be a pair \(x, y\)"):
         next(Data(Triples(3)).batches())
+
+
+def _loader(**kw):
+    x, y = torch.arange(20.0).reshape(10, 2), torch.arange(10)
+    return DataLoader(TensorDataset(x, y), batch_size=4, **kw)
+
+
+@pytest.mark.parametrize(
+    "sampler, expected",
+    [
+        (SubsetRandomSampler([7, 1, 4]), [1, 4, 7]),
+        (SequentialSampler(range(10)), list(range(10))),
+        (RandomSampler(range(10)), list(range(10))),
+        ([3, 9, 0], [0, 3, 9]),  # any iterable of indices
+    ],
+)
+def test_the_loaders_sampler_is_honoured(sampler, expected):
+    state = torch.random.get_rng_state()
+    data = Data(_loader(sampler=sampler))
+    assert torch.equal(torch.random.get_rng_state(), state)  # no global random state consumed
+    x, y = data.subset(torch.arange(len(data)))
+    assert y.tolist() == expected
+    assert torch.equal(x[:, 0], 2.0 * torch.tensor(expected, dtype=x.dtype))
+
+
+def test_a_batch_sampler_is_honoured():
+    x, y = torch.arange(10.0)[:, None], torch.arange(10)
+    loader = DataLoader(TensorDataset(x, y), batch_sampler=[[5, 2], [8]])
+    data = Data(loader)
+    assert data.subset(torch.arange(len(data)))[1].tolist() == [2, 5, 8]
+
+
+def test_a_sampler_with_replacement_is_refused():
+    sampler = RandomSampler(range(10), replacement=True, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="repeated index"):
+        Data(_loader(sampler=sampler))

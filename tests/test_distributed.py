@@ -63,6 +63,7 @@ def test_ranks_that_disagree_are_refused_on_every_rank(two_ranks):
         assert "ranks disagree on seed" in errors["seed"]
         assert "ranks disagree on parameters" in errors["shapes"]
         assert "space='primal'" in errors["dual"]
+        assert "ranks disagree on data" in errors["data"]
 
 
 def test_a_distributed_sampler_is_refused():

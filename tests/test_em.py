@@ -176,8 +176,70 @@ def test_run_em_stops_on_tolerance_or_max_iter():
     final = run_em(e_step, start, ids, max_iter=10, tol=1e-3, progress=False)
     assert final.converged and final.step == 2 and calls == [0, 1]  # 3 → 0.5 → 0.5
     assert [h["prior_precision"] for h in final.history] == [[3.0], [0.5], [0.5]]
-    capped = run_em(e_step, start, ids, max_iter=1, tol=1e-3, progress=False)
+    with pytest.warns(lla.ConvergenceWarning, match="Raise max_iter"):
+        capped = run_em(e_step, start, ids, max_iter=1, tol=1e-3, progress=False)
     assert capped.step == 1 and not capped.converged
+    assert [h.get("converged") for h in capped.history] == [None, False]
+
+
+def _em_with_update(update, start: float, max_iter: int = 40):
+    """``run_em`` where MacKay's update of ``α`` is ``update(α)`` (``γ = 4·update``, ``‖θ̄‖² = 4``)."""
+
+    def e_step(state):
+        return EStep(torch.ones(4), 4 * update(state.precision))
+
+    state = EMState(0, torch.tensor([start], dtype=torch.float64), 1.0, torch.zeros(4))
+    ids = torch.zeros(4, dtype=torch.long)
+    return run_em(e_step, state, ids, max_iter=max_iter, tol=1e-6, clip_gamma=False)
+
+
+def test_em_damps_a_two_cycle_until_it_converges():
+    # log α ↦ 2 log 3 − log α: undamped, α = 100 and 0.09 alternate forever.
+    final = _em_with_update(lambda a: 9.0 / a, 100.0)
+    assert final.converged and final.step < 5
+    assert abs(float(final.precision) - 3.0) < 1e-9
+    assert final.history[2]["damping"] == [0.5]
+
+
+def test_em_is_bounded_and_warns_when_it_runs_away():
+    with pytest.warns(lla.ConvergenceWarning, match="reached the bound"):
+        final = _em_with_update(lambda a: a**2, 1e8)  # the runaway a γ floor of 1 caused
+    assert float(final.precision) == lla.em.PRECISION_RANGE[1] and not final.converged
+    assert final.step < 5  # stops once pinned at the bound
+
+
+def test_em_turns_a_failed_factorisation_and_a_nan_update_into_divergence_errors():
+    def failing(state):
+        raise torch.linalg.LinAlgError("linalg.cholesky: The factorization could not be completed")
+
+    state = EMState(0, torch.tensor([1e30]), 1.0, torch.zeros(4))
+    ids = torch.zeros(4, dtype=torch.long)
+    with pytest.raises(lla.DivergenceError, match=r"EM step 1 at prior precision.*moderate"):
+        run_em(failing, state, ids, max_iter=3, tol=1e-3)
+    with pytest.raises(lla.DivergenceError, match="MacKay update"):
+        _em_with_update(lambda a: a * float("nan"), 1.0)
+
+
+def test_the_function_space_estimate_is_not_floored():
+    mean, ids = torch.ones(4, dtype=torch.float64), torch.zeros(4, dtype=torch.long)
+    tiny = torch.tensor([1e-6], dtype=torch.float64)
+    assert float(mackay_update(tiny, mean, ids, 1)) == pytest.approx(0.25)  # floored at γ = 1
+    assert float(mackay_update(tiny, mean, ids, 1, floor=False)) == pytest.approx(2.5e-7)
+
+
+@pytest.mark.parametrize("method", [lla.ExactLaplace, lla.SampledLaplace])
+def test_em_from_a_huge_prior_precision_comes_back_without_a_linalg_error(method):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2))
+    x = torch.randn(40, 3)
+    y = torch.randn(40, 2)
+    kw = {"sigma_noise": 0.5, "n_samples": 4, "progress": False}
+    ref = lla.ExactLaplace(net, "regression", prior_precision=1.0, **kw)
+    ref.optimize_prior_precision((x, y), max_iter=40)
+    la = method(net, "regression", prior_precision=1e8, **kw)
+    history = la.optimize_prior_precision((x, y), max_iter=40)
+    assert history[-1]["converged"]
+    assert 0.2 < float(la.prior_precision / ref.prior_precision) < 5  # not 1e25
 
 
 @pytest.mark.parametrize(

@@ -127,7 +127,7 @@ def test_snapshot_of_parameters_is_private():
 @pytest.mark.parametrize(
     ("net", "x", "error", "match"),
     [
-        (nn.Linear(3, 2), [[1.0, 2.0, 3.0]], TypeError, "Inputs must be a Tensor"),
+        (nn.Linear(3, 2), [[1.0, 2.0, 3.0]], TypeError, "`x` must be a Tensor"),
         (
             nn.Sequential(nn.Linear(3, 1), nn.Flatten(0)),
             torch.randn(4, 3),

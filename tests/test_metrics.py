@@ -127,7 +127,7 @@ def test_patch_likelihood_converges_to_the_exact_gaussian_likelihood():
     [
         (
             lambda: metrics.marginal_log_likelihood(torch.zeros(3, 4, 2), torch.zeros(5).long()),
-            r"Labels must have shape \[N\] = \[4\]",
+            r"`y` must have shape \[N\] = \[4\]",
         ),
         (
             lambda: metrics.marginal_log_likelihood(torch.zeros(4, 2), torch.zeros(4).long()),
@@ -143,7 +143,10 @@ def test_patch_likelihood_converges_to_the_exact_gaussian_likelihood():
             ),
             "kappa >= 2",
         ),
-        (lambda: metrics.accuracy(torch.zeros(4, 2), torch.zeros(3).long()), "probabilities"),
+        (
+            lambda: metrics.accuracy(torch.zeros(4, 2), torch.zeros(3).long()),
+            r"`y` must have shape \[N\] = \[4\]",
+        ),
         (
             lambda: metrics.gaussian_log_likelihood(
                 torch.zeros(4, 2), torch.zeros(4, 3), torch.zeros(4, 2)

@@ -53,7 +53,7 @@ def test_group_ids_follow_parameter_tensors():
 @pytest.mark.parametrize(
     ("spec", "error", "match"),
     [
-        (["nope*"], ValueError, "No trainable parameter matches 'nope\\*'"),
+        (["nope*"], ValueError, "no trainable parameter matches 'nope\\*'"),
         ("first_layer", ValueError, "got the string 'first_layer'"),
         (torch.tensor([0, 0]), ValueError, "must not repeat"),
         (torch.tensor([38]), ValueError, r"must lie in \[0, 38\)"),

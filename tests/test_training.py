@@ -54,7 +54,7 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
     path = tmp_path / "run.safetensors"
     training.train_map(net, data, training.TrainConfig(epochs=1), checkpoint=path, progress=False)
     other, _ = _setup()
-    with pytest.raises(ValueError, match="another model or with other settings"):
+    with pytest.raises(ValueError, match="another model, other data or other settings"):
         training.train_map(
             other, data, training.TrainConfig(epochs=2), checkpoint=path, progress=False
         )

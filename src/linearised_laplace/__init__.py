@@ -25,10 +25,11 @@ from .methods.subnetwork import SubnetworkLaplace
 from .noise import NoiseSource, PosteriorNoise, draw_posterior_noise
 from .parameters import ParameterSelection, select_parameters
 from .priors import Prior, make_prior
-from .solvers import CG, SGD, Cholesky, Objective, SolveInfo, SolveResult
+from .solvers import CG, SDD, SGD, Cholesky, Objective, SolveInfo, SolveResult
 
 __all__ = [
     "CG",
+    "SDD",
     "SGD",
     "Categorical",
     "Cholesky",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -24,11 +26,45 @@ def check_positive(name: str, value: float | Sequence[float] | Tensor) -> Tensor
     return tensor
 
 
+def as_int(value: object) -> int | None:
+    """``value`` as a Python ``int`` if it is an integer scalar, else ``None``.
+
+    Python, numpy and 0-d integer torch scalars count; bools do not.
+    """
+    if isinstance(value, bool | np.bool_):
+        return None
+    if isinstance(value, Tensor):
+        integral = value.ndim == 0 and not (value.is_floating_point() or value.is_complex())
+        return int(value) if integral and value.dtype != torch.bool else None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def plain_int(value: object) -> object:
+    """An integer scalar (numpy, torch) as a Python ``int``; anything else unchanged."""
+    number = as_int(value)
+    return value if number is None else number
+
+
 def check_positive_int(name: str, value: int) -> int:
-    """Return ``value`` if it is an int >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """Return ``value`` as an ``int`` if it is an integer >= 1 (numpy and torch ones included)."""
+    number = as_int(value)
+    if number is None or number < 1:
         raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
-    return value
+    return number
+
+
+def check_seed(seed: object) -> int:
+    """Return ``seed`` as an ``int``; every random draw of a method is derived from it."""
+    number = as_int(seed)
+    if number is None:
+        raise TypeError(
+            f"`seed` must be an integer, got {seed!r}. Every random draw is derived from it, so "
+            "equal seeds give equal results; pass e.g. seed=0."
+        )
+    return number
 
 
 def check_finite(name: str, tensor: Tensor) -> None:
@@ -36,8 +72,7 @@ def check_finite(name: str, tensor: Tensor) -> None:
     if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
         raise ValueError(
-            f"{name} contain {bad} non-finite value(s) (NaN or inf). "
-            "Clean or impute the data before fitting."
+            f"{name} contain {bad} non-finite value(s) (NaN or inf). Clean or impute them first."
         )
 
 

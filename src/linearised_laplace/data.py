@@ -2,7 +2,10 @@
 
 The library draws its own batches from the user's dataset, so that each data point has a stable index
 (its per-point noise depends on it), passes in a fixed order are reproducible, and shuffling is driven
-by the library's seed rather than by global random state. The user's loader is never iterated.
+by the library's seed rather than by global random state. The user's loader is never iterated, but
+its sampler is honoured: a loader whose sampler draws a subset (``SubsetRandomSampler``, a custom
+sampler or batch sampler) contributes exactly the points it yields, each once, re-indexed
+``0..n-1`` in increasing dataset order (:func:`sampled_indices`).
 Under ``torch.distributed`` each global batch is split over the ranks
 (:mod:`linearised_laplace.distributed`); sums over data points are then completed by
 :meth:`Data.all_reduce`.
@@ -14,20 +17,74 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+    Subset,
+    SubsetRandomSampler,
+    TensorDataset,
+)
 from torch.utils.data.distributed import DistributedSampler
 
 from .distributed import Shard
+from .persistence import digest
 
 Batch = tuple[Tensor, Tensor, Tensor]  # (indices [b], inputs [b, ...], targets [b, ...])
+
+
+def sampled_indices(loader: DataLoader) -> list[int] | None:
+    """The dataset indices a loader's sampler yields, sorted; ``None`` if it yields every point.
+
+    ``SequentialSampler`` and a ``RandomSampler`` without replacement yield every point once and
+    are not iterated (iterating a ``RandomSampler`` would consume the global random state);
+    ``SubsetRandomSampler`` gives its ``indices``; any other sampler or batch sampler is iterated
+    once. A sampler that yields a point twice (sampling with replacement, weighted sampling) is
+    refused: the posterior weights every training point once.
+    """
+    batch_sampler = loader.batch_sampler
+    sampler = batch_sampler.sampler if isinstance(batch_sampler, BatchSampler) else None
+    if batch_sampler is None:  # batch_size=None: the sampler yields single items
+        sampler = loader.sampler
+    if isinstance(loader.dataset, IterableDataset):
+        return None  # refused by Data with its own message
+    n = len(loader.dataset)
+    if isinstance(sampler, SequentialSampler) or (
+        isinstance(sampler, RandomSampler) and not sampler.replacement and sampler.num_samples == n
+    ):
+        return None
+    if isinstance(sampler, SubsetRandomSampler):
+        drawn = [int(i) for i in sampler.indices]
+    elif sampler is not None:
+        drawn = [int(i) for i in sampler]
+    else:
+        drawn = [int(i) for batch in batch_sampler for i in batch]
+    unique = sorted(set(drawn))
+    if len(unique) < len(drawn):
+        raise ValueError(
+            f"The loader's sampler ({type(sampler or batch_sampler).__name__}) yields "
+            f"{len(drawn) - len(unique)} repeated index(es), e.g. sampling with replacement; the "
+            "posterior counts every training point once. Pass a Subset of the dataset, or a "
+            "sampler without replacement."
+        )
+    if unique and (unique[0] < 0 or unique[-1] >= n):
+        raise ValueError(
+            f"The loader's sampler yields indices outside the dataset's 0..{n - 1} "
+            f"(from {unique[0]} to {unique[-1]}). Fix the sampler's indices."
+        )
+    return unique
 
 
 class Data:
     """A map-style dataset of ``(x, y)`` pairs, iterated in batches with their indices.
 
     Args:
-        source: A ``DataLoader`` (its dataset, batch size and collate function are used), a
-            map-style ``Dataset`` yielding ``(x, y)``, or a pair of tensors ``(X, Y)``.
+        source: A ``DataLoader`` (its dataset, batch size, collate function and the points its
+            sampler yields are used), a map-style ``Dataset`` yielding ``(x, y)``, or a pair of
+            tensors ``(X, Y)``.
         batch_size: Batch size; defaults to the loader's, else 128. Under ``torch.distributed``
             this is the global batch, split over the ranks.
 
@@ -50,7 +107,8 @@ class Data:
             batch_size = (
                 batch_size or source.batch_size or getattr(source.batch_sampler, "batch_size", None)
             )
-            source = source.dataset
+            indices = sampled_indices(source)
+            source = source.dataset if indices is None else Subset(source.dataset, indices)
         elif isinstance(source, tuple) and len(source) == 2:
             x, y = source
             if not (isinstance(x, Tensor) and isinstance(y, Tensor)):
@@ -75,6 +133,7 @@ class Data:
                 "The training data are empty (0 data points); pass a non-empty loader."
             )
         self.dataset = source
+        self._subset_index = torch.as_tensor(source.indices) if isinstance(source, Subset) else None
         self.n = n
         self.batch_size = int(batch_size or 128)
         self._collate = collate
@@ -111,6 +170,16 @@ class Data:
             idx = self.shard.local(batch)
             yield batch.numel(), (idx, *self._fetch(idx))
 
+    def fingerprint(self, n_points: int = 256) -> dict:
+        """What identifies the data in a checkpoint.
+
+        ``n``, the batch size and a SHA-256 of up to ``n_points`` evenly spaced points' inputs
+        and targets.
+        """
+        idx = torch.linspace(0, self.n - 1, min(n_points, self.n)).round().long().unique()
+        x, y = self._fetch(idx)
+        return {"n": self.n, "batch_size": self.batch_size, "points": digest({"x": x, "y": y})}
+
     def all_reduce(self, tensor: Tensor) -> Tensor:
         """Complete a sum over data points by summing ``tensor`` over the ranks (in place)."""
         return self.shard.all_reduce(tensor)
@@ -124,11 +193,14 @@ class Data:
         return self._fetch(indices.reshape(-1).long())
 
     def _fetch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
-        if isinstance(self.dataset, TensorDataset) and len(self.dataset.tensors) == 2:
-            x, y = self.dataset.tensors
+        dataset = self.dataset
+        if isinstance(dataset, Subset):
+            idx, dataset = self._subset_index[idx], dataset.dataset
+        if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
+            x, y = dataset.tensors
             return x[idx], y[idx]
         collate = self._collate or torch.utils.data.default_collate
-        batch = collate([self.dataset[i] for i in idx.tolist()])
+        batch = collate([dataset[i] for i in idx.tolist()])
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise TypeError(
                 f"Each data item must be a pair (x, y); the dataset yields {type(batch).__name__} "

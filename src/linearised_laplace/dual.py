@@ -9,7 +9,8 @@ $$ ζ = θ_0 − A^{-1} Φᵀ L\, w, \qquad (I + Lᵀ K L)\, w = Lᵀ Φ θ_0 �
 ``B^{-1}`` is never needed. A product with it is one VJP pass and one JVP pass over the data; the
 unknowns ``w`` are ``K × n × C`` numbers instead of ``K × D``. The system is solved by conjugate
 gradients, preconditioned with a randomised rank-``r`` Nyström approximation of ``LᵀKL``
-(``P = I + U Λ Uᵀ``, applied by Woodbury), or exactly by Cholesky on small problems.
+(``P = I + U Λ Uᵀ``, applied by Woodbury), by stochastic dual descent on minibatches
+(:mod:`~linearised_laplace.solvers.sdd`), or exactly by Cholesky on small problems.
 """
 
 from __future__ import annotations
@@ -24,9 +25,13 @@ from ._checks import check_sample_budget
 from .linalg import conjugate_gradient
 from .linear_model import LinearGaussianModel
 from .noise import NoiseSource, seeded_generator
-from .solvers import CG, Cholesky, SolveInfo, SolveResult
+from .solvers import CG, SDD, Cholesky, SolveInfo, SolveResult
+from .solvers.base import relative_norm
 from .solvers.exact import cholesky
 from .solvers.preconditioner import Preconditioner, nystrom
+from .solvers.sdd import stochastic_dual_descent
+
+DualSolver = CG | Cholesky | SDD
 
 
 def observations(model: LinearGaussianModel) -> int:
@@ -102,12 +107,12 @@ def kernel_preconditioner(model: LinearGaussianModel, rank: int, seed: int = 0) 
 def solve_system(
     model: LinearGaussianModel,
     rhs: Tensor,
-    solver: CG | Cholesky,
+    solver: DualSolver,
     init: Tensor | None = None,
     seed: int = 0,
     progress: bool | None = False,
 ) -> tuple[Tensor, int, Tensor]:
-    """Solve ``(I + Lᵀ K L) w = b`` for ``b`` ``[K, n·C]``: ``(w, CG iterations, relative residuals)``."""
+    """Solve ``(I + Lᵀ K L) w = b`` for ``b`` ``[K, n·C]``: ``(w, steps, relative residuals)``."""
 
     def matvec(w: Tensor) -> Tensor:
         return w + kernel_vec(model, w)
@@ -115,7 +120,12 @@ def solve_system(
     if isinstance(solver, Cholesky):
         factor = cholesky(dual_matrix(model))
         w = torch.cholesky_solve(rhs.double().T, factor).T.to(rhs.dtype)
-        return w, 0, (matvec(w) - rhs).norm(dim=-1) / rhs.norm(dim=-1)
+        return w, 0, relative_norm(matvec(w) - rhs, rhs)
+    if isinstance(solver, SDD):
+        w, n_steps = stochastic_dual_descent(
+            model, rhs, solver, init=init, seed=seed, progress=progress
+        )
+        return w, n_steps, relative_norm(matvec(w) - rhs, rhs)
     if isinstance(solver, CG):
         rank = min(solver.preconditioner_rank, observations(model))
         precondition = kernel_preconditioner(model, rank, seed).solve if rank > 0 else None
@@ -129,7 +139,8 @@ def solve_system(
             progress=progress,
         )
     raise TypeError(
-        f"The dual sampler solves with lla.CG(...) or lla.Cholesky(), got {type(solver).__name__}; "
+        f"The dual sampler solves with lla.CG(...), lla.SDD(...) or lla.Cholesky(), got "
+        f"{type(solver).__name__}; "
         "SGD is for the primal space (space='primal')."
     )
 
@@ -138,7 +149,7 @@ def solve_dual(
     model: LinearGaussianModel,
     xi: Tensor,
     source: NoiseSource,
-    solver: CG | Cholesky,
+    solver: DualSolver,
     *,
     init: Tensor | None = None,
     seed: int = 0,
@@ -151,9 +162,10 @@ def solve_dual(
         xi: ``[K, D]`` standard-normal prior draws (``θ_0 = A^{-1/2} ξ``).
         source: The per-point noise ``ν`` (the same as the primal sampler's for the same seed).
         solver: :class:`~linearised_laplace.solvers.CG` (preconditioned with its
-            ``preconditioner_rank``) or :class:`~linearised_laplace.solvers.Cholesky` (dense).
-        init: ``[K, n·C]`` warm start for CG.
-        seed: Seeds the randomised preconditioner.
+            ``preconditioner_rank``), :class:`~linearised_laplace.solvers.SDD` (minibatch) or
+            :class:`~linearised_laplace.solvers.Cholesky` (dense).
+        init: ``[K, n·C]`` warm start for CG or SDD.
+        seed: Seeds the randomised preconditioner (and SDD's minibatch order).
         progress: Show a progress bar.
 
     Returns:
@@ -171,9 +183,9 @@ def solve_dual(
     return SolveResult(samples, info), w
 
 
-def dual_info(name: str, solver: CG | Cholesky, n_steps: int, residual: Tensor, start: float):
-    """A dual solve's diagnostics; CG's residuals are checked against its tolerance."""
-    tolerance = solver.tolerance(residual.dtype) if isinstance(solver, CG) else None
+def dual_info(name: str, solver: DualSolver, n_steps: int, residual: Tensor, start: float):
+    """A dual solve's diagnostics; CG's and SDD's residuals are checked against their tolerance."""
+    tolerance = solver.tolerance(residual.dtype) if isinstance(solver, CG | SDD) else None
     seconds = time.perf_counter() - start
     return SolveInfo(name, n_steps, residual, seconds, space="dual", tolerance=tolerance)
 
@@ -181,7 +193,7 @@ def dual_info(name: str, solver: CG | Cholesky, n_steps: int, residual: Tensor, 
 def gaussian_mean(
     model: LinearGaussianModel,
     targets: Callable[[Tensor, Tensor], Tensor],
-    solver: CG | Cholesky,
+    solver: DualSolver,
     seed: int = 0,
     progress: bool | None = False,
 ) -> SolveResult:

@@ -12,17 +12,27 @@ posterior samples ``ζ_k ~ N(0, H^{-1})``:
   ``2 Σ_j r_j²`` with ``r_j = μ_j / (μ_j + α)``: best when ``γ ≪ D`` (all networks);
 * weight space: ``γ̂ = D − (1/K) Σ_k ζ_kᵀ A ζ_k``, variance ``2 Σ_j (1 − r_j)²``: best when ``γ ≈ D``.
 
-Estimated ``γ̂`` are clipped to ``[1, min(d_g, n·C) − 1]``: ``M`` has rank at most ``n·C``, so neither
+Estimated ``γ̂`` are clipped above at ``min(d_g, n·C) − 1``: ``M`` has rank at most ``n·C``, so neither
 may the exact ``γ``; an unconverged solve can overshoot (at small ``α`` samples are large and the
-estimate inflates), and the clip keeps EM from stepping to a far too small ``α``. For a Gaussian
-likelihood MacKay's noise update is
+estimate inflates), and the clip keeps EM from stepping to a far too small ``α``. The weight-space
+estimate, which can be negative, is also clipped below at 1; the function-space one is positive by
+construction and is not (a floor of 1 where the true ``γ ≪ 1``, at a huge ``α``, would make the
+update ``α ← 1/‖θ̄‖² ∝ α²`` run away). For a Gaussian likelihood MacKay's noise update is
 ``σ² = ‖y − g(θ̄)‖² / (nC − γ)``.
+
+The loop is guarded against extreme priors (:func:`run_em`): each group's step in ``log α`` is
+damped, halving whenever it reverses direction (a two-cycle converges instead of oscillating),
+``α`` stays within :data:`PRECISION_RANGE`, a non-finite update or a failed factorisation ends the
+run with a :class:`~linearised_laplace.DivergenceError`, and a run that stops at ``max_iter`` or at
+the bound warns with a :class:`~linearised_laplace.ConvergenceWarning`. Each history entry records
+its ``damping`` and whether the run had ``converged``.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -31,9 +41,13 @@ from torch import Tensor
 
 from ._checks import check_positive_int
 from ._progress import progress_bar
+from .exceptions import ConvergenceWarning, DivergenceError
 from .linear_model import LinearGaussianModel
 
 GAMMA_ESTIMATORS = ("function", "weight")
+PRECISION_RANGE = (1e-12, 1e12)
+"""Bounds of the prior precision in EM: beyond them the posterior is numerically the prior (or the
+likelihood alone) and the evidence flat."""
 
 
 def group_sum(values: Tensor, group_ids: Tensor, n_groups: int) -> Tensor:
@@ -74,19 +88,21 @@ def mackay_update(
     n_groups: int,
     clip: bool = True,
     n_observations: int | None = None,
+    floor: bool = True,
 ) -> Tensor:
     """``α_g = γ_g / ‖θ̄_g‖²``: ``[G]`` (float64).
 
     With ``clip`` (for estimated ``γ̂``, whose noise can leave the feasible range) ``γ̂_g`` is first
-    clipped to ``[1, min(d_g, n·C) − 1]`` (``½`` for groups of one parameter), ``n·C`` being
-    ``n_observations`` (the rank bound of the GGN) when given; an exact ``γ`` lies in
-    ``(0, min(d_g, n·C))`` already and is used as it is.
+    clipped to at most ``min(d_g, n·C) − 1`` (``− ½`` for groups of one parameter), ``n·C`` being
+    ``n_observations`` (the rank bound of the GGN) when given, and, with ``floor`` (an estimate
+    that can be negative), to at least 1 (``½``); an exact ``γ`` lies in ``(0, min(d_g, n·C))``
+    already and is used as it is.
     """
     sizes = group_sum(torch.ones_like(mean, dtype=torch.float64), group_ids, n_groups)
     if clip:
         low = torch.clamp(sizes / 2, max=1.0)
         high = sizes if n_observations is None else sizes.clamp_max(n_observations)
-        gamma = torch.minimum(torch.maximum(gamma, low), high - low)
+        gamma = torch.minimum(torch.maximum(gamma, low) if floor else gamma, high - low)
     norm_sq = group_sum(mean.double().square(), group_ids, n_groups)
     return gamma / norm_sq.clamp_min(torch.finfo(torch.float64).tiny)
 
@@ -105,12 +121,15 @@ class EStep:
         gamma: ``[G]`` the (estimated) effective dimensions.
         samples: ``[K, D]`` posterior samples (warm start of the next step), if any.
         residual_sq: ``‖y − g(θ̄)‖²`` over the training set (for the noise update), if computed.
+        positive_gamma: ``γ̂`` is positive by construction (the function-space estimate), so it
+            is not floored at 1 (see :func:`mackay_update`).
     """
 
     mean: Tensor
     gamma: Tensor
     samples: Tensor | None = None
     residual_sq: float | None = None
+    positive_gamma: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,7 +143,9 @@ class EMState:
         mean: ``[D]`` last ``θ̄`` (warm start).
         samples: ``[K, D]`` last samples (warm start), if any.
         history: One dict per completed step: ``step``, ``prior_precision`` (after the update),
-            ``gamma``, ``mean_norm_sq``, ``sigma_noise``, ``seconds``; entry 0 holds the start.
+            ``gamma``, ``mean_norm_sq``, ``sigma_noise``, ``damping`` (per group, the fraction of
+            the MacKay step in ``log α`` taken), ``at_bound``, ``converged``, ``seconds``; entry 0
+            holds the start.
         converged: Whether the stopping rule fired.
     """
 
@@ -144,6 +165,35 @@ def check_em_settings(max_iter: int, tol: float, gamma: str = "function") -> Non
         raise ValueError(f"`tol` must be > 0 (a change in log α), got {tol!r}.")
     if gamma not in GAMMA_ESTIMATORS:
         raise ValueError(f"`gamma` must be one of {GAMMA_ESTIMATORS}, got {gamma!r}.")
+
+
+def damped_step(
+    current: Tensor, proposed: Tensor, history: list[dict]
+) -> tuple[Tensor, Tensor, bool]:
+    """Move ``log α`` towards the MacKay update, damped and bounded.
+
+    Each group's damping (1 at the start) halves when the proposed step reverses the direction of
+    the last step taken by more than a factor of 2, so a two-cycle of the update converges, while a
+    monotone approach (the usual case) takes full steps.
+
+    Args:
+        current: ``[G]`` precision now.
+        proposed: ``[G]`` MacKay's update.
+        history: The run's records so far (the last two give the last step and damping).
+
+    Returns:
+        ``(precision [G], damping [G], at_bound)``; the precision lies in :data:`PRECISION_RANGE`.
+    """
+    step = proposed.log() - current.log()
+    damping = torch.tensor(history[-1].get("damping", [1.0] * len(step)), dtype=step.dtype)
+    if len(history) >= 2:
+        last = current.log() - torch.tensor(history[-2]["prior_precision"], dtype=step.dtype).log()
+        damping = torch.where((step * last < 0) & (step.abs() > math.log(2)), damping / 2, damping)
+    low, high = PRECISION_RANGE
+    damped = (current.log() + damping * step).exp()
+    precision = torch.where(damping == 1, proposed, damped).clamp(low, high)
+    at_bound = bool(((precision <= low) | (precision >= high)).any())
+    return precision, damping, at_bound
 
 
 def run_em(
@@ -166,38 +216,57 @@ def run_em(
         state: Where to start (a fresh state, or one loaded from a checkpoint).
         group_ids: ``[D]`` prior group of each coordinate.
         max_iter: Total EM steps, counting those already in ``state``.
-        tol: Stop when every ``|Δ log α_g|`` (and ``|Δ log σ|``) is below this.
+        tol: Stop when every undamped MacKay step ``|Δ log α_g|`` (and ``|Δ log σ|``) is below this.
         n_observations: ``n·C``, which bounds ``γ`` and enters the noise update.
         update_sigma: Update ``σ`` too (Gaussian likelihood; needs ``n_observations``).
-        clip_gamma: Clip estimated ``γ̂`` to ``[1, min(d_g, n·C) − 1]`` (off for exact ``γ``).
+        clip_gamma: Clip estimated ``γ̂`` (off for exact ``γ``; see :func:`mackay_update`).
         on_step: Called with the new state after every completed step (checkpointing).
         progress: Show a progress bar.
 
     Returns:
         The final state.
+
+    Raises:
+        DivergenceError: An update is not finite, or the E-step's factorisation failed.
     """
     n_groups = state.precision.numel()
     if not state.history:
         state = replace(state, history=[_record(0, state.precision, state.sigma)])
+    pinned = False
     with progress_bar(total=max_iter, initial=state.step, enabled=progress, desc="EM") as bar:
-        while state.step < max_iter and not state.converged:
+        while state.step < max_iter and not state.converged and not pinned:
             start = time.perf_counter()
-            result = e_step(state)
-            precision = mackay_update(
-                result.gamma, result.mean, group_ids, n_groups, clip_gamma, n_observations
+            result = _guarded(e_step, state)
+            proposed = mackay_update(
+                result.gamma,
+                result.mean,
+                group_ids,
+                n_groups,
+                clip_gamma,
+                n_observations,
+                floor=not result.positive_gamma,
             )
+            if not bool(torch.isfinite(proposed).all() & (proposed > 0).all()):
+                raise DivergenceError(
+                    f"EM step {state.step + 1}: the MacKay update of the prior precision is "
+                    f"{proposed.tolist()} (γ = {result.gamma.tolist()}). Start from a moderate "
+                    "prior_precision (e.g. 1.0)."
+                )
+            precision, damping, at_bound = damped_step(state.precision, proposed, state.history)
             sigma = state.sigma
             if update_sigma and n_observations is not None and result.residual_sq is not None:
                 sigma = noise_update(result.residual_sq, n_observations, float(result.gamma.sum()))
             change = max(
-                float((precision.log() - state.precision.log()).abs().max()),
+                float((proposed.log() - state.precision.log()).abs().max()),
                 abs(math.log(sigma / state.sigma)),
             )
+            pinned = at_bound and bool(torch.equal(precision, state.precision))
             record = _record(state.step + 1, precision, sigma, start)
             record["gamma"] = result.gamma.tolist()
             record["mean_norm_sq"] = group_sum(
                 result.mean.double().square(), group_ids, n_groups
             ).tolist()
+            record.update(damping=damping.tolist(), at_bound=at_bound, converged=change < tol)
             state = EMState(
                 state.step + 1,
                 precision,
@@ -205,13 +274,45 @@ def run_em(
                 result.mean,
                 result.samples,
                 [*state.history, record],
-                change < tol,
+                change < tol and not at_bound,
             )
             if on_step is not None:
                 on_step(state)
             bar.update()
             bar.set_postfix(alpha=f"{float(precision.mean()):.4g}")
+    if not state.converged:
+        _warn_unconverged(state, tol, pinned)
     return state
+
+
+def _guarded(e_step: Callable[[EMState], EStep], state: EMState) -> EStep:
+    """Run an E-step; a failed factorisation becomes a :class:`DivergenceError` that says why."""
+    try:
+        return e_step(state)
+    except torch.linalg.LinAlgError as err:
+        raise DivergenceError(
+            f"EM step {state.step + 1} at prior precision {state.precision.tolist()}: a "
+            f"factorisation failed ({str(err).splitlines()[0]}). The precision is too extreme for "
+            "the posterior to be represented; start from a moderate prior_precision (e.g. 1.0)."
+        ) from err
+
+
+def _warn_unconverged(state: EMState, tol: float, pinned: bool) -> None:
+    last = state.history[-1]
+    if pinned or last.get("at_bound"):
+        why = (
+            f"the prior precision reached the bound {PRECISION_RANGE} "
+            f"({last['prior_precision']}) and MacKay's update points beyond it (at such a prior "
+            "the posterior is the prior to float32 round-off). Start from a moderate "
+            "prior_precision (e.g. 1.0), check the targets' scale, or fix prior_precision by hand"
+        )
+    else:
+        why = (
+            f"the last MacKay step in log α was still ≥ tol = {tol:g} after {state.step} steps. "
+            "Raise max_iter (a sampled E-step's noise may also keep it above tol: raise "
+            "n_em_samples or tol)"
+        )
+    warnings.warn(ConvergenceWarning(f"EM did not converge: {why}."), stacklevel=3)
 
 
 def _record(step: int, precision: Tensor, sigma: float, start: float | None = None) -> dict:

@@ -23,12 +23,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vjp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ._checks import check_output
+from ._checks import check_finite, check_output
 from .features import FeatureOperator, Pullback
 from .parameters import ParameterSpec, select_parameters
 
@@ -36,6 +37,40 @@ TangentBatching = Literal["auto", "loop", "vmap", "jacobian"]
 BATCHINGS = ("auto", "loop", "vmap", "jacobian")
 JACOBIAN_BYTES = 256 * 2**20
 """Largest per-batch Jacobian ``[N, C, D]`` that the ``"jacobian"`` path builds."""
+
+
+def as_inputs(x: object, dtype: torch.dtype, name: str = "x") -> Tensor:
+    """Network inputs as a batched tensor.
+
+    A numpy array is converted, a floating tensor must have the network's ``dtype``, and a 0-d
+    tensor is refused. ``name`` names the inputs in errors (an argument, or e.g. "the
+    train_loader's inputs").
+    """
+    what = f"`{name}`" if name.isidentifier() else name.capitalize()
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, Tensor):
+        raise TypeError(
+            f"{what} must be a Tensor [N, ...] (or a numpy array), got {type(x).__name__}."
+        )
+    if x.ndim == 0:
+        raise ValueError(
+            f"{what} must be batched, [N, ...] with one row per example; got a 0-d tensor. "
+            "Reshape one example with one feature to [1, 1]."
+        )
+    if x.is_floating_point() and x.dtype != dtype:
+        raise TypeError(
+            f"{what} are {x.dtype} but the network's parameters are {dtype}: convert the inputs "
+            f"with .to({dtype}) (or convert the network before building the method)."
+        )
+    return x
+
+
+def model_state(model: nn.Module) -> dict[str, Tensor]:
+    """Every parameter and buffer of ``model``, detached (not copied), in the model's order."""
+    state = {n: p.detach() for n, p in model.named_parameters()}
+    state.update({n: b.detach() for n, b in model.named_buffers()})
+    return state
 
 
 @contextmanager
@@ -98,11 +133,10 @@ class Linearisation(FeatureOperator):
         self.batching: str | None = {"auto": None, "jacobian": "loop"}.get(
             tangent_batching, tangent_batching
         )
-        state = {n: p.detach().clone() for n, p in model.named_parameters()}
-        state.update({n: b.detach().clone() for n, b in model.named_buffers()})
+        state = model_state(model)
         self._order = list(state)
-        self._theta = {n: state.pop(n) for n in self.selection.names}
-        self._frozen = state
+        self._theta = {n: state.pop(n).clone() for n in self.selection.names}
+        self._frozen = {n: t.clone() for n, t in state.items()}
         self.theta_star = self.selection.flatten(self._theta)
         self.n_params = self.selection.n_params
         self.dtype, self.device = self.theta_star.dtype, self.theta_star.device
@@ -115,6 +149,31 @@ class Linearisation(FeatureOperator):
         """The private copy of every parameter and buffer, in the model's order."""
         state = {**self._theta, **self._frozen}
         return {name: state[name] for name in self._order}
+
+    def changed(self) -> str | None:
+        """The first tensor of the model that differs from the private copy, or ``None``."""
+        current = model_state(self.model)
+        if list(current) != self._order:
+            return "the set of parameters and buffers"
+        for name, saved in self.snapshot().items():
+            now = current[name]
+            same = now.shape == saved.shape and now.dtype == saved.dtype
+            if not (same and now.device == saved.device and torch.equal(now, saved)):
+                return name
+        return None
+
+    def refresh(self) -> None:
+        """Re-read the private copy from the model's current parameters and buffers."""
+        state = model_state(self.model)
+        for name, saved in self.snapshot().items():
+            if state[name].shape != saved.shape or state[name].dtype != saved.dtype:
+                raise ValueError(
+                    f"The model's {name} changed from {list(saved.shape)} {saved.dtype} to "
+                    f"{list(state[name].shape)} {state[name].dtype} since the method was built; "
+                    "construct the method again for the new architecture or dtype."
+                )
+        self.device = state[self.selection.names[0]].device
+        self.restore({name: t.clone() for name, t in state.items()})
 
     def restore(self, state: dict[str, Tensor]) -> None:
         """Replace the private copy (e.g. by a saved one); ``state`` must hold every tensor."""
@@ -131,9 +190,28 @@ class Linearisation(FeatureOperator):
         return check_output(out, x.shape[0])
 
     def _inputs(self, x: Tensor) -> Tensor:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"Inputs must be a Tensor, got {type(x).__name__}.")
-        return x.to(self.device)
+        return as_inputs(x, self.dtype).to(self.device)
+
+    def check_inputs(self, x: Tensor, name: str = "x") -> Tensor:
+        """Validate prediction inputs ``x`` ``[N, ...]``; returns them as a tensor on the device.
+
+        Beyond :func:`as_inputs`: the values must be finite, and the network must accept one of
+        them (a raw torch error, e.g. of a wrong feature width, becomes a ``ValueError``).
+        """
+        x = as_inputs(x, self.dtype, name)
+        what = f"`{name}`" if name.isidentifier() else name
+        check_finite(f"The inputs {what}" if name.isidentifier() else what.capitalize(), x)
+        x = x.to(self.device)
+        try:
+            self.forward(x[:1])
+        except RuntimeError as err:
+            raise ValueError(
+                f"The network cannot take {what} of shape {list(x.shape)} ({x.dtype}): "
+                f"{str(err).splitlines()[0]}. Pass inputs shaped like the training inputs "
+                "[N, ...], one row per example"
+                + (f" ({name}[None] for a single example)." if x.ndim == 1 else ".")
+            ) from err
+        return x
 
     def forward(self, x: Tensor) -> Tensor:
         """The network's outputs ``f(x; θ*)``: ``[N, C]``."""

@@ -13,6 +13,7 @@ import math
 import torch
 from torch import Tensor
 
+from ._checks import check_positive_int, plain_int
 from .noise import seeded_generator
 
 __all__ = [
@@ -30,21 +31,55 @@ __all__ = [
 ]
 
 
+def _check_tensor(name: str, value: object) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"`{name}` must be a Tensor, got {type(value).__name__}.")
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        bad = int((~torch.isfinite(value)).sum())
+        raise ValueError(
+            f"`{name}` holds {bad} non-finite value(s) (NaN or inf); check the predictions."
+        )
+    return value
+
+
+def _check_class_labels(y: object, n: int, n_classes: int) -> None:
+    """Labels: ``[N]`` integers in ``[0, C)`` (not one-hot)."""
+    _check_tensor("y", y)
+    if y.ndim == 2 and y.shape == (n, n_classes):
+        raise ValueError(
+            f"`y` looks one-hot ({list(y.shape)}); metrics take class indices [N]: pass "
+            "y.argmax(-1)."
+        )
+    if y.shape != (n,):
+        raise ValueError(f"`y` must have shape [N] = [{n}], got {list(y.shape)}.")
+    if y.is_floating_point() and not bool((y == y.round()).all()):
+        raise ValueError("`y` must hold integer class indices, got non-integer values.")
+    if n and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+        raise ValueError(
+            f"`y` must hold class indices in [0, {n_classes - 1}], got values from "
+            f"{int(y.min())} to {int(y.max())}."
+        )
+
+
 def _check_labels(samples: Tensor, y: Tensor) -> None:
+    _check_tensor("samples", samples)
     if samples.ndim != 3:
-        raise ValueError(f"Function samples must have shape [S, N, C], got {list(samples.shape)}.")
-    if y.shape != samples.shape[1:2]:
         raise ValueError(
-            f"Labels must have shape [N] = [{samples.shape[1]}] to match samples "
-            f"{list(samples.shape)}, got {list(y.shape)}."
+            f"`samples` (function samples) must have shape [S, N, C], got {list(samples.shape)}."
         )
+    _check_class_labels(y, samples.shape[1], samples.shape[2])
 
 
-def _check_probs(probs: Tensor, y: Tensor) -> None:
-    if probs.ndim != 2 or y.shape != probs.shape[:1]:
+def _check_probs(probs: Tensor, y: Tensor | None = None, name: str = "probs") -> None:
+    _check_tensor(name, probs)
+    if probs.ndim != 2:
+        raise ValueError(f"`{name}` must be probabilities [N, C], got {list(probs.shape)}.")
+    if bool(((probs < 0) | (probs > 1)).any()):
         raise ValueError(
-            f"Expected probabilities [N, C] and labels [N], got {list(probs.shape)} and {list(y.shape)}."
+            f"`{name}` must be probabilities in [0, 1] (pass softmax outputs, not logits)."
         )
+    if y is not None:
+        _check_class_labels(y, probs.shape[0], probs.shape[1])
 
 
 def _point_log_probs(samples: Tensor, y: Tensor) -> Tensor:
@@ -71,6 +106,7 @@ def joint_log_likelihood(samples: Tensor, y: Tensor, kappa: int, seed: int = 0) 
     """
     log_p = _point_log_probs(samples, y)
     n = log_p.shape[1]
+    kappa = plain_int(kappa)
     if not (isinstance(kappa, int) and 1 <= kappa <= n):
         raise ValueError(
             f"`kappa` must be an integer in [1, {n}] (the number of test points), got {kappa!r}."
@@ -92,6 +128,7 @@ def dyadic_joint_log_likelihood(
     """
     log_p = _point_log_probs(samples, y)
     n = log_p.shape[1]
+    kappa = plain_int(kappa)
     if not (isinstance(kappa, int) and kappa >= 2) or n < 2:
         raise ValueError(
             f"Dyadic sampling needs kappa >= 2 and at least 2 test points; got kappa={kappa!r}, N={n}."
@@ -122,6 +159,7 @@ def calibration_bins(probs: Tensor, y: Tensor, n_bins: int = 15) -> tuple[Tensor
     Empty bins hold NaN confidence and accuracy (a reliability diagram skips them).
     """
     _check_probs(probs, y)
+    n_bins = check_positive_int("n_bins", n_bins)
     confidence, prediction = probs.double().max(-1)
     correct = (prediction == y).double()
     bins = torch.clamp((confidence * n_bins).long(), max=n_bins - 1)
@@ -141,6 +179,7 @@ def expected_calibration_error(probs: Tensor, y: Tensor, n_bins: int = 15) -> fl
 
 def predictive_entropy(probs: Tensor) -> Tensor:
     """``−Σ_c p_c log p_c`` per point: ``[N]``."""
+    _check_probs(probs)
     return -(probs * probs.clamp_min(1e-30).log()).sum(-1)
 
 
@@ -150,6 +189,8 @@ def ood_auroc(probs_in: Tensor, probs_out: Tensor) -> float:
     The score is the predictive entropy; the AUROC equals the probability that an OOD input has a
     higher entropy than an in-distribution one (ties count one half).
     """
+    _check_probs(probs_in, name="probs_in")
+    _check_probs(probs_out, name="probs_out")
     h_in, h_out = predictive_entropy(probs_in).double(), predictive_entropy(probs_out).double()
     if h_in.numel() == 0 or h_out.numel() == 0:
         raise ValueError("OOD AUROC needs at least one in-distribution and one OOD input.")
@@ -175,6 +216,10 @@ def gaussian_log_likelihood(
         y: ``[N, C]`` (or ``[N]`` when ``C = 1``) targets.
         sigma_noise: Observation noise added to the diagonal.
     """
+    for name, value in (("mean", mean), ("covariance", covariance), ("y", y)):
+        _check_tensor(name, value)
+    if mean.ndim != 2:
+        raise ValueError(f"`mean` must have shape [N, C], got {list(mean.shape)}.")
     n, c = mean.shape
     cov = torch.diag_embed(covariance) if covariance.ndim == 2 else covariance
     if cov.shape != (n, c, c) or y.numel() != n * c:
@@ -218,6 +263,7 @@ def patch_log_likelihood(
             f"{list(mean.shape)} and {list(truth.shape)}."
         )
     height, width = mean.shape
+    patch_size = plain_int(patch_size)
     if not (isinstance(patch_size, int) and 1 <= patch_size <= min(height, width)):
         raise ValueError(
             f"`patch_size` must be an integer in [1, {min(height, width)}] for a {height}×{width} image, got {patch_size!r}."

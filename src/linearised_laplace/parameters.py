@@ -184,13 +184,15 @@ def _select_names(trainable: dict[str, Tensor], patterns: Sequence[str]) -> list
     chosen = set()
     for pattern in patterns:
         if not isinstance(pattern, str):
-            raise TypeError(f"Parameter names must be strings, got {type(pattern).__name__}.")
+            raise TypeError(
+                f"The names in `parameters` must be strings, got {type(pattern).__name__}."
+            )
         hits = [n for n in trainable if fnmatch.fnmatchcase(n, pattern)]
         if not hits:
             sample = ", ".join(list(trainable)[:8])
             raise ValueError(
-                f"No trainable parameter matches {pattern!r}. Trainable parameters are: {sample}"
-                f"{', ...' if len(trainable) > 8 else ''}."
+                f"`parameters`: no trainable parameter matches {pattern!r}. Trainable parameters "
+                f"are: {sample}{', ...' if len(trainable) > 8 else ''}."
             )
         chosen.update(hits)
     return [n for n in trainable if n in chosen]
@@ -199,21 +201,23 @@ def _select_names(trainable: dict[str, Tensor], patterns: Sequence[str]) -> list
 def _select_indices(trainable: dict[str, Tensor], indices: Tensor) -> tuple[list[str], Tensor]:
     if indices.dtype in (torch.bool, torch.uint8) or indices.is_floating_point():
         raise TypeError(
-            f"Parameter indices must be an integer tensor, got dtype {indices.dtype}. "
+            f"The indices in `parameters` must be an integer tensor, got dtype {indices.dtype}. "
             "Use torch.nonzero(mask).flatten() to turn a mask into indices."
         )
     total = sum(p.numel() for p in trainable.values())
     flat = indices.reshape(-1).long().cpu()
     if flat.numel() == 0:
-        raise ValueError("The tensor of parameter indices is empty; select at least one parameter.")
+        raise ValueError(
+            "The tensor of indices in `parameters` is empty; select at least one parameter."
+        )
     if int(flat.min()) < 0 or int(flat.max()) >= total:
         raise ValueError(
-            f"Parameter indices must lie in [0, {total}) (the trainable parameter count), "
-            f"got values in [{int(flat.min())}, {int(flat.max())}]."
+            f"The indices in `parameters` must lie in [0, {total}) (the trainable parameter "
+            f"count), got values in [{int(flat.min())}, {int(flat.max())}]."
         )
     flat = flat.sort().values
     if bool((flat[1:] == flat[:-1]).any()):
-        raise ValueError("Parameter indices must not repeat; pass torch.unique(indices).")
+        raise ValueError("The indices in `parameters` must not repeat; pass torch.unique(indices).")
     sizes = torch.tensor([p.numel() for p in trainable.values()])
     offsets = torch.cumsum(sizes, 0) - sizes
     owner = torch.searchsorted(offsets, flat, right=True) - 1

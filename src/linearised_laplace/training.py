@@ -85,6 +85,7 @@ def train_map(
     fingerprint = {
         "config": asdict(config),
         "model": persistence.model_signature(model.state_dict()),
+        "data": persistence.digest({"x": x, "y": y}),
     }
     if checkpoint is not None:
         persistence.check_writable(checkpoint)
@@ -92,8 +93,8 @@ def train_map(
             tensors, meta = persistence.read(checkpoint)
             if meta.get("fingerprint") != fingerprint:
                 raise ValueError(
-                    f"{checkpoint} holds a training run of another model or with other settings; "
-                    "delete it or pass another path."
+                    f"{checkpoint} holds a training run of another model, other data or other "
+                    "settings; delete it or pass another path."
                 )
             model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
             _restore_optimiser(optimiser, tensors, meta)

@@ -1,7 +1,13 @@
-"""A checkpointed EM run, used by the kill-and-resume test: ``python -m tests.methods.resume_worker PATH``."""
+"""A checkpointed EM run, used by the kill-and-resume test.
+
+``python -m tests.methods.resume_worker PATH STEP`` SIGKILLs itself right after the checkpoint of EM
+step ``STEP`` is written: a kill at a known step, independent of timing.
+"""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 import torch
@@ -24,6 +30,19 @@ def run(checkpoint: str | None = None, max_iter: int = 8) -> lla.SampledLaplace:
     return la
 
 
+def kill_after(step: int) -> None:
+    """SIGKILL this process once the checkpoint of EM step ``step`` is written."""
+    write = lla.persistence.write
+
+    def write_then_kill(path, tensors, metadata):
+        write(path, tensors, metadata)
+        if metadata.get("step") == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    lla.persistence.write = write_then_kill
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
+    kill_after(int(sys.argv[2]))
     run(sys.argv[1])

@@ -100,3 +100,39 @@ def test_validation_grid_picks_the_best_refit(method):
     assert float(la.prior_precision) == result["prior_precision"]
     with pytest.raises(ValueError, match="`grid` must be finite and > 0"):
         la.select_prior_precision((x_val, y_val), grid=[0.0, 1.0])
+
+
+def test_fit_linearises_at_the_weights_the_model_has_then():
+    net = mlp(n_out=2)
+    x, y = regression_data(30)
+    la = lla.ExactLaplace(net, "regression", prior_precision=2.0, n_samples=2, progress=False)
+    with torch.no_grad():  # "training" after construction
+        for p in net.parameters():
+            p.add_(0.3)
+    la.fit((x, y))
+    fresh = lla.ExactLaplace(net, "regression", prior_precision=2.0, n_samples=2, progress=False)
+    fresh.fit((x, y))
+    mean, var = la(x[:5])
+    torch.testing.assert_close(mean, net(x[:5]).detach())
+    torch.testing.assert_close(var, fresh.functional_variance(x[:5]))
+    with torch.no_grad():
+        next(net.parameters()).mul_(2.0)
+    with pytest.raises(ValueError, match="changed since.*fit"):
+        la.select_prior_precision((x, y))
+
+
+def test_a_loaders_subset_sampler_fits_that_subset():
+    net = mlp(n_out=2)
+    x, y = regression_data(30)
+    half = torch.arange(0, 30, 2)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y),
+        batch_size=8,
+        sampler=torch.utils.data.SubsetRandomSampler(half.tolist()),
+    )
+    kw = {"prior_precision": 2.0, "n_samples": 2, "progress": False}
+    sub = lla.ExactLaplace(net, "regression", **kw).fit(loader)
+    ref = lla.ExactLaplace(net, "regression", **kw).fit((x[half], y[half]))
+    full = lla.ExactLaplace(net, "regression", **kw).fit((x, y))
+    torch.testing.assert_close(sub.posterior_covariance, ref.posterior_covariance)
+    assert not torch.allclose(sub.posterior_covariance, full.posterior_covariance)

@@ -1,6 +1,6 @@
+import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -9,7 +9,16 @@ import torch
 import linearised_laplace as lla
 from linearised_laplace import persistence
 
+from ..cases import classification_data
 from .resume_worker import run
+
+
+def same_settings() -> lla.SampledLaplace:
+    """A method built as :func:`run` builds it (the same seed, weights and settings)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    return lla.SampledLaplace(net, n_samples=4, solver=lla.SGD(n_epochs=60), progress=False)
+
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,20 +33,11 @@ def one_thread():
 
 def test_killed_em_run_resumes_to_the_same_result(tmp_path, one_thread):
     path = tmp_path / "em.safetensors"
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "tests.methods.resume_worker", str(path)], cwd=ROOT
+    worker = subprocess.run(
+        [sys.executable, "-m", "tests.methods.resume_worker", str(path), "3"], cwd=ROOT
     )
-    step, deadline = 0, time.monotonic() + 120
-    while step < 2 and time.monotonic() < deadline and worker.poll() is None:
-        time.sleep(0.005)
-        if path.exists():
-            step = persistence.read(path)[1]["step"]
-    alive = worker.poll() is None
-    worker.kill()  # SIGKILL, mid-step: no chance to clean up
-    worker.wait()
-    assert alive and 2 <= step < 8, (
-        f"the worker was not caught mid-run (step {step}, alive {alive})"
-    )
+    assert worker.returncode == -signal.SIGKILL
+    assert persistence.read(path)[1]["step"] == 3
     resumed = run(checkpoint=str(path))
     fresh = run()
     assert [h["step"] for h in resumed.em_history] == list(range(9))
@@ -62,9 +62,22 @@ def test_checkpoint_of_another_run_or_model_is_refused(tmp_path):
     changed = lla.SampledLaplace(
         net, n_samples=4, seed=5, solver=lla.SGD(n_epochs=60), progress=False
     )
-    with pytest.raises(ValueError, match=r"other settings \(differs in: seed\)"):
+    data = classification_data(200)
+    with pytest.raises(ValueError, match=r"another EM run: it differs in seed\."):
         changed.optimize_prior_precision(
-            (x, y), max_iter=2, n_em_samples=4, tol=1e-12, checkpoint=path
+            data, max_iter=2, n_em_samples=4, tol=1e-12, checkpoint=path
+        )
+    other_data = (data[0][:150], data[1][:150])
+    with pytest.raises(ValueError, match="differs in the training data"):
+        same_settings().optimize_prior_precision(
+            other_data, max_iter=2, n_em_samples=4, tol=1e-12, checkpoint=path
+        )
+    trained = same_settings()
+    with torch.no_grad():
+        trained.model[0].bias.add_(0.1)
+    with pytest.raises(ValueError, match="differs in the network's weights"):
+        trained.optimize_prior_precision(
+            data, max_iter=2, n_em_samples=4, tol=1e-12, checkpoint=path
         )
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(ValueError, match="truncated, corrupted"):

@@ -176,7 +176,7 @@ def test_bad_training_data_raise_before_any_solve(method, task, data, error, mat
         ({"prior_precision": [1.0, 2.0]}, ValueError, r"one per parameter group \(4: 0.weight"),
         ({"sigma_noise": -1.0}, ValueError, "`sigma_noise` must be finite and > 0"),
         ({"n_samples": 0}, ValueError, "`n_samples` must be an integer >= 1"),
-        ({"parameters": ["head.*"]}, ValueError, "No trainable parameter matches"),
+        ({"parameters": ["head.*"]}, ValueError, "no trainable parameter matches"),
     ],
 )
 def test_bad_configuration_raises(kwargs, error, match):

@@ -1,6 +1,8 @@
 r"""What every linearised-Laplace method shares: configuration, the predictive, EM and persistence.
 
-A method linearises ``model`` at its current parameters ``θ*`` and infers the posterior of the tangent
+A method linearises ``model`` at its parameters ``θ*`` as they are when ``fit`` or
+``optimize_prior_precision`` starts (a network trained after the method was built is linearised at
+its trained weights; anything fitted at other weights is discarded), and infers the posterior of the tangent
 linear model ``f(x; θ*) + J(x) ζ``. Predictions are centred on the network's own outputs; the
 posterior enters through zero-mean samples ``ζ_s`` or, for exact methods, the covariance.
 
@@ -12,6 +14,7 @@ live in those coordinates; ``posterior_samples`` reports them in the original on
 from __future__ import annotations
 
 import math
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -23,7 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from .. import persistence
-from .._checks import check_positive_int
+from .._checks import check_positive_int, check_seed
 from ..data import Data
 from ..distributed import is_main_process
 from ..em import EMState, EStep, check_em_settings, run_em
@@ -32,7 +35,7 @@ from ..features import FeatureOperator
 from ..g_prior import ScaledFeatures, g_prior_scale, ggn_diagonal
 from ..likelihoods import Categorical, Gaussian, Likelihood, make_likelihood
 from ..linear_model import LinearGaussianModel
-from ..linearisation import Linearisation, TangentBatching
+from ..linearisation import BATCHINGS, Linearisation, TangentBatching, as_inputs
 from ..mean import MeanMode, MeanProblem, Newton, mean_mode, solve_mean
 from ..noise import NoiseSource
 from ..parameters import ParameterSelection, ParameterSpec
@@ -41,6 +44,9 @@ from ..solvers import SGD
 
 LikelihoodSpec = Literal["classification", "regression"] | Likelihood
 TrainingData = DataLoader | tuple[Tensor, Tensor]
+
+
+FINGERPRINT_NAMES = {"weights": "the network's weights", "data": "the training data"}
 
 
 class BaseLaplace(ABC):
@@ -95,7 +101,7 @@ class BaseLaplace(ABC):
         selection = self.linearisation.selection
         self.prior = make_prior(prior_precision, selection.group_ids, selection.names)
         self.n_samples = check_positive_int("n_samples", n_samples)
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
         self.g_prior = bool(g_prior)
         self.g_prior_probes = check_positive_int("g_prior_probes", g_prior_probes)
         self.exclude_norm = bool(exclude_norm)
@@ -163,8 +169,32 @@ class BaseLaplace(ABC):
     def _fit_basis(self, model: LinearGaussianModel) -> None:  # noqa: B027
         """Hook run once the (scaled) linear model exists (e.g. a Nyström basis)."""
 
+    def _sync_weights(self) -> None:
+        """Linearise at the model's current weights, forgetting what was fitted at others."""
+        if self.linearisation.changed() is not None:
+            self.linearisation.refresh()
+            self._forget_fit()
+
+    def _check_weights_unchanged(self, what: str) -> None:
+        """Raise if the model's weights changed since the fit that ``what`` builds on."""
+        changed = self.linearisation.changed()
+        if changed is not None:
+            raise ValueError(
+                f"`{what}` uses the fit at the model's former weights, but the model's {changed} "
+                "changed since. Call `.fit(train_loader)` again to linearise at the new weights."
+            )
+
+    def _forget_fit(self) -> None:
+        """Drop the fitted state that depends on ``θ*`` (subclasses add theirs)."""
+        self.scale = None
+        self._samples = None
+
     def _linear_model(self, train_loader: TrainingData) -> LinearGaussianModel:
+        self._sync_weights()
         data = Data(train_loader)
+        as_inputs(
+            data.subset(torch.zeros(1))[0], self.linearisation.dtype, "the train_loader's inputs"
+        )
         if data.shard.world > 1:
             self._check_data_parallel(data)
         self._select(data)
@@ -195,8 +225,7 @@ class BaseLaplace(ABC):
         data.shard.check_agree(
             parameters=persistence.model_signature(self.linearisation.snapshot()),
             seed=self.seed,
-            n_data=len(data),
-            batch_size=data.batch_size,
+            data=data.fingerprint(),
             prior_precision=self.prior.precision.tolist(),
         )
 
@@ -216,7 +245,7 @@ class BaseLaplace(ABC):
         samples = self.posterior_samples
         if n_samples is None:
             return samples
-        check_positive_int("n_samples", n_samples)
+        n_samples = check_positive_int("n_samples", n_samples)
         if n_samples > samples.shape[0]:
             raise ValueError(
                 f"Only {samples.shape[0]} posterior samples were drawn, {n_samples} were asked for. "
@@ -226,7 +255,8 @@ class BaseLaplace(ABC):
 
     def predictive_samples(self, x: Tensor, n_samples: int | None = None) -> Tensor:
         r"""Function samples ``f(x; θ*) + J(x) ζ_s``: ``[S, N, C]``."""
-        return self.linearisation.linearised_forward(x, self._samples_for(n_samples))
+        samples = self._samples_for(n_samples)
+        return self.linearisation.linearised_forward(self.linearisation.check_inputs(x), samples)
 
     @abstractmethod
     def functional_variance(self, x: Tensor) -> Tensor:
@@ -238,7 +268,7 @@ class BaseLaplace(ABC):
         """The predictive at inputs ``x`` ``[N, ...]``.
 
         Args:
-            x: Inputs.
+            x: Inputs (a tensor, or a numpy array, which is converted), in the network's dtype.
             link_approx: Classification only. ``"mc"``: average ``softmax(f_s(x))`` over the
                 posterior samples (keeps cross-class covariances). ``"probit"``: MacKay's
                 ``softmax(f(x; θ*) / (1 + π σ²/8)^{1/2})`` with the functional variances ``σ²``.
@@ -249,6 +279,7 @@ class BaseLaplace(ABC):
             the observation noise).
         """
         self._check_fitted()
+        x = self.linearisation.check_inputs(x)
         if not isinstance(self.likelihood, Categorical):
             return self.linearisation.forward(x), self.functional_variance(x)
         if link_approx == "mc":
@@ -313,6 +344,8 @@ class BaseLaplace(ABC):
         fingerprint = {
             "class": type(self).__name__,
             "model": persistence.model_signature(self.linearisation.snapshot()),
+            "weights": persistence.digest(self.linearisation.snapshot()),
+            "data": model.data.fingerprint(),
             "seed": self.seed,
             "g_prior": self.g_prior,
             "initial_prior_precision": self.prior.precision.tolist(),
@@ -372,8 +405,9 @@ class BaseLaplace(ABC):
         )
         if differs:
             raise ValueError(
-                f"{checkpoint} was written by an EM run with other settings (differs in: "
-                f"{', '.join(differs)}). Resume with the same arguments, or delete the file."
+                f"{checkpoint} was written by another EM run: it differs in "
+                f"{', '.join(FINGERPRINT_NAMES.get(k, k) for k in differs)}. Resume with the same "
+                "network, data and arguments, or pass another checkpoint path (or delete the file)."
             )
         if "scale" in tensors:
             self.scale = tensors["scale"].to(self.linearisation.dtype)
@@ -403,7 +437,7 @@ class BaseLaplace(ABC):
         if update_sigma and not isinstance(self.likelihood, Gaussian):
             raise ValueError("`update_sigma=True` needs a regression (Gaussian) likelihood.")
         if checkpoint is not None:
-            persistence.check_writable(checkpoint)
+            persistence.check_writable(checkpoint, "checkpoint")
         return mean_mode(mean)
 
     # ------------------------------------------------------------------ persistence
@@ -453,37 +487,96 @@ class BaseLaplace(ABC):
         persistence.write(path, tensors, meta)
 
     @classmethod
-    def load(cls, path: str | Path, model: nn.Module, progress: bool | None = None) -> BaseLaplace:
-        """Load a posterior saved by :meth:`save` onto ``model`` (the same architecture)."""
+    def load(
+        cls,
+        path: str | Path,
+        model: nn.Module,
+        progress: bool | None = None,
+        strict: bool = False,
+    ) -> BaseLaplace:
+        """Load a posterior saved by :meth:`save` onto ``model`` (the same architecture).
+
+        Every tensor is checked against its checksum and for finite values, and every metadata field
+        for its type and range; a damaged or edited file raises a ``ValueError`` naming what is
+        wrong. Predictions use the file's linearisation point ``θ*``, not ``model``'s weights: if
+        those differ, a ``UserWarning`` names the tensor with the largest difference, or, with
+        ``strict=True``, a ``ValueError`` is raised.
+        """
         tensors, meta = persistence.read(path)
-        if meta.get("kind") != "posterior" or meta.get("class") != cls.__name__:
+        if meta.get("kind") == "em-checkpoint":
             raise ValueError(
-                f"{path} holds a {meta.get('class', meta.get('kind'))}, not a {cls.__name__}; "
-                f"load it with lla.{meta.get('class', 'SampledLaplace')}.load."
+                f"{path} is an EM checkpoint (written by `optimize_prior_precision(checkpoint=...)`),"
+                " not a saved posterior. To resume that EM run, pass it as `checkpoint=` to "
+                "`optimize_prior_precision` again; to write a loadable posterior, call "
+                "`.save(path)` after fitting."
             )
+        kind, held = meta.get("kind"), meta.get("class")
+        if kind != "posterior" or not isinstance(held, str):
+            raise ValueError(
+                f"{path} holds {kind!r}, not a saved posterior; pass a file written by `.save(path)`."
+            )
+        if held != cls.__name__:
+            raise ValueError(
+                f"{path} holds a {held}, not a {cls.__name__}; load it with lla.{held}.load."
+            )
+        persistence.check_fields(
+            meta,
+            {
+                "model": persistence.SIGNATURE,
+                "likelihood": frozenset({"classification", "regression"}),
+                "sigma_noise": float,
+                "n_samples": int,
+                "seed": int,
+                "g_prior": bool,
+                "tangent_batching": frozenset(BATCHINGS),
+                "selection": persistence.SIGNATURE,
+                "em_history": list,
+            },
+            path,
+        )
         current = dict(model.named_parameters())
         current.update(dict(model.named_buffers()))
         persistence.check_signature(meta["model"], persistence.model_signature(current), path)
+        state = {name: tensors[f"state.{name}"] for name, _ in meta["model"]}
+        differs = persistence.largest_difference(state, current)
+        if differs is not None:
+            text = (
+                f"The model's weights differ from the linearisation point θ* saved in {path} "
+                f"(largest |difference| {differs[1]:.3g}, in {differs[0]!r}); predictions use the "
+                "file's weights."
+            )
+            if strict:
+                raise ValueError(
+                    f"{text} Load onto the network it was fitted on, or pass strict=False."
+                )
+            warnings.warn(
+                f"{text} Load onto the network it was fitted on, or pass strict=True to raise.",
+                UserWarning,
+                stacklevel=2,
+            )
         selection = ParameterSelection(
             tuple(n for n, _ in meta["selection"]),
             tuple(torch.Size(s) for _, s in meta["selection"]),
             tensors.get("selection_indices"),
         )
-        la = cls(
-            model,
-            meta["likelihood"],
-            prior_precision=tensors["prior_precision"],
-            sigma_noise=meta["sigma_noise"],
-            n_samples=meta["n_samples"],
-            seed=meta["seed"],
-            parameters=selection,
-            g_prior=meta["g_prior"],
-            tangent_batching=meta["tangent_batching"],
-            progress=progress,
-            **cls._settings_from(meta),
-        )
+        try:
+            la = cls(
+                model,
+                meta["likelihood"],
+                prior_precision=tensors["prior_precision"],
+                sigma_noise=meta["sigma_noise"],
+                n_samples=meta["n_samples"],
+                seed=meta["seed"],
+                parameters=selection,
+                g_prior=meta["g_prior"],
+                tangent_batching=meta["tangent_batching"],
+                progress=progress,
+                **cls._settings_from(meta, path),
+            )
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path} holds settings that cannot be built: {err}") from err
         lin = la.linearisation
-        lin.restore({name: tensors[f"state.{name}"] for name, _ in meta["model"]})
+        lin.restore(state)
         la.scale = tensors.get("scale")
         la.em_history = meta["em_history"]
         la._samples = tensors["samples"].to(lin.device)
@@ -491,8 +584,8 @@ class BaseLaplace(ABC):
         return la
 
     @classmethod
-    def _settings_from(cls, meta: dict) -> dict:
-        """Constructor keywords from saved settings (subclasses override)."""
+    def _settings_from(cls, meta: dict, path: str | Path) -> dict:
+        """Constructor keywords from saved settings, checked (subclasses override)."""
         return {}
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .. import metrics
-from .._checks import check_positive, check_sample_budget
+from .._checks import check_finite, check_positive, check_sample_budget
 from ..data import Data
 from ..em import EMState, EStep, exact_gamma
 from ..exceptions import NotFittedError
@@ -68,6 +68,10 @@ class ExactLaplace(BaseLaplace):
         self._factorise(model, model.dense_ggn())
         return self
 
+    def _forget_fit(self) -> None:
+        super()._forget_fit()
+        self._model = self._ggn = self._factor = None
+
     def _dense_linear_model(self, train_loader: TrainingData) -> LinearGaussianModel:
         return self._linear_model(train_loader).with_dense_features(self.feature_memory_gib)
 
@@ -101,12 +105,14 @@ class ExactLaplace(BaseLaplace):
     @property
     def posterior_covariance(self) -> Tensor:
         """``Σ = H^{-1}`` in the original coordinates: float64 ``[D, D]``."""
+        self._check_fitted()
         s = self._scale64()
         return s[:, None] * self.feature_covariance * s[None, :]
 
     def functional_variance(self, x: Tensor) -> Tensor:
         r"""Exact ``J(x) H^{-1} J(x)ᵀ`` per input: ``[N, C, C]``."""
         self._check_fitted()
+        x = self.linearisation.check_inputs(x)
         jac = self._features().to_dense(x).to(torch.float64)  # [N, C, D]
         n, c, d = jac.shape
         half = torch.linalg.solve_triangular(self._factor, jac.reshape(n * c, d).T, upper=False)
@@ -198,14 +204,21 @@ class ExactLaplace(BaseLaplace):
             raise NotFittedError(
                 "select_prior_precision needs the training fit: call `.fit(train_loader)`."
             )
+        self._check_weights_unchanged("select_prior_precision")
         if grid is None:
             grid = torch.logspace(-4, 4, 21, dtype=torch.float64)
         grid = check_positive("grid", grid)
         val = Data(val_loader)
         x, y = val.subset(torch.arange(len(val)))
+        x = self.linearisation.check_inputs(x, "the val_loader's inputs")
+        check_finite("The val_loader targets", y)
         features = self._features()
-        jac = features.to_dense(x).to(torch.float64)  # [N, C, P]
         f0 = features.forward(x).to(torch.float64)
+        try:
+            self.likelihood.check_targets(f0, y.to(f0.device))
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"The val_loader targets do not fit the model: {err}") from err
+        jac = features.to_dense(x).to(torch.float64)  # [N, C, P]
         n, c, p = jac.shape
         eye = torch.eye(p, dtype=torch.float64, device=jac.device)
         scores = []
@@ -259,6 +272,7 @@ class ExactLaplace(BaseLaplace):
                 "log_marginal_likelihood needs the training data: call `.fit(train_loader)` "
                 "(a loaded posterior does not keep its data)."
             )
+        self._check_weights_unchanged("log_marginal_likelihood")
         mode = mean_mode(mean)
         precision = (
             self.prior if prior_precision is None else self.prior.with_precision(prior_precision)

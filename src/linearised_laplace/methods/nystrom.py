@@ -8,9 +8,12 @@ The posterior is exact in those ``K`` dimensions, so EM, the evidence and the pr
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor
 
+from .. import persistence
 from .._checks import check_positive_int, check_sample_budget
 from ..features import FeatureOperator
 from ..linear_model import LinearGaussianModel
@@ -79,6 +82,10 @@ class NystromLaplace(ExactLaplace):
                 "`n_points`."
             )
 
+    def _forget_fit(self) -> None:
+        super()._forget_fit()
+        self.basis = None
+
     def _fit_basis(self, model: LinearGaussianModel) -> None:
         if self.basis is not None:
             return
@@ -146,5 +153,7 @@ class NystromLaplace(ExactLaplace):
         return {"n_points": self.n_points, "rank": self.rank}
 
     @classmethod
-    def _settings_from(cls, meta: dict) -> dict:
+    def _settings_from(cls, meta: dict, path: str | Path) -> dict:
+        optional_int = (int, type(None))
+        persistence.check_fields(meta, {"n_points": optional_int, "rank": optional_int}, path)
         return {"n_points": meta["n_points"], "rank": meta["rank"]}

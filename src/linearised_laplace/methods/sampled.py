@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .. import persistence
 from .._checks import check_positive_int
 from .._progress import progress_note
 from ..data import Data
@@ -21,13 +22,13 @@ from ..likelihoods import Gaussian
 from ..linear_model import LinearGaussianModel
 from ..mean import MeanProblem, Newton
 from ..noise import NoiseSource, PosteriorNoise, derive_seed, draw_posterior_noise
-from ..solvers import CG, SGD, Cholesky, SolveInfo, Solver, SolveResult
+from ..solvers import CG, SDD, SGD, Cholesky, SolveInfo, Solver, SolveResult
 from ..solvers.auto import Choice, choose_solver
 from ..solvers.base import check_convergence
 from ..solvers.preconditioner import LowRank, with_ggn_sketch
 from .base import BaseLaplace, TrainingData, solver_settings
 
-SOLVERS = {"SGD": SGD, "CG": CG, "Cholesky": Cholesky, "Newton": Newton}
+SOLVERS = {"SGD": SGD, "CG": CG, "SDD": SDD, "Cholesky": Cholesky, "Newton": Newton}
 SPACES = ("auto", "primal", "dual")
 
 
@@ -46,15 +47,17 @@ class SampledLaplace(BaseLaplace):
         likelihood: ``"classification"`` or ``"regression"``.
         solver: For the samples: ``"auto"`` (default; see :func:`~linearised_laplace.solvers.auto.
             choose_solver`: Cholesky where a dense solve is cheap, else preconditioned CG or SGD),
-            :class:`~linearised_laplace.solvers.SGD`, :class:`~linearised_laplace.solvers.CG` or
-            :class:`~linearised_laplace.solvers.Cholesky`. ``solve_info`` says which ran and why.
+            :class:`~linearised_laplace.solvers.SGD` (primal only),
+            :class:`~linearised_laplace.solvers.SDD` (stochastic dual descent; dual only),
+            :class:`~linearised_laplace.solvers.CG` or :class:`~linearised_laplace.solvers.Cholesky`.
+            ``solve_info`` says which ran and why.
         mean_solver: For the linear model's mean in EM: :class:`~linearised_laplace.mean.Newton`
             (default; full-batch Newton-CG, one data pass per CG iteration at one vector, precise)
             or :class:`~linearised_laplace.solvers.SGD` (minibatch, as the seed paper).
         space: ``"primal"`` (weight space, ``K × D`` unknowns), ``"dual"`` (observation space,
             ``K × n·C`` unknowns, pathwise conditioning; see :mod:`linearised_laplace.dual`) or
-            ``"auto"`` (default: dual when ``n·C < D``, unless the solver is SGD). Both give the
-            same samples for the same seed, up to the solver's tolerance.
+            ``"auto"`` (default: dual when ``n·C < D``, unless the solver is SGD; always dual for
+            SDD). Both give the same samples for the same seed, up to the solver's tolerance.
         strict: Raise :class:`~linearised_laplace.ConvergenceError` when a solve ends above its
             residual tolerance, instead of a :class:`~linearised_laplace.ConvergenceWarning`.
         **kwargs: The shared keywords.
@@ -88,13 +91,21 @@ class SampledLaplace(BaseLaplace):
             raise ValueError(f"`space` must be one of {SPACES}, got {space!r}.")
         if solver == "auto":
             solver = None
-        if solver is not None and not isinstance(solver, SGD | CG | Cholesky):
+        if solver is not None and not isinstance(solver, SGD | SDD | CG | Cholesky):
             raise TypeError(
-                f"`solver` must be 'auto', lla.SGD(...), lla.CG(...) or lla.Cholesky(), "
-                f"got {solver!r}."
+                f"`solver` must be 'auto', lla.SGD(...), lla.SDD(...), lla.CG(...) or "
+                f"lla.Cholesky(), got {solver!r}."
             )
         if space == "dual" and isinstance(solver, SGD):
-            raise ValueError("The dual space is solved by lla.CG(...) or lla.Cholesky(), not SGD.")
+            raise ValueError(
+                "The dual space (space='dual') is solved by lla.CG(...), lla.SDD(...) or "
+                "lla.Cholesky(), not SGD (its minibatch counterpart there is lla.SDD)."
+            )
+        if space == "primal" and isinstance(solver, SDD):
+            raise ValueError(
+                "lla.SDD solves the dual (observation-space) system only; use space='dual' (or "
+                "'auto'), or lla.SGD(...) for minibatch solves in the primal space."
+            )
         self.solver = solver
         self.space = space
         self.strict = bool(strict)
@@ -109,10 +120,11 @@ class SampledLaplace(BaseLaplace):
         return self._choice(model).space
 
     def _check_data_parallel(self, data: Data) -> None:
-        if self.space == "dual":
+        if self.space == "dual" or isinstance(self.solver, SDD):
             raise ValueError(
-                "space='dual' keeps one unknown per observation and is not sharded over ranks; "
-                "under torch.distributed use space='primal' (or 'auto', which then picks it)."
+                "The dual space (space='dual', or lla.SDD) keeps one unknown per observation and "
+                "is not sharded over ranks; under torch.distributed use space='primal' (or "
+                "'auto', which then picks it) with another solver."
             )
         super()._check_data_parallel(data)
 
@@ -233,7 +245,7 @@ class SampledLaplace(BaseLaplace):
                 g = function_space_gamma(current, result.samples, n_groups)
             else:
                 g = weight_space_gamma(prior, result.samples, self.prior.groups, n_groups)
-            return EStep(mean_w, g, warm, residual)
+            return EStep(mean_w, g, warm, residual, positive_gamma=gamma == "function")
 
         settings = {
             "n_em_samples": k,
@@ -288,7 +300,7 @@ class SampledLaplace(BaseLaplace):
     def functional_variance(self, x: Tensor) -> Tensor:
         r"""Sample estimate ``(1/S) Σ_s (J(x) ζ_s)(J(x) ζ_s)ᵀ`` (the mean is known to be 0): ``[N, C, C]``."""
         self._check_fitted()
-        _, jz = self.linearisation.jvp(x, self.posterior_samples)
+        _, jz = self.linearisation.jvp(self.linearisation.check_inputs(x), self.posterior_samples)
         return (jz[..., :, None] * jz[..., None, :]).mean(0)
 
     def _settings(self) -> dict:
@@ -300,16 +312,25 @@ class SampledLaplace(BaseLaplace):
         }
 
     @classmethod
-    def _settings_from(cls, meta: dict) -> dict:
-        def build(spec: dict | None):
-            if spec is None:
-                return None
-            spec = dict(spec)
-            return SOLVERS[spec.pop("name")](**spec)
-
+    def _settings_from(cls, meta: dict, path: str | Path) -> dict:
+        persistence.check_fields(
+            meta,
+            {
+                "solver": (dict, type(None)),
+                "mean_solver": dict,
+                "space": frozenset(SPACES),
+                "strict": bool,
+            },
+            path,
+        )
+        solver = meta["solver"]
+        if solver is not None:
+            solver = persistence.build_config(solver, SOLVERS, "solver", path)
         return {
-            "solver": build(meta["solver"]),
-            "mean_solver": build(meta["mean_solver"]),
+            "solver": solver,
+            "mean_solver": persistence.build_config(
+                meta["mean_solver"], {"Newton": Newton, "SGD": SGD}, "mean_solver", path
+            ),
             "space": meta["space"],
-            "strict": meta.get("strict", False),
+            "strict": meta["strict"],
         }

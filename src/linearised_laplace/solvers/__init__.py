@@ -3,12 +3,14 @@
 from .base import SolveInfo, SolveResult, relative_residual
 from .cg import CG
 from .exact import Cholesky
+from .sdd import SDD
 from .sgd import SGD, Objective, sample_then_optimise
 
-Solver = SGD | CG | Cholesky
+Solver = SGD | CG | Cholesky | SDD
 
 __all__ = [
     "CG",
+    "SDD",
     "SGD",
     "Cholesky",
     "Objective",

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from ..linear_model import LinearGaussianModel
 from .cg import CG
 from .exact import Cholesky
+from .sdd import SDD
 from .sgd import SGD
 
 DENSE_FLOPS = 2e11
@@ -34,7 +35,7 @@ DUAL_SOLVER = CG()
 class Choice:
     """A solver, the space it runs in and why."""
 
-    solver: SGD | CG | Cholesky
+    solver: SGD | SDD | CG | Cholesky
     space: str
     reason: str
 
@@ -47,9 +48,12 @@ def dense_cost(n_params: int, n_obs: int, space: str) -> tuple[float, float]:
 
 
 def choose_solver(
-    model: LinearGaussianModel, solver: SGD | CG | Cholesky | None, space: str = "auto"
+    model: LinearGaussianModel, solver: SGD | SDD | CG | Cholesky | None, space: str = "auto"
 ) -> Choice:
     """Resolve ``solver=None`` (auto) and ``space="auto"`` for ``model``.
+
+    A given solver keeps ``space``; under ``"auto"`` SGD runs in the primal space, SDD in the
+    dual, and CG or Cholesky in the dual when ``n·C < D`` on one process.
 
     Args:
         model: The linear-Gaussian model.
@@ -60,10 +64,10 @@ def choose_solver(
     parallel = model.data.shard.world > 1
     sizes = f"D = {d}, n·C = {n_obs}"
     if solver is not None:
-        if space == "auto":
-            space = (
-                "dual" if n_obs < d and not parallel and not isinstance(solver, SGD) else "primal"
-            )
+        if space == "auto" and isinstance(solver, SDD | SGD):
+            space = "dual" if isinstance(solver, SDD) else "primal"
+        elif space == "auto":
+            space = "dual" if n_obs < d and not parallel else "primal"
         return Choice(solver, space, f"{type(solver).__name__} as given, {space} space ({sizes})")
     spaces = ("primal", "dual") if space == "auto" else (space,)
     if parallel:

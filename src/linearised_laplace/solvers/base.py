@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
+from .._checks import as_int
 from ..exceptions import ConvergenceError, ConvergenceWarning
 from ..linear_model import LinearGaussianModel
 
@@ -126,6 +127,9 @@ def check_settings(
         value = getattr(config, name)
         if value is None and defaults[name] is None:
             return
+        if not isinstance(value, int) and as_int(value) is not None:  # a numpy or torch integer
+            value = as_int(value)
+            object.__setattr__(config, name, value)
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if not (number and ok(value)):
             optional = " or None" if defaults[name] is None else ""
