@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[test,pinned]"
+	$(PY) -m pip install --quiet -e ".[experiments,test,pinned]"
 	touch $(STAMP)
 
 install: $(STAMP)

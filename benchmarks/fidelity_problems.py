@@ -139,9 +139,9 @@ def digits_cnn() -> Problem:
 
 def fashion_cnn(n: int = 2000) -> Problem:
     """The classification benchmark's Fashion-MNIST CNN (width 16, D ≈ 20.5k) on ``n`` images."""
-    from linearised_laplace.datasets import fashion_mnist
-    from linearised_laplace.models import cnn
-    from linearised_laplace.training import TrainConfig, train_map
+    from linearised_laplace.experiments.datasets import fashion_mnist
+    from linearised_laplace.experiments.models import cnn
+    from linearised_laplace.experiments.training import TrainConfig, train_map
 
     data = fashion_mnist(n_train=n, n_val=0)
     torch.manual_seed(0)

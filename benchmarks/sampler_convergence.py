@@ -17,7 +17,7 @@ from _report import RESULTS, markdown_table, write
 from torch import nn
 
 import linearised_laplace as lla
-from linearised_laplace.solvers.exact import cholesky, cholesky_solve, posterior_precision
+from linearised_laplace.solvers.cholesky import cholesky, cholesky_solve, posterior_precision
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

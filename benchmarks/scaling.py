@@ -38,10 +38,10 @@ from _report import RESULTS, markdown_table, write  # noqa: E402
 from torch import nn  # noqa: E402
 
 import linearised_laplace as lla  # noqa: E402
-from linearised_laplace.datasets import fashion_mnist  # noqa: E402
+from linearised_laplace.experiments.datasets import fashion_mnist  # noqa: E402
+from linearised_laplace.experiments.models import build  # noqa: E402
+from linearised_laplace.experiments.training import TrainConfig, train_map  # noqa: E402
 from linearised_laplace.experiments.workers import failure  # noqa: E402
-from linearised_laplace.models import build  # noqa: E402
-from linearised_laplace.training import TrainConfig, train_map  # noqa: E402
 
 WIDTHS = {"3k": 4, "20k": 25, "30k": 36, "300k": 270, "3M": 1400}  # 2 hidden layers, 784 inputs
 EXACT_SIZES = ("3k", "20k")  # at 30k ExactLaplace holds three dense 7.2 GB float64 matrices

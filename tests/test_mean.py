@@ -2,7 +2,8 @@ import pytest
 import torch
 
 import linearised_laplace as lla
-from linearised_laplace.mean import MeanMode, MeanProblem, Newton, mean_mode, solve_mean
+from linearised_laplace.mean import MeanMode, MeanProblem, mean_mode, solve_mean
+from linearised_laplace.solvers.newton import Newton
 
 from .helpers import dense_parts, matrix_model
 

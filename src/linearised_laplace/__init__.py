@@ -17,7 +17,6 @@ from .g_prior import ScaledFeatures
 from .likelihoods import Categorical, Gaussian, Likelihood
 from .linear_model import LinearGaussianModel
 from .linearisation import Linearisation
-from .mean import Newton
 from .methods.exact import ExactLaplace
 from .methods.nystrom import NystromLaplace
 from .methods.sampled import SampledLaplace
@@ -26,6 +25,7 @@ from .noise import NoiseSource, PosteriorNoise, draw_posterior_noise
 from .parameters import ParameterSelection, select_parameters
 from .priors import Prior, make_prior
 from .solvers import CG, SDD, SGD, Cholesky, Objective, SolveInfo, SolveResult
+from .solvers.newton import Newton
 
 __all__ = [
     "CG",

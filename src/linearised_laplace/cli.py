@@ -16,9 +16,9 @@ from pathlib import Path
 
 from .experiments import peers
 from .experiments.classification import DATASETS, OUR_METHODS, Settings, run
+from .experiments.models import ARCHITECTURES
 from .experiments.tomography import TOMOGRAPHY_METHODS, TomographySettings
 from .experiments.tomography import run as run_tomography
-from .models import ARCHITECTURES
 
 DEMO_PEERS = ("lt-kron-marglik", "lt-kron-val", "lt-lastlayer-val", "lt-ella-val")  # the quick ones
 

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .noise import derive_seed
+from .seeds import derive_seed
 
 
 def _initialised() -> bool:

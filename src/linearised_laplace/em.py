@@ -1,6 +1,6 @@
 r"""Expectation-maximisation of the prior precision (MacKay's update), exact or from samples.
 
-At the MacKay fixed point of the evidence (method-spec §1.3),
+At the MacKay fixed point of the evidence (MacKay, 1992),
 
 $$ α_g = γ_g / ‖θ̄_g‖², \qquad γ_g = d_g − α_g \operatorname{tr}_g(H^{-1}) = \operatorname{tr}_g(H^{-1} M), $$
 
@@ -35,12 +35,15 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from . import persistence
 from ._checks import check_positive_int
 from ._progress import progress_bar
+from .distributed import is_main_process
 from .exceptions import ConvergenceWarning, DivergenceError
 from .linear_model import LinearGaussianModel
 
@@ -206,7 +209,8 @@ def run_em(
     n_observations: int | None = None,
     update_sigma: bool = False,
     clip_gamma: bool = True,
-    on_step: Callable[[EMState], None] | None = None,
+    checkpoint: str | Path | None = None,
+    fingerprint: dict | None = None,
     progress: bool | None = None,
 ) -> EMState:
     """Alternate E-steps and MacKay updates from ``state`` until ``|Δ log α| < tol`` or ``max_iter``.
@@ -220,7 +224,10 @@ def run_em(
         n_observations: ``n·C``, which bounds ``γ`` and enters the noise update.
         update_sigma: Update ``σ`` too (Gaussian likelihood; needs ``n_observations``).
         clip_gamma: Clip estimated ``γ̂`` (off for exact ``γ``; see :func:`mackay_update`).
-        on_step: Called with the new state after every completed step (checkpointing).
+        checkpoint: File the state is written to after every step (by the main process), and
+            resumed from if it exists (:func:`load_checkpoint`).
+        fingerprint: What determines the run's result (JSON): a checkpoint is resumed only if
+            it was written with an equal one.
         progress: Show a progress bar.
 
     Returns:
@@ -230,6 +237,9 @@ def run_em(
         DivergenceError: An update is not finite, or the E-step's factorisation failed.
     """
     n_groups = state.precision.numel()
+    fingerprint = fingerprint or {}
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = load_checkpoint(checkpoint, fingerprint, state.mean.dtype, state.mean.device)
     if not state.history:
         state = replace(state, history=[_record(0, state.precision, state.sigma)])
     pinned = False
@@ -276,13 +286,75 @@ def run_em(
                 [*state.history, record],
                 change < tol and not at_bound,
             )
-            if on_step is not None:
-                on_step(state)
+            if checkpoint is not None and is_main_process():
+                save_checkpoint(checkpoint, state, fingerprint)
             bar.update()
             bar.set_postfix(alpha=f"{float(precision.mean()):.4g}")
     if not state.converged:
         _warn_unconverged(state, tol, pinned)
     return state
+
+
+CHECKPOINT_KIND = "em-checkpoint"
+FINGERPRINT_NAMES = {"weights": "the network's weights", "data": "the training data"}
+"""How a mismatch in a fingerprint's entries is named (others by their key)."""
+
+
+def save_checkpoint(path: str | Path, state: EMState, fingerprint: dict) -> None:
+    """Atomically write ``state`` with the run's ``fingerprint``."""
+    tensors = {"precision": state.precision, "mean": state.mean}
+    if state.samples is not None:
+        tensors["samples"] = state.samples
+    meta = {
+        "kind": CHECKPOINT_KIND,
+        "fingerprint": fingerprint,
+        "step": state.step,
+        "sigma": state.sigma,
+        "history": state.history,
+        "converged": state.converged,
+    }
+    persistence.write(path, tensors, meta)
+
+
+def load_checkpoint(
+    path: str | Path, fingerprint: dict, dtype: torch.dtype, device: torch.device
+) -> EMState:
+    """The state saved in ``path``.
+
+    Raises ``ValueError`` naming what differs if it was written by a run with another fingerprint
+    (other weights, data or settings).
+    """
+    tensors, meta = persistence.read(path)
+    if meta.get("kind") != CHECKPOINT_KIND:
+        raise ValueError(
+            f"{path} is not an EM checkpoint (it holds a {meta.get('kind')!r}); pass another "
+            "`checkpoint` path."
+        )
+    persistence.check_fields(
+        meta,
+        {"fingerprint": dict, "step": int, "sigma": float, "history": list, "converged": bool},
+        path,
+    )
+    saved = meta["fingerprint"]
+    if "model" in saved and "model" in fingerprint:
+        persistence.check_signature(saved["model"], fingerprint["model"], path)
+    differs = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
+    if differs:
+        raise ValueError(
+            f"{path} was written by another EM run: it differs in "
+            f"{', '.join(FINGERPRINT_NAMES.get(k, k) for k in differs)}. Resume with the same "
+            "network, data and arguments, or pass another `checkpoint` path (or delete the file)."
+        )
+    samples = tensors.get("samples")
+    return EMState(
+        meta["step"],
+        tensors["precision"],
+        meta["sigma"],
+        tensors["mean"].to(dtype=dtype, device=device),
+        None if samples is None else samples.to(dtype=dtype, device=device),
+        meta["history"],
+        meta["converged"],
+    )
 
 
 def _guarded(e_step: Callable[[EMState], EStep], state: EMState) -> EStep:

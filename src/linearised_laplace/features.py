@@ -116,7 +116,7 @@ class MatrixFeatures(FeatureOperator):
         x = self._rows(x)
         if self.sparse:
             out = torch.sparse.mm(self._sparse_block(x), tangents.T)  # [b·C, K]
-            out = out.T.reshape(-1, x.numel(), self.n_outputs)
+            out = out.T.reshape(tangents.shape[0], x.numel(), self.n_outputs)
         else:
             out = torch.einsum("bcd,kd->kbc", self._dense_block(x), tangents)
         return self.forward(x), out
@@ -150,7 +150,7 @@ class MatrixFeatures(FeatureOperator):
     def to_dense(self, x: Tensor) -> Tensor:  # noqa: D102
         x = self._rows(x)
         if self.sparse:
-            return self._sparse_block(x).to_dense().reshape(x.numel(), self.n_outputs, -1)
+            return self._sparse_block(x).to_dense().reshape(x.numel(), self.n_outputs, self.n_params)
         return self._dense_block(x)
 
 

@@ -7,7 +7,7 @@ $$ f_{\mathrm{lin}}(x; θ) = f(x; θ^*) + J(x)(θ − θ^*), \qquad J(x) = ∂f(
 :class:`Linearisation` gives ``J(x) v`` (forward mode, ``torch.func.jvp``), ``J(x)ᵀ u`` (reverse mode,
 ``torch.func.vjp``) and per-example ``J(x_i)ᵀ u_i`` for ``K`` vectors at once, without building
 ``J`` of the data set; for many vectors on a small network it may build one batch's ``J(x)`` and
-multiply, where that was measured to be cheaper. Modules without forward-mode support (``nn.TransformerEncoderLayer``'s fast path, ``nn.LSTM``
+multiply, where that is cheaper. Modules without forward-mode support (``nn.TransformerEncoderLayer``'s fast path, ``nn.LSTM``
 on CPU) fall back automatically to a JVP computed as the VJP of a VJP.
 
 The network always runs in evaluation mode (BatchNorm on its running statistics, no dropout) on a
@@ -104,9 +104,8 @@ class Linearisation(FeatureOperator):
             ``"jacobian"`` (build each batch's Jacobian ``[N, C, D]`` once, by per-example
             reverse mode, and multiply: the cheapest for many tangents on a small network), or
             ``"auto"`` (default): the first JVP of several tangents times one JVP + VJP each way
-            on up to 8 of them and 128 inputs of its batch and keeps the faster (``vmap`` won by
-            3× for an MLP, the loop by 2× for a CNN on this CPU;
-            ``benchmarks/results/tangent_batching.md``); calls with at least ``C`` tangents take
+            on up to 8 of them and 128 inputs of its batch and keeps the faster (which one wins
+            depends on the network and the hardware); calls with at least ``C`` tangents take
             the ``"jacobian"`` path where the batch's Jacobian fits in :data:`JACOBIAN_BYTES`.
 
     Attributes:
@@ -215,8 +214,13 @@ class Linearisation(FeatureOperator):
 
     def forward(self, x: Tensor) -> Tensor:
         """The network's outputs ``f(x; θ*)``: ``[N, C]``."""
+        x = self._inputs(x)
+        if len(x) == 0:  # a rank's empty share of a batch
+            return self._empty_outputs()
         with torch.no_grad():
-            return self._call(self._theta, self._inputs(x))
+            out = self._call(self._theta, x)
+        self._outputs = out.shape[-1]
+        return out
 
     def evaluate(self, x: Tensor, theta: Tensor) -> Tensor:
         """The network ``f(x; θ)`` at other values ``θ`` ``[D]`` of the linearised parameters: ``[N, C]``.
@@ -229,6 +233,9 @@ class Linearisation(FeatureOperator):
     def jvp(self, x: Tensor, tangents: Tensor) -> tuple[Tensor, Tensor]:
         """``f(x; θ*)`` ``[N, C]`` and ``J(x) v_k`` ``[K, N, C]`` for tangents ``[K, D]``."""
         x = self._inputs(x)
+        if tangents.shape[0] == 0 or len(x) == 0:
+            out = self.forward(x)
+            return out, out.new_zeros(tangents.shape[0], *out.shape)
         if self._use_jacobian(x, tangents.shape[0]):
             out, jac = self._batch_jacobian(x)
             return out, torch.einsum("ncd,kd->knc", jac, tangents)
@@ -255,7 +262,7 @@ class Linearisation(FeatureOperator):
         if self.batching is None and tangents.shape[0] > 1:
             self.batching = self._fastest_batching(x, tangents)
         trees = self.selection.unflatten(tangents)
-        if self.batching == "vmap":
+        if self.batching == "vmap" and tangents.shape[0] > 1:  # one tangent: always the loop
             out = f(self._theta)
             jv = vmap(lambda t: torch.func.jvp(f, (self._theta,), (t,))[1])(trees)
             return out, jv
@@ -289,6 +296,15 @@ class Linearisation(FeatureOperator):
                     torch.cuda.synchronize(x.device)
                 seconds[mode] = min(seconds[mode], time.perf_counter() - start)
         return min(seconds, key=seconds.get)
+
+    def _empty_outputs(self) -> Tensor:
+        """``[0, C]`` outputs of an empty batch (a rank's empty share), without calling the model."""
+        if self._outputs is None:
+            raise ValueError(
+                "An empty batch reached the network before any non-empty one, so its number of "
+                "outputs C is unknown; pass a non-empty batch first."
+            )
+        return torch.zeros(0, self._outputs, dtype=self.dtype, device=self.device)
 
     def _n_outputs(self, x: Tensor) -> int:
         if self._outputs is None:
@@ -324,10 +340,7 @@ class Linearisation(FeatureOperator):
         if not self._is_cached(x):
             self._cached = None  # free the last batch's first
             out = self.forward(x)
-            if len(x) == 0:  # a rank's empty share of a batch: nothing to differentiate
-                jac = out.new_zeros(0, out.shape[-1], self.n_params)
-            else:
-                jac = self.to_dense(x)
+            jac = self.to_dense(x)
             self._cached = ((x, x._version), out, jac)
         return self._cached[1], self._cached[2]
 
@@ -355,6 +368,8 @@ class Linearisation(FeatureOperator):
         out = self._cached[1] if self._is_cached(x) else self.forward(x)
 
         def fn(cotangents: Tensor) -> Tensor:
+            if cotangents.shape[0] == 0:
+                return cotangents.new_zeros(0, self.n_params)
             if self._use_jacobian(x, cotangents.shape[0]):
                 return torch.einsum("ncd,knc->kd", self._batch_jacobian(x)[1], cotangents)
             return self._reverse_pullback(x)[1](cotangents)
@@ -366,7 +381,9 @@ class Linearisation(FeatureOperator):
         flatten = self.selection.flatten
 
         def fn(cotangents: Tensor) -> Tensor:
-            if self.batching == "vmap":
+            if cotangents.shape[0] == 0:
+                return cotangents.new_zeros(0, self.n_params)
+            if self.batching == "vmap" and cotangents.shape[0] > 1:
                 with sdpa_kernel(SDPBackend.MATH):
                     return flatten(vmap(vjp_fn)(cotangents)[0], n_lead=1)
             return torch.stack([flatten(vjp_fn(u)[0]) for u in cotangents])
@@ -376,6 +393,8 @@ class Linearisation(FeatureOperator):
     def per_example_vjp(self, x: Tensor, cotangents: Tensor) -> Tensor:
         """``J(x_i)ᵀ u_i`` for each point of the batch: ``[N, C] → [N, D]``."""
         x = self._inputs(x)
+        if len(x) == 0:
+            return cotangents.new_zeros(0, self.n_params)
 
         def single(xi: Tensor, ui: Tensor) -> Tensor:
             _, fn = vjp(lambda theta: self._call(theta, xi[None]), self._theta)
@@ -408,6 +427,8 @@ class Linearisation(FeatureOperator):
         where ``jacrev`` of the whole batch would cost ``O(N C)`` passes of the whole batch.
         """
         x = self._inputs(x)
+        if len(x) == 0:
+            return self._empty_outputs().new_zeros(0, self._outputs, self.n_params)
 
         def single(xi: Tensor) -> dict[str, Tensor]:
             return jacrev(lambda theta: self._call(theta, xi[None])[0])(self._theta)

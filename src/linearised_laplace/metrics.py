@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_positive_int, plain_int
-from .noise import seeded_generator
+from .seeds import seeded_generator
 
 __all__ = [
     "accuracy",
@@ -245,7 +245,7 @@ def patch_log_likelihood(
     Each patch ``P`` (tiling from the top-left; border patches may be smaller) is scored with
     ``log N(x_P | μ_P, Σ̂_P + δI)``, ``Σ̂_P = (1/S) Σ_s e_{s,P} e_{s,P}ᵀ`` the second moment of the
     zero-mean sample deviations; the result is ``Σ_P log p_P / Σ_P |P|``. ``p = 1`` gives the
-    marginal (per-pixel) log-likelihood. Computed in float64 (method-spec §6.3).
+    marginal (per-pixel) log-likelihood. Computed in float64 (Antorán et al., ICLR 2023, §6).
 
     Args:
         samples: ``[S, H, W]`` zero-mean deviations ``J(x) ζ_s`` of the image.

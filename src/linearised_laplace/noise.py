@@ -8,7 +8,6 @@ float64 on the CPU, then cast, so float32 and float64 runs see the same numbers.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,21 +15,11 @@ import torch
 from torch import Tensor
 
 from ._progress import progress_bar
+from .seeds import seeded_generator
 
 if TYPE_CHECKING:
     from .linear_model import LinearGaussianModel
     from .solvers.preconditioner import LowRank
-
-
-def derive_seed(*key: object) -> int:
-    """A 63-bit seed from a hash of ``key`` (independent streams for distinct keys)."""
-    digest = hashlib.blake2b("/".join(map(str, key)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
-
-
-def seeded_generator(*key: object) -> torch.Generator:
-    """A CPU generator seeded by :func:`derive_seed` of ``key``."""
-    return torch.Generator().manual_seed(derive_seed(*key))
 
 
 class NoiseSource:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from linearised_laplace.experiments.models import ResNet
 from linearised_laplace.experiments.peers import fit_laplace_torch, function_sampler
-from linearised_laplace.models import ResNet
 
 from ..cases import image_data, mlp, warm_batchnorm
 

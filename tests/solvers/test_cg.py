@@ -11,7 +11,7 @@ from linearised_laplace import (
 from linearised_laplace.solvers.base import check_convergence
 
 from ..helpers import matrix_model, relative_error
-from .test_exact import closed_form
+from .test_cholesky import closed_form
 
 
 def test_cg_samples_equal_the_closed_form():

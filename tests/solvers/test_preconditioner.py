@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from linearised_laplace import NoiseSource, draw_posterior_noise
-from linearised_laplace.solvers.exact import posterior_precision
+from linearised_laplace.solvers.cholesky import posterior_precision
 from linearised_laplace.solvers.preconditioner import (
     LowRank,
     Preconditioner,

@@ -4,12 +4,12 @@ import pytest
 
 import linearised_laplace as lla
 from linearised_laplace import SDD, ConvergenceWarning, DivergenceError, NoiseSource
-from linearised_laplace.dual import solve_dual
 from linearised_laplace.solvers.auto import choose_solver
+from linearised_laplace.solvers.dual import solve_dual
 
 from ..cases import classification_data, mlp
 from ..helpers import matrix_model, relative_error
-from .test_exact import closed_form
+from .test_cholesky import closed_form
 
 
 def _problem(likelihood="classification"):

@@ -4,7 +4,7 @@ import torch
 from linearised_laplace import SGD, DivergenceError, NoiseSource, draw_posterior_noise
 
 from ..helpers import matrix_model, relative_error
-from .test_exact import closed_form
+from .test_cholesky import closed_form
 
 
 @pytest.mark.parametrize("objective", ["low_variance", "naive"])
@@ -107,7 +107,7 @@ def test_bad_settings_raise(kwargs, match):
 
 
 def test_error_estimate_is_the_energy_norm_error_when_the_preconditioner_is_exact():
-    from linearised_laplace.solvers.exact import posterior_precision
+    from linearised_laplace.solvers.cholesky import posterior_precision
 
     model = matrix_model(alpha=[0.05, 3.0], likelihood="regression")
     noise = draw_posterior_noise(model, 3, NoiseSource(0), progress=False)

@@ -24,16 +24,16 @@ from torch import Tensor, nn
 
 from .. import metrics
 from .._progress import progress_bar
-from ..baselines import ensemble_samples, mc_dropout_samples
-from ..datasets import ImageData, digits, fashion_mnist, out_of_distribution, rotate
 from ..methods.exact import ExactLaplace
 from ..methods.nystrom import NystromLaplace
 from ..methods.sampled import SampledLaplace
 from ..methods.subnetwork import SubnetworkLaplace
-from ..models import ARCHITECTURES, build
 from ..solvers import SGD
-from ..training import TrainConfig, train_map
 from . import peers
+from .baselines import ensemble_samples, mc_dropout_samples
+from .datasets import ImageData, digits, fashion_mnist, out_of_distribution, rotate
+from .models import ARCHITECTURES, build
+from .training import TrainConfig, train_map
 from .workers import failure, use_idle_cores
 
 OUR_METHODS = ("map", "ensemble", "mc-dropout", "sampled", "exact", "subnetwork", "nystrom")

@@ -3,12 +3,12 @@
 Install with ``make peers``. Weight-space structures are turned into joint function samples
 ``f(x; θ*) + J(x)(θ_s − θ*)`` for ``θ_s = la.sample()``, evaluated with this library's JVPs over any
 number of inputs at once; laplace-torch's own ``functional_samples`` draws each batch from a dense
-joint covariance whose memory grows quickly with the batch (6.8 GB for 200 points of a small CNN),
-and separate batches would lose the correlations that joint log-likelihoods measure. ELLA is a
+joint covariance whose memory grows with the square of the batch, and separate batches would lose
+the correlations that joint log-likelihoods measure. ELLA is a
 function-space method and keeps its own ``functional_samples``. Each Laplace object gets its own
 copy of the network: laplace-torch's backends leave hooks on modules. The GGN comes from BackPACK:
 laplace-torch 0.3's default (curvlinops) builds a full GGN from one GGN-vector product per column
-per batch, which took more than 15 minutes for the last layer of the Fashion-MNIST CNN. BackPACK
+per batch, too slow for even a CNN's last layer. BackPACK
 only extends ``nn.Sequential`` stacks, so other networks (the ResNet) use ASDL, which has no KFAC
 for BatchNorm: there the KFAC methods are refused with a message naming the structures that run.
 """

@@ -2,7 +2,7 @@ r"""Computed tomography (the seed paper's Table 3): uncertainty of a deep-image-
 
 A phantom is measured by a parallel-beam ray transform with additive Gaussian noise, reconstructed
 by a deep image prior, and every method returns image samples; they are scored by the per-pixel
-(marginal) and 10×10-patch Gaussian log-likelihood of the ground truth (method-spec §6.3), with
+(marginal) and 10×10-patch Gaussian log-likelihood of the ground truth (Antorán et al., ICLR 2023, §6), with
 wall-clock times. Results are cached per method under ``out/methods``.
 """
 
@@ -19,12 +19,12 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .. import metrics
-from ..baselines import mc_dropout_samples
 from ..solvers import CG
 from ..tomography import RayTransform, ellipses, shepp_logan
 from ..tomography.dip import DIPConfig, fit_dip
 from ..tomography.linearised import LinearisedDIP, exact_linearised_dip
 from ..tomography.unet import UNet
+from .baselines import mc_dropout_samples
 
 TOMOGRAPHY_METHODS = ("sampled-dual", "sampled-primal", "mc-dropout", "exact")
 PATCH = 10

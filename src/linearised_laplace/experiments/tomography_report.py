@@ -32,7 +32,7 @@ def write_report(report: dict, problem, images: dict, out: Path) -> None:
         f"Gaussian noise σ = {report['sigma']:.4g} ({s['noise']:.0%} of the mean |measurement|); DIP "
         f"U-Net depth {s['depth']}, width {s['width']}, {s['dip_iterations']} Adam steps. Test "
         "log-likelihoods per pixel of the ground truth under the predictive Gaussian with the sample "
-        "covariance of each patch (higher is better; method-spec §6.3). The 10×10 patch LL halves "
+        "covariance of each patch (higher is better; Antorán et al., ICLR 2023, §6). The 10×10 patch LL halves "
         "the off-diagonal covariance (Maddox et al., as the reference code does for the walnut): "
         "a 100×100 covariance from fewer than 100 samples is singular, and unshrunk its null space "
         "is scored by the 10⁻⁶ jitter alone. Wall-clock is the method's own time after the DIP fit "

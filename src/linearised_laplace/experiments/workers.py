@@ -35,8 +35,7 @@ def use_idle_cores() -> int:
     """Give torch one thread per idle core (at most its default) unless ``OMP_NUM_THREADS`` is set.
 
     On a shared CPU, threads that outnumber the idle cores wait on one another at every parallel
-    region: with one of 2 cores busy, the digits demo took 25 min with 2 threads per worker, against
-    2.6 min with one thread on an idle machine (1.9 min with two). Returns the thread count.
+    region, and a run slows down many times over. Returns the thread count.
     """
     idle = None if "OMP_NUM_THREADS" in os.environ else idle_cores()
     if idle is not None:

@@ -28,7 +28,6 @@ from torch.utils.data import DataLoader
 from .. import persistence
 from .._checks import check_positive_int, check_seed
 from ..data import Data
-from ..distributed import is_main_process
 from ..em import EMState, EStep, check_em_settings, run_em
 from ..exceptions import NotFittedError
 from ..features import FeatureOperator
@@ -36,17 +35,15 @@ from ..g_prior import ScaledFeatures, g_prior_scale, ggn_diagonal
 from ..likelihoods import Categorical, Gaussian, Likelihood, make_likelihood
 from ..linear_model import LinearGaussianModel
 from ..linearisation import BATCHINGS, Linearisation, TangentBatching, as_inputs
-from ..mean import MeanMode, MeanProblem, Newton, mean_mode, solve_mean
+from ..mean import MeanMode, MeanProblem, mean_mode, solve_mean
 from ..noise import NoiseSource
 from ..parameters import ParameterSelection, ParameterSpec
 from ..priors import make_prior
 from ..solvers import SGD
+from ..solvers.newton import Newton
 
 LikelihoodSpec = Literal["classification", "regression"] | Likelihood
 TrainingData = DataLoader | tuple[Tensor, Tensor]
-
-
-FINGERPRINT_NAMES = {"weights": "the network's weights", "data": "the training data"}
 
 
 class BaseLaplace(ABC):
@@ -357,25 +354,6 @@ class BaseLaplace(ABC):
         anchor = self._anchor()
         start = anchor.clone() if mode is MeanMode.AFFINE else torch.zeros_like(anchor)
         state = EMState(0, self.prior.precision.clone(), float(self.sigma_noise), start)
-        if checkpoint is not None and Path(checkpoint).exists():
-            state = self._resume(checkpoint, fingerprint)
-
-        def save(new: EMState) -> None:
-            tensors = {"precision": new.precision, "mean": new.mean}
-            if new.samples is not None:
-                tensors["samples"] = new.samples
-            if self.scale is not None:
-                tensors["scale"] = self.scale
-            meta = {
-                "kind": "em-checkpoint",
-                "fingerprint": fingerprint,
-                "step": new.step,
-                "sigma": new.sigma,
-                "history": new.history,
-                "converged": new.converged,
-            }
-            persistence.write(checkpoint, tensors, meta)
-
         state = run_em(
             e_step,
             state,
@@ -385,7 +363,8 @@ class BaseLaplace(ABC):
             n_observations=len(model.data) * model.n_outputs,
             update_sigma=update_sigma,
             clip_gamma=self._estimates_gamma,
-            on_step=None if checkpoint is None or not is_main_process() else save,
+            checkpoint=checkpoint,
+            fingerprint=fingerprint,
             progress=self.progress,
         )
         self.prior = self.prior.with_precision(state.precision)
@@ -393,35 +372,6 @@ class BaseLaplace(ABC):
             self.likelihood = Gaussian(state.sigma)
         self.em_history = state.history
         return state
-
-    def _resume(self, checkpoint: str | Path, fingerprint: dict) -> EMState:
-        tensors, meta = persistence.read(checkpoint)
-        if meta.get("kind") != "em-checkpoint":
-            raise ValueError(f"{checkpoint} is not an EM checkpoint; pass another path.")
-        saved = meta["fingerprint"]
-        persistence.check_signature(saved["model"], fingerprint["model"], checkpoint)
-        differs = sorted(
-            k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k)
-        )
-        if differs:
-            raise ValueError(
-                f"{checkpoint} was written by another EM run: it differs in "
-                f"{', '.join(FINGERPRINT_NAMES.get(k, k) for k in differs)}. Resume with the same "
-                "network, data and arguments, or pass another checkpoint path (or delete the file)."
-            )
-        if "scale" in tensors:
-            self.scale = tensors["scale"].to(self.linearisation.dtype)
-        dtype = self.linearisation.dtype
-        samples = tensors.get("samples")
-        return EMState(
-            meta["step"],
-            tensors["precision"],
-            meta["sigma"],
-            tensors["mean"].to(dtype),
-            None if samples is None else samples.to(dtype),
-            meta["history"],
-            meta["converged"],
-        )
 
     def _check_em(
         self,

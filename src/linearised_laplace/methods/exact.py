@@ -20,9 +20,11 @@ from ..em import EMState, EStep, exact_gamma
 from ..exceptions import NotFittedError
 from ..likelihoods import Gaussian
 from ..linear_model import LinearGaussianModel
-from ..mean import MeanMode, Newton, mean_mode
-from ..noise import NoiseSource, derive_seed, draw_posterior_noise
-from ..solvers.exact import cholesky, cholesky_solve
+from ..mean import MeanMode, mean_mode
+from ..noise import NoiseSource, draw_posterior_noise
+from ..seeds import derive_seed
+from ..solvers.cholesky import cholesky, cholesky_solve
+from ..solvers.newton import Newton
 from .base import BaseLaplace, TrainingData
 
 
@@ -38,7 +40,7 @@ class ExactLaplace(BaseLaplace):
     Args:
         model: Trained network.
         likelihood: ``"classification"`` or ``"regression"``.
-        mean_solver: For the linear model's mean: :class:`~linearised_laplace.mean.Newton`.
+        mean_solver: For the linear model's mean: :class:`~linearised_laplace.solvers.newton.Newton`.
         **kwargs: The shared keywords of :class:`~linearised_laplace.methods.base.BaseLaplace`.
     """
 

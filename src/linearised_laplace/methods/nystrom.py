@@ -1,7 +1,7 @@
 r"""Nyström linearised Laplace (ELLA; Deng et al., 2022): the posterior in a ``K``-dimensional basis.
 
 The basis spans the top-``K`` eigendirections of the NTK on ``M`` training points (see
-:mod:`linearised_laplace.nystrom`); features ``ψ(x) = J(x) V`` come from ``K`` forward-mode JVPs.
+:mod:`linearised_laplace.ntk_basis`); features ``ψ(x) = J(x) V`` come from ``K`` forward-mode JVPs.
 The posterior is exact in those ``K`` dimensions, so EM, the evidence and the predictive are those of
 ``ExactLaplace`` on ``K × K`` matrices.
 """
@@ -17,9 +17,9 @@ from .. import persistence
 from .._checks import check_positive_int, check_sample_budget
 from ..features import FeatureOperator
 from ..linear_model import LinearGaussianModel
-from ..mean import Newton
-from ..nystrom import ProjectedFeatures, nystrom_basis
+from ..ntk_basis import ProjectedFeatures, nystrom_basis
 from ..priors import make_prior
+from ..solvers.newton import Newton
 from .base import BaseLaplace
 from .exact import ExactLaplace
 
@@ -36,7 +36,7 @@ class NystromLaplace(ExactLaplace):
             ``min(1000, N)``).
         rank: ``K``, basis size (default ``min(20, M·C)``); directions with a vanishing NTK
             eigenvalue are dropped.
-        mean_solver: For the linear model's mean in EM (:class:`~linearised_laplace.mean.Newton`).
+        mean_solver: For the linear model's mean in EM (:class:`~linearised_laplace.solvers.newton.Newton`).
         **kwargs: The shared keywords of :class:`~linearised_laplace.methods.base.BaseLaplace`
             (with a single ``prior_precision``: the prior is isotropic in the basis).
 

@@ -16,15 +16,17 @@ from .. import persistence
 from .._checks import check_positive_int
 from .._progress import progress_note
 from ..data import Data
-from ..dual import gaussian_mean, solve_dual
 from ..em import EMState, EStep, function_space_gamma, weight_space_gamma
 from ..likelihoods import Gaussian
 from ..linear_model import LinearGaussianModel
-from ..mean import MeanProblem, Newton
-from ..noise import NoiseSource, PosteriorNoise, derive_seed, draw_posterior_noise
+from ..mean import MeanProblem
+from ..noise import NoiseSource, PosteriorNoise, draw_posterior_noise
+from ..seeds import derive_seed
 from ..solvers import CG, SDD, SGD, Cholesky, SolveInfo, Solver, SolveResult
 from ..solvers.auto import Choice, choose_solver
 from ..solvers.base import check_convergence
+from ..solvers.dual import gaussian_mean, solve_dual
+from ..solvers.newton import Newton
 from ..solvers.preconditioner import LowRank, with_ggn_sketch
 from .base import BaseLaplace, TrainingData, solver_settings
 
@@ -51,11 +53,11 @@ class SampledLaplace(BaseLaplace):
             :class:`~linearised_laplace.solvers.SDD` (stochastic dual descent; dual only),
             :class:`~linearised_laplace.solvers.CG` or :class:`~linearised_laplace.solvers.Cholesky`.
             ``solve_info`` says which ran and why.
-        mean_solver: For the linear model's mean in EM: :class:`~linearised_laplace.mean.Newton`
+        mean_solver: For the linear model's mean in EM: :class:`~linearised_laplace.solvers.newton.Newton`
             (default; full-batch Newton-CG, one data pass per CG iteration at one vector, precise)
             or :class:`~linearised_laplace.solvers.SGD` (minibatch, as the seed paper).
         space: ``"primal"`` (weight space, ``K × D`` unknowns), ``"dual"`` (observation space,
-            ``K × n·C`` unknowns, pathwise conditioning; see :mod:`linearised_laplace.dual`) or
+            ``K × n·C`` unknowns, pathwise conditioning; see :mod:`linearised_laplace.solvers.dual`) or
             ``"auto"`` (default: dual when ``n·C < D``, unless the solver is SGD; always dual for
             SDD). Both give the same samples for the same seed, up to the solver's tolerance.
         strict: Raise :class:`~linearised_laplace.ConvergenceError` when a solve ends above its

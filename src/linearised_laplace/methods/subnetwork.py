@@ -14,11 +14,11 @@ from ..data import Data
 from ..g_prior import ggn_diagonal
 from ..linear_model import LinearGaussianModel
 from ..linearisation import Linearisation
-from ..mean import Newton
 from ..noise import NoiseSource
 from ..parameters import ParameterSelection, select_parameters
 from ..priors import make_prior
-from ..subnetwork import RANKED, rank_weights, select_top
+from ..ranking import RANKED, rank_weights, select_top
+from ..solvers.newton import Newton
 from .base import BaseLaplace
 from .exact import ExactLaplace
 
@@ -35,7 +35,7 @@ class SubnetworkLaplace(ExactLaplace):
             trainable parameters.
         n_params: Subnetwork size for the ranking strategies.
         swag_epochs: Epochs of the SWAG run (``"swag"`` only).
-        mean_solver: For the linear model's mean in EM (:class:`~linearised_laplace.mean.Newton`).
+        mean_solver: For the linear model's mean in EM (:class:`~linearised_laplace.solvers.newton.Newton`).
         **kwargs: The shared keywords of :class:`~linearised_laplace.methods.base.BaseLaplace`
             (a ranking strategy needs a single ``prior_precision``).
 

@@ -2,7 +2,7 @@
 
 from .base import SolveInfo, SolveResult, relative_residual
 from .cg import CG
-from .exact import Cholesky
+from .cholesky import Cholesky
 from .sdd import SDD
 from .sgd import SGD, Objective, sample_then_optimise
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from ..linear_model import LinearGaussianModel
 from .cg import CG
-from .exact import Cholesky
+from .cholesky import Cholesky
 from .sdd import SDD
 from .sgd import SGD
 

@@ -29,7 +29,8 @@ import torch
 from torch import Tensor
 
 from ..linear_model import LinearGaussianModel
-from ..noise import PosteriorNoise, seeded_generator
+from ..noise import PosteriorNoise
+from ..seeds import seeded_generator
 
 MatVec = Callable[[Tensor], Tensor]
 

@@ -41,7 +41,7 @@ from .._progress import progress_bar
 from ..exceptions import DivergenceError
 from ..linalg import top_eigenvalue
 from ..linear_model import LinearGaussianModel
-from ..noise import seeded_generator
+from ..seeds import seeded_generator
 from .base import check_settings
 
 
@@ -157,7 +157,7 @@ def stochastic_dual_descent(
     Raises:
         DivergenceError: The iterates became non-finite.
     """
-    from ..dual import dual_pullback  # the dual module imports the solvers
+    from .dual import dual_pullback  # the dual module imports the solvers
 
     features, likelihood, data = model.features, model.likelihood, model.data
     n, k = len(data), rhs.shape[0]

@@ -41,7 +41,8 @@ from .._progress import progress_bar
 from ..exceptions import DivergenceError
 from ..linalg import top_eigenvalue
 from ..linear_model import LinearGaussianModel
-from ..noise import PosteriorNoise, seeded_generator
+from ..noise import PosteriorNoise
+from ..seeds import seeded_generator
 from .base import SolveInfo, SolveResult, check_settings, relative_norm, relative_residual
 from .preconditioner import Preconditioner, precision_preconditioner, with_ggn_sketch
 

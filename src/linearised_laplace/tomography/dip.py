@@ -2,7 +2,7 @@ r"""Deep-image-prior reconstruction (Ulyanov et al., 2018): fit a U-Net's output
 
 Minimise ``‖A U(z; θ) − y‖² / m + γ TV(U(z; θ))`` over ``θ`` by Adam from a seeded initialisation,
 with the filtered back-projection as the fixed input ``z``, and keep the parameters of the lowest
-loss seen (the DIP overfits the noise if run long, method-spec §8.1).
+loss seen (the DIP overfits the noise if run long, Ulyanov et al., CVPR 2018).
 """
 
 from __future__ import annotations

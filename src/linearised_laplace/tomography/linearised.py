@@ -4,7 +4,7 @@ The U-Net's image ``U(z; θ)`` is linearised at the DIP weights; the likelihood 
 measurements ``y = A U + ε``, ``ε ~ N(0, σ² I)``, so the features are ``A J`` with the (sparse) ray
 transform applied outside the autodiff transforms. Samples are drawn in observation space (``m``
 unknowns per sample, ``m ≪ D``), and the image samples ``J ζ_s`` around the reconstruction give
-pixel and patch uncertainty (method-spec §6.3, §7, §8.1).
+pixel and patch uncertainty (Antorán et al., ICLR 2023, §6; Barbano et al., 2022).
 
 :func:`exact_linearised_dip` is the exact baseline: the ``m × m`` observation covariance built
 column by column, an exact MacKay EM from its eigendecomposition, and exact Matheron samples.
@@ -21,7 +21,6 @@ from torch import Tensor, nn
 
 from .._progress import progress_bar
 from ..data import Data
-from ..dual import dual_pullback, dual_rhs, kernel_vec
 from ..features import FeatureOperator, OutputMap
 from ..g_prior import ScaledFeatures
 from ..likelihoods import Gaussian
@@ -30,6 +29,7 @@ from ..linearisation import Linearisation
 from ..methods.sampled import SampledLaplace
 from ..noise import NoiseSource
 from ..priors import make_prior
+from ..solvers.dual import dual_pullback, dual_rhs, kernel_vec
 from .ray_transform import RayTransform
 from .unet import Flatten
 

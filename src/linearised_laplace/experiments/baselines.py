@@ -11,7 +11,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from .linearisation import eval_mode
+from ..linearisation import eval_mode
 
 
 def ensemble_samples(models: list[nn.Module], x: Tensor) -> Tensor:

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from linearised_laplace import Cholesky, NoiseSource, draw_posterior_noise, reference
-from linearised_laplace.solvers.exact import cholesky
+from linearised_laplace.solvers.cholesky import cholesky
 
 from ..helpers import dense_parts, matrix_model, relative_error
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from linearised_laplace import models
+from linearised_laplace.experiments import models
 
 
 @pytest.mark.parametrize("name", models.ARCHITECTURES)

@@ -2,18 +2,19 @@ import pytest
 import torch
 
 import linearised_laplace as lla
-from linearised_laplace.dual import (
+from linearised_laplace.mean import MeanMode, MeanProblem, solve_mean
+from linearised_laplace.solvers.dual import (
     dual_matrix,
     gaussian_mean,
     kernel_vec,
     observations,
     solve_dual,
 )
-from linearised_laplace.mean import MeanMode, MeanProblem, Newton, solve_mean
+from linearised_laplace.solvers.newton import Newton
 
-from .cases import classification_data, mlp
-from .helpers import matrix_model, relative_error
-from .solvers.test_exact import closed_form
+from ..cases import classification_data, mlp
+from ..helpers import matrix_model, relative_error
+from .test_cholesky import closed_form
 
 
 def _noise(model, k=3):

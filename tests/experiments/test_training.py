@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from linearised_laplace import models, training
-from linearised_laplace.datasets import digits
+from linearised_laplace.experiments import models, training
+from linearised_laplace.experiments.datasets import digits
 
 
 def _setup(seed=0):

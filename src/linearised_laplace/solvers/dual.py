@@ -5,7 +5,7 @@ With ``B_i = L_i L_iᵀ``, the kernel ``K = Φ A^{-1} Φᵀ`` (``nC × nC``, the
 
 $$ ζ = θ_0 − A^{-1} Φᵀ L\, w, \qquad (I + Lᵀ K L)\, w = Lᵀ Φ θ_0 − ν $$
 
-(method-spec §7.2). ``I + LᵀKL ⪰ I`` is well posed even though the softmax ``B`` is singular, and
+(Wilson et al., ICML 2020, pathwise conditioning). ``I + LᵀKL ⪰ I`` is well posed even though the softmax ``B`` is singular, and
 ``B^{-1}`` is never needed. A product with it is one VJP pass and one JVP pass over the data; the
 unknowns ``w`` are ``K × n × C`` numbers instead of ``K × D``. The system is solved by conjugate
 gradients, preconditioned with a randomised rank-``r`` Nyström approximation of ``LᵀKL``
@@ -21,15 +21,16 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ._checks import check_sample_budget
-from .linalg import conjugate_gradient
-from .linear_model import LinearGaussianModel
-from .noise import NoiseSource, seeded_generator
-from .solvers import CG, SDD, Cholesky, SolveInfo, SolveResult
-from .solvers.base import relative_norm
-from .solvers.exact import cholesky
-from .solvers.preconditioner import Preconditioner, nystrom
-from .solvers.sdd import stochastic_dual_descent
+from .._checks import check_sample_budget
+from ..linalg import conjugate_gradient
+from ..linear_model import LinearGaussianModel
+from ..noise import NoiseSource
+from ..seeds import seeded_generator
+from .base import SolveInfo, SolveResult, relative_norm
+from .cg import CG
+from .cholesky import Cholesky, cholesky
+from .preconditioner import Preconditioner, nystrom
+from .sdd import SDD, stochastic_dual_descent
 
 DualSolver = CG | Cholesky | SDD
 

@@ -19,7 +19,7 @@ from torch import Tensor
 from .data import Data
 from .features import FeatureOperator, Pullback
 from .linalg import top_eigenpairs
-from .noise import seeded_generator
+from .seeds import seeded_generator
 
 
 class ProjectedFeatures(FeatureOperator):

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ._progress import progress_bar
 from .linear_model import LinearGaussianModel
-from .noise import seeded_generator
+from .seeds import seeded_generator
 from .solvers.sgd import estimate_top_curvature
 
 RANKED = ("swag", "diagonal_laplace", "magnitude", "random")

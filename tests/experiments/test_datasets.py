@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from linearised_laplace import datasets
+from linearised_laplace.experiments import datasets
 
 
 def _write_idx(path, array, code=0x08, compress=True):

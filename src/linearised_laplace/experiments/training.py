@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from . import persistence
-from ._checks import check_positive_int
-from ._progress import progress_bar
-from .noise import seeded_generator
+from .. import persistence
+from .._checks import check_positive_int
+from .._progress import progress_bar
+from ..seeds import seeded_generator
 
 
 @dataclass(frozen=True)

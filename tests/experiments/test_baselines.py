@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from linearised_laplace import baselines, models
+from linearised_laplace.experiments import baselines, models
 
 
 def test_ensemble_stacks_member_logits():
