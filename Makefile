@@ -44,6 +44,7 @@ format: $(STAMP)
 benchmarks: $(STAMP) data
 	$(PY) benchmarks/solver_fidelity.py
 	$(PY) benchmarks/solver_fidelity.py --problems fashion-cnn-n2000 --samples 16 --name solver_fidelity-fashion
+	$(PY) benchmarks/solver_fidelity.py --solvers SDD --problems small-noise-mlp,sinusoid-n300,diabetes-mlp --name solver_fidelity-sdd
 	$(PY) benchmarks/sampler_convergence.py
 	$(PY) benchmarks/tangent_batching.py
 	$(PY) benchmarks/em_trajectory.py

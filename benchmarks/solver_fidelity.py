@@ -17,7 +17,9 @@ of the functional variance's trace:
 ``SDD`` is stochastic dual descent (always in the dual space).
 
 ``pass`` means ``|err| ≤ max(10%, 2 mc)`` and ``corr ≥ 0.9``. Run:
-``python benchmarks/solver_fidelity.py [--problems a,b] [--samples S] [--name NAME]``; the
+``python benchmarks/solver_fidelity.py [--problems a,b] [--solvers a,b] [--samples S] [--name NAME]``
+(SDD: ``--solvers SDD --problems small-noise-mlp,sinusoid-n300,diabetes-mlp --name
+solver_fidelity-sdd``); the
 Fashion-MNIST CNN (D = 20.5k, exact from a 20.5k² dense GGN) runs on its own:
 ``--problems fashion-cnn-n2000 --samples 16 --name solver_fidelity-fashion``.
 """
@@ -85,7 +87,9 @@ def budget_to_reach(problem, name, same_noise, n_samples, limit=0.1):
     return None
 
 
-def run_problem(problem: Problem, n_samples: int, scan: bool) -> list[dict]:
+def run_problem(
+    problem: Problem, n_samples: int, scan: bool, solvers: list[str] | None = None
+) -> list[dict]:
     exact, exact_seconds, _ = fit(problem, None, n_samples, method=lla.ExactLaplace)
     closed = mean_variance(exact, problem.x_test)
     with torch.no_grad():
@@ -93,8 +97,8 @@ def run_problem(problem: Problem, n_samples: int, scan: bool) -> list[dict]:
     same_noise = exact_functions.double().square().sum(-1).mean(0)
     mc = monte_carlo_error(exact_functions)
     rows = []
-    for name, make in SOLVERS.items():
-        la, seconds, warned = fit(problem, make(), n_samples)
+    for name in solvers or SOLVERS:
+        la, seconds, warned = fit(problem, SOLVERS[name](), n_samples)
         variance = mean_variance(la, problem.x_test)
         err = relative(variance, closed)
         corr = float(torch.corrcoef(torch.stack([variance, same_noise]))[0, 1])
@@ -162,6 +166,7 @@ def main() -> None:
     parser.add_argument(
         "--only", action="store_true", help="re-run --problems and keep the other problems' rows"
     )
+    parser.add_argument("--solvers", default=",".join(SOLVERS), help="comma-separated subset")
     args = parser.parse_args()
     torch.manual_seed(0)
     rows = []
@@ -175,7 +180,9 @@ def main() -> None:
     for name in args.problems.split(","):
         problem = PROBLEMS[name]()
         n_params = sum(p.numel() for p in problem.model.parameters())
-        rows += run_problem(problem, args.samples, scan=n_params <= SMALL)
+        rows += run_problem(
+            problem, args.samples, scan=n_params <= SMALL, solvers=args.solvers.split(",")
+        )
     columns = [
         "problem", "solver", "ran", "D", "n", "err", "mc", "err_same_noise", "corr",
         "worst_residual", "worst_error_estimate", "warned", "seconds", "steps", "budget_to_10pct",
