@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._checks import check_positive_int, plain_int
+from ._checks import check_finite, check_positive_int, plain_int
 from .seeds import seeded_generator
 
 __all__ = [
@@ -34,11 +34,7 @@ __all__ = [
 def _check_tensor(name: str, value: object) -> Tensor:
     if not isinstance(value, Tensor):
         raise TypeError(f"`{name}` must be a Tensor, got {type(value).__name__}.")
-    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-        bad = int((~torch.isfinite(value)).sum())
-        raise ValueError(
-            f"`{name}` holds {bad} non-finite value(s) (NaN or inf); check the predictions."
-        )
+    check_finite(f"`{name}`", value)
     return value
 
 
