@@ -2,8 +2,8 @@ r"""What every linearised-Laplace method shares: configuration, the predictive, 
 
 A method linearises ``model`` at its parameters ``θ*`` as they are when ``fit`` or
 ``optimize_prior_precision`` starts (a network trained after the method was built is linearised at
-its trained weights; anything fitted at other weights is discarded), and infers the posterior of the tangent
-linear model ``f(x; θ*) + J(x) ζ``. Predictions are centred on the network's own outputs; the
+its trained weights; anything fitted at other weights is discarded), and infers the posterior of
+the tangent linear model ``f(x; θ*) + J(x) ζ``. Predictions are centred on the network's own outputs; the
 posterior enters through zero-mean samples ``ζ_s`` or, for exact methods, the covariance.
 
 With ``g_prior=True`` the features are ``J̃ = J diag(s)``, ``s = diag(JᵀBJ)^{-1/2}`` (computed once,
