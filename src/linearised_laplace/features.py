@@ -150,7 +150,9 @@ class MatrixFeatures(FeatureOperator):
     def to_dense(self, x: Tensor) -> Tensor:  # noqa: D102
         x = self._rows(x)
         if self.sparse:
-            return self._sparse_block(x).to_dense().reshape(x.numel(), self.n_outputs, self.n_params)
+            return (
+                self._sparse_block(x).to_dense().reshape(x.numel(), self.n_outputs, self.n_params)
+            )
         return self._dense_block(x)
 
 
