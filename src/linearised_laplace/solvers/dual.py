@@ -5,12 +5,12 @@ With ``B_i = L_i L_iᵀ``, the kernel ``K = Φ A^{-1} Φᵀ`` (``nC × nC``, the
 
 $$ ζ = θ_0 − A^{-1} Φᵀ L\, w, \qquad (I + Lᵀ K L)\, w = Lᵀ Φ θ_0 − ν $$
 
-(Wilson et al., ICML 2020, pathwise conditioning). ``I + LᵀKL ⪰ I`` is well posed even though the softmax ``B`` is singular, and
-``B^{-1}`` is never needed. A product with it is one VJP pass and one JVP pass over the data; the
-unknowns ``w`` are ``K × n × C`` numbers instead of ``K × D``. The system is solved by conjugate
-gradients, preconditioned with a randomised rank-``r`` Nyström approximation of ``LᵀKL``
-(``P = I + U Λ Uᵀ``, applied by Woodbury), by stochastic dual descent on minibatches
-(:mod:`~linearised_laplace.solvers.sdd`), or exactly by Cholesky on small problems.
+(Wilson et al., ICML 2020, pathwise conditioning). ``I + LᵀKL ⪰ I`` is well posed even though
+the softmax ``B`` is singular, and ``B^{-1}`` is never needed. A product with it is one VJP pass and
+one JVP pass over the data; the unknowns ``w`` are ``K × n × C`` numbers instead of ``K × D``.
+The system is solved by conjugate gradients, preconditioned with a randomised rank-``r`` Nyström
+approximation of ``LᵀKL`` (``P = I + U Λ Uᵀ``, applied by Woodbury), by stochastic dual descent on
+minibatches (:mod:`~linearised_laplace.solvers.sdd`), or exactly by Cholesky on small problems.
 """
 
 from __future__ import annotations
