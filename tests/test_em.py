@@ -61,6 +61,12 @@ def test_layerwise_function_space_gamma_matches_trace_per_group():
         ]
     )
     torch.testing.assert_close(function_space_gamma(model, samples, 2), expected)
+    ggn_z = samples @ ggn  # products a solver already computed: no data pass, same estimate
+    torch.testing.assert_close(function_space_gamma(model, samples, 2, ggn_z), expected)
+    single = matrix_model(n=30, d=8, alpha=2.0)
+    torch.testing.assert_close(
+        function_space_gamma(single, samples, 1, ggn_z), function_space_gamma(single, samples, 1)
+    )
 
 
 def test_mackay_update_clips_estimates_only():

@@ -137,6 +137,7 @@ class Data:
         self.n = n
         self.batch_size = int(batch_size or 128)
         self._collate = collate
+        self._fingerprint: dict | None = None
         self.shard = Shard.current()
         if self.batch_size < self.shard.world:
             raise ValueError(
@@ -174,11 +175,23 @@ class Data:
         """What identifies the data in a checkpoint.
 
         ``n``, the batch size and a SHA-256 of up to ``n_points`` evenly spaced points' inputs
-        and targets.
+        and targets (for :meth:`indexed` data: those of the data they index).
         """
+        if self._fingerprint is not None:
+            return self._fingerprint
         idx = torch.linspace(0, self.n - 1, min(n_points, self.n)).round().long().unique()
         x, y = self._fetch(idx)
         return {"n": self.n, "batch_size": self.batch_size, "points": digest({"x": x, "y": y})}
+
+    def indexed(self, targets: Tensor) -> Data:
+        """These data with each input replaced by its index ``i`` (for a held feature matrix).
+
+        ``targets`` ``[n, ...]`` are this data's targets in order. The batch size and the
+        :meth:`fingerprint` (of the real inputs) are kept.
+        """
+        data = Data((torch.arange(self.n), targets), batch_size=self.batch_size)
+        data._fingerprint = self.fingerprint()
+        return data
 
     def all_reduce(self, tensor: Tensor) -> Tensor:
         """Complete a sum over data points by summing ``tensor`` over the ranks (in place)."""

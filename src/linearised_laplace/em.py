@@ -59,11 +59,17 @@ def group_sum(values: Tensor, group_ids: Tensor, n_groups: int) -> Tensor:
     return out.index_add_(-1, group_ids.to(values.device), values)
 
 
-def function_space_gamma(model: LinearGaussianModel, samples: Tensor, n_groups: int) -> Tensor:
-    """``γ̂_g = (1/K) Σ_k ⟨ζ_{k,g}, (M ζ_k)_g⟩`` (one data pass): ``[G]`` (float64)."""
-    if n_groups == 1:
+def function_space_gamma(
+    model: LinearGaussianModel, samples: Tensor, n_groups: int, ggn_z: Tensor | None = None
+) -> Tensor:
+    """``γ̂_g = (1/K) Σ_k ⟨ζ_{k,g}, (M ζ_k)_g⟩``: ``[G]`` (float64).
+
+    One data pass, or none when the products ``M ζ_k`` ``[K, D]`` are given as ``ggn_z``.
+    """
+    if ggn_z is None and n_groups == 1:
         return model.function_norms(samples).mean().double().reshape(1)
-    ggn_z = model.ggn_products(samples)
+    if ggn_z is None:
+        ggn_z = model.ggn_products(samples)
     return group_sum((samples * ggn_z).double(), model.prior.groups, n_groups).mean(0)
 
 

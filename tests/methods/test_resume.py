@@ -72,6 +72,11 @@ def test_checkpoint_of_another_run_or_model_is_refused(tmp_path):
         same_settings().optimize_prior_precision(
             other_data, max_iter=2, n_em_samples=4, tol=1e-12, checkpoint=path
         )
+    shifted = (data[0] + 1.0, data[1])  # same targets, other inputs: refused with Φ held too
+    with pytest.raises(ValueError, match="differs in the training data"):
+        same_settings().optimize_prior_precision(
+            shifted, max_iter=2, n_em_samples=4, tol=1e-12, checkpoint=path
+        )
     trained = same_settings()
     with torch.no_grad():
         trained.model[0].bias.add_(0.1)

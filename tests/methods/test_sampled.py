@@ -30,6 +30,18 @@ def test_samples_equal_exact_samples_for_the_same_seed(task):
     assert _relative(auto.posterior_samples, exact.posterior_samples) < 1e-10
 
 
+@pytest.mark.parametrize("solver", [lla.SGD(n_epochs=5), lla.CG(rtol=1e-12)])
+def test_held_features_give_the_matrix_free_samples(solver):
+    net = mlp().double()
+    x, y = classification_data(30)
+    kw = {"prior_precision": 2.0, "n_samples": 3, "seed": 1, "solver": solver, **QUIET}
+    held = lla.SampledLaplace(net, **kw).fit((x.double(), y))
+    free = lla.SampledLaplace(net, feature_memory_gib=0, **kw).fit((x.double(), y))
+    assert _relative(held.posterior_samples, free.posterior_samples) < 1e-10
+    with pytest.raises(ValueError, match="feature_memory_gib"):
+        lla.SampledLaplace(net, feature_memory_gib=-1.0)
+
+
 def test_sample_covariance_converges_to_the_exact_covariance():
     # R2: E‖Σ̂ − Σ‖²_F = (tr(Σ)² + ‖Σ‖²_F)/S for zero-mean Gaussian samples; allow 3× that error.
     net = mlp(hidden=4)
@@ -57,7 +69,9 @@ def test_transformer_classifier_matches_exact_through_the_jvp_fallback():
     kw = {"prior_precision": 5.0, "n_samples": 2, **QUIET}  # K < C: JVPs, not the Jacobian path
     exact = lla.ExactLaplace(net, **kw).fit((x, y))
     with pytest.warns(UserWarning, match="does not support forward-mode AD"):
-        sampled = lla.SampledLaplace(net, solver=lla.CG(rtol=1e-10), **kw).fit((x, y))
+        sampled = lla.SampledLaplace(
+            net, solver=lla.CG(rtol=1e-10), feature_memory_gib=0, **kw
+        ).fit((x, y))  # matrix-free, so that the fit's JVPs take the fallback
     assert _relative(sampled.posterior_samples, exact.posterior_samples) < 1e-6
     torch.testing.assert_close(sampled.predictive_samples(x[:4]), exact.predictive_samples(x[:4]))
 

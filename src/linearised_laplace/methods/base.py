@@ -33,7 +33,7 @@ from ..exceptions import NotFittedError
 from ..features import FeatureOperator
 from ..g_prior import ScaledFeatures, g_prior_scale, ggn_diagonal
 from ..likelihoods import Categorical, Gaussian, Likelihood, make_likelihood
-from ..linear_model import LinearGaussianModel
+from ..linear_model import FEATURE_MEMORY_GIB, LinearGaussianModel
 from ..linearisation import BATCHINGS, Linearisation, TangentBatching, as_inputs
 from ..mean import MeanMode, MeanProblem, mean_mode, solve_mean
 from ..noise import NoiseSource
@@ -65,6 +65,10 @@ class BaseLaplace(ABC):
             example's Jacobian is too large to build (it is exact otherwise).
         tangent_batching: ``"auto"`` (the faster, measured on the first batch), ``"loop"`` or
             ``"vmap"`` over samples in JVPs and VJPs.
+        feature_memory_gib: Hold the training features ``Φ`` ``[n, C, D]`` in memory while they
+            fit in this many GiB (``0``: never): built once, they make every later data pass a
+            matrix product instead of a JVP and a VJP through the network. Larger problems stay
+            matrix-free.
         progress: Progress bars on long passes (``None``: only on a terminal).
     """
 
@@ -84,6 +88,7 @@ class BaseLaplace(ABC):
         g_prior: bool = False,
         g_prior_probes: int = 8,
         tangent_batching: TangentBatching = "auto",
+        feature_memory_gib: float = FEATURE_MEMORY_GIB,
         progress: bool | None = None,
     ):
         self.likelihood = make_likelihood(likelihood, sigma_noise)
@@ -102,6 +107,14 @@ class BaseLaplace(ABC):
         self.g_prior = bool(g_prior)
         self.g_prior_probes = check_positive_int("g_prior_probes", g_prior_probes)
         self.exclude_norm = bool(exclude_norm)
+        if isinstance(feature_memory_gib, bool) or not (
+            isinstance(feature_memory_gib, int | float) and feature_memory_gib >= 0
+        ):
+            raise ValueError(
+                f"`feature_memory_gib` must be a number ≥ 0 (0: never hold the features), got "
+                f"{feature_memory_gib!r}."
+            )
+        self.feature_memory_gib = float(feature_memory_gib)
         self.progress = progress
         self.scale: Tensor | None = None
         self.em_history: list[dict] = []
@@ -204,6 +217,10 @@ class BaseLaplace(ABC):
             model = replace(model, features=ScaledFeatures(self._observed(), self.scale))
         self._fit_basis(model)
         return replace(model, features=self._features(), prior=self.prior)
+
+    def _fit_model(self, train_loader: TrainingData) -> LinearGaussianModel:
+        """The linear model that fits and EM solve: :meth:`_linear_model` with ``Φ`` held if it fits."""
+        return self._linear_model(train_loader).with_dense_features(self.feature_memory_gib)
 
     def g_prior_scale(self, train_loader: TrainingData) -> Tensor:
         """The g-prior's scale ``s = diag(JᵀBJ)^{-1/2}`` ``[D]`` on the training data.

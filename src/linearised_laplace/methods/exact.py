@@ -34,8 +34,6 @@ class ExactLaplace(BaseLaplace):
     Takes the same keywords as :class:`~linearised_laplace.SampledLaplace`. Its posterior samples
     are drawn from the same noise as ``SampledLaplace`` with the same seed, and solved exactly, so
     the two can be compared sample by sample. ``optimize_prior_precision`` runs exact MacKay EM.
-    The feature matrix ``Φ`` is built once and held while it fits in ``feature_memory_gib``, so
-    that the mean's Newton-CG passes are matrix products rather than passes through the network.
 
     Args:
         model: Trained network.
@@ -45,7 +43,6 @@ class ExactLaplace(BaseLaplace):
     """
 
     _estimates_gamma = False
-    feature_memory_gib: float = 1.0
 
     def __init__(
         self, model, likelihood="classification", *, mean_solver: Newton | None = None, **kwargs
@@ -66,16 +63,13 @@ class ExactLaplace(BaseLaplace):
 
     def fit(self, train_loader: TrainingData) -> ExactLaplace:
         """Assemble and factorise ``H`` and draw ``n_samples`` exact samples; returns ``self``."""
-        model = self._dense_linear_model(train_loader)
+        model = self._fit_model(train_loader)
         self._factorise(model, model.dense_ggn())
         return self
 
     def _forget_fit(self) -> None:
         super()._forget_fit()
         self._model = self._ggn = self._factor = None
-
-    def _dense_linear_model(self, train_loader: TrainingData) -> LinearGaussianModel:
-        return self._linear_model(train_loader).with_dense_features(self.feature_memory_gib)
 
     def _factorise(self, model: LinearGaussianModel, ggn: Tensor) -> None:
         noise = draw_posterior_noise(model, self.n_samples, NoiseSource(self.seed), self.progress)
@@ -155,7 +149,7 @@ class ExactLaplace(BaseLaplace):
             The history, one dict per step (step 0 is the start).
         """
         mode = self._check_em(max_iter, tol, mean, update_sigma, checkpoint)
-        model = self._dense_linear_model(train_loader)
+        model = self._fit_model(train_loader)
         ggn = model.dense_ggn()
         sigma_ref = float(self.sigma_noise)
         eigenvalues = torch.linalg.eigvalsh(ggn) if self.prior.is_isotropic else None

@@ -1,7 +1,7 @@
 r"""Sampled linearised Laplace (Antorán et al., ICLR 2023): posterior samples by sample-then-optimise.
 
-Memory is ``O(S·D)`` and each SGD step costs one JVP and one VJP per sample on a minibatch; neither
-the Jacobian nor any ``D×D`` matrix is ever formed. The prior precision is learnt by sample-based EM.
+Memory is ``O(S·D)`` and each SGD step costs one JVP and one VJP per sample on a minibatch; no
+``D×D`` matrix is ever formed, and the Jacobian only where it fits in ``feature_memory_gib``. The prior precision is learnt by sample-based EM.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class SampledLaplace(BaseLaplace):
         model: Trained network (see :class:`~linearised_laplace.methods.base.BaseLaplace` for the
             shared keywords ``likelihood``, ``prior_precision``, ``sigma_noise``, ``n_samples``,
             ``seed``, ``parameters``, ``exclude_norm``, ``g_prior``, ``tangent_batching``,
-            ``progress``).
+            ``feature_memory_gib``, ``progress``).
         likelihood: ``"classification"`` or ``"regression"``.
         solver: For the samples: ``"auto"`` (default; see :func:`~linearised_laplace.solvers.auto.
             choose_solver`: Cholesky where a dense solve is cheap, else preconditioned CG or SGD),
@@ -151,7 +151,7 @@ class SampledLaplace(BaseLaplace):
             warm = result.samples
         info = replace(result.info, reason=choice.reason)
         check_convergence(info, choice.solver.advice, self.strict)
-        return SolveResult(result.samples, info), warm
+        return replace(result, info=info), warm
 
     def fit(self, train_loader: TrainingData) -> SampledLaplace:
         """Draw ``n_samples`` posterior samples at the current hyperparameters; returns ``self``.
@@ -161,7 +161,7 @@ class SampledLaplace(BaseLaplace):
                 or a pair of tensors. Classification ``y`` are integer labels ``[N]``; regression
                 ``y`` is ``[N, C]`` (or ``[N]`` when ``C = 1``).
         """
-        self._draw(self._linear_model(train_loader))
+        self._draw(self._fit_model(train_loader))
         return self
 
     def _noise(
@@ -230,7 +230,7 @@ class SampledLaplace(BaseLaplace):
         """
         mode = self._check_em(max_iter, tol, mean, update_sigma, checkpoint, gamma)
         k = check_positive_int("n_em_samples", n_em_samples)
-        model = self._linear_model(train_loader)
+        model = self._fit_model(train_loader)
         noise = self._noise(model, k)
         sigma_ref = float(self.sigma_noise)
         n_groups = self.prior.precision.numel()
@@ -244,7 +244,7 @@ class SampledLaplace(BaseLaplace):
             )
             result, warm = self._solve(current, scaled, state.samples, step_seed)
             if gamma == "function":
-                g = function_space_gamma(current, result.samples, n_groups)
+                g = function_space_gamma(current, result.samples, n_groups, result.ggn_samples)
             else:
                 g = weight_space_gamma(prior, result.samples, self.prior.groups, n_groups)
             return EStep(mean_w, g, warm, residual, positive_gamma=gamma == "function")

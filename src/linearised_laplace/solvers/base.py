@@ -68,10 +68,15 @@ class SolveInfo:
 
 @dataclass(frozen=True)
 class SolveResult:
-    """Zero-mean posterior samples ``[K, D]`` and the solve's diagnostics."""
+    """Zero-mean posterior samples ``[K, D]`` and the solve's diagnostics.
+
+    ``ggn_samples``: ``M ζ_k`` ``[K, D]`` where the solver computed it for its final residual
+    (so that EM's function-space ``γ̂`` needs no extra data pass), else ``None``.
+    """
 
     samples: Tensor
     info: SolveInfo
+    ggn_samples: Tensor | None = None
 
 
 def relative_residual(model: LinearGaussianModel, samples: Tensor, rhs: Tensor) -> Tensor:

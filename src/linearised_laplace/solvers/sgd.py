@@ -90,8 +90,9 @@ class SGD:
             defaults to the batch size, so that ``λ̂`` reflects a minibatch's curvature (larger
             than the full data's), which is what limits a stable step.
         curvature_iters: Lanczos iterations for that estimate.
-        residual: Compute each sample's relative residual at the start and the end (two extra data
-            passes); an end worse than both the start and zero counts as a divergence.
+        residual: Compute each sample's relative residual at the end (one extra data pass); an
+            end worse than both zero and the start (whose residual costs another pass, taken only
+            when an end exceeds 1) counts as a divergence.
         tol: A sample whose final error estimate, the relative residual in the preconditioner's
             inverse norm ``‖H ζ − A θⁿ‖_{P⁻¹} / ‖A θⁿ‖_{P⁻¹}`` (≈ the relative error in the
             energy norm), exceeds this raises a :class:`~linearised_laplace.ConvergenceWarning`.
@@ -375,7 +376,7 @@ def sample_then_optimise(
 
     rhs = noise.rhs(prior)
 
-    def attempt(cfg: SGD) -> tuple[Tensor, int, Tensor, Tensor]:
+    def attempt(cfg: SGD) -> tuple[Tensor, int, Tensor, Tensor, Tensor | None]:
         samples, n_steps = stochastic_minimise(
             model,
             residual,
@@ -391,16 +392,19 @@ def sample_then_optimise(
         )
         if not cfg.residual:
             unknown = torch.full((noise.n_samples,), float("nan"))
-            return samples, n_steps, unknown, unknown
-        r = model.precision_vec(samples) - rhs
+            return samples, n_steps, unknown, unknown, None
+        ggn = model.ggn_products(samples)
+        r = prior * samples + ggn - rhs
         residuals = relative_norm(r, rhs)
-        check_residuals(residuals, initial, cfg, "sample-then-optimise")
-        return samples, n_steps, residuals, preconditioned_residual(preconditioner, r, rhs)
+        if not bool((residuals <= 1.0).all()):  # worse than zero: was the start worse still?
+            initial.append(initial[0] if initial else relative_residual(model, start_point, rhs))
+            check_residuals(residuals, initial[0], cfg, "sample-then-optimise")
+        return samples, n_steps, residuals, preconditioned_residual(preconditioner, r, rhs), ggn
 
     start_point = theta0 if init is None else init
-    initial = relative_residual(model, start_point, rhs) if config.residual else None
+    initial: list[Tensor] = []  # the start's residuals, computed only if an end exceeds 1
 
-    samples, n_steps, residuals, error = with_backoff(attempt, config, "sample-then-optimise")
+    samples, n_steps, residuals, error, ggn = with_backoff(attempt, config, "sample-then-optimise")
     info = SolveInfo(
         config.name,
         n_steps,
@@ -410,7 +414,7 @@ def sample_then_optimise(
         tolerance=config.tol if config.residual else None,
         error_estimate=error if config.residual else None,
     )
-    return SolveResult(samples, info)
+    return SolveResult(samples, info, ggn)
 
 
 def preconditioned_residual(preconditioner: Preconditioner, r: Tensor, rhs: Tensor) -> Tensor:
