@@ -67,6 +67,7 @@ class LinearisedDIP(SampledLaplace):
         kwargs.setdefault("g_prior", True)
         kwargs.setdefault("g_prior_probes", 64)
         kwargs.setdefault("space", "dual")
+        kwargs.setdefault("feature_memory_gib", 0.0)  # Φ = A J has one row per measurement
         super().__init__(Flatten(unet), "regression", sigma_noise=sigma_noise, **kwargs)
         self.operator = operator
         self._map = observation_map(operator)
