@@ -15,6 +15,9 @@ Sections (each case runs in its own process, so its peak memory is its own):
   floor of one JVP + one VJP per sample measured in the same run (``make peers`` installs
   ``transformers``).
 
+Every sampled fit here runs matrix-free (``feature_memory_gib=0``), as it must at scale, even where
+the training features would fit in memory.
+
 Run: ``python benchmarks/scaling.py [--sections ...] [--device cuda]``. Writes
 ``results/scaling-<section>.{json,md,png}``.
 """
@@ -95,6 +98,7 @@ def cost_ratio(case: dict) -> dict:
     def fit(n_epochs: int) -> float:
         la = lla.SampledLaplace(
             net,
+            feature_memory_gib=0,
             n_samples=case["k"],
             prior_precision=PRIOR_PRECISION,
             tangent_batching=case["batching"],
@@ -134,6 +138,7 @@ def fit_and_predict(case: dict) -> dict:
             solver = lla.SGD(n_epochs=case["epochs"], batch_size=100)
             la = lla.SampledLaplace(
                 net,
+                feature_memory_gib=0,
                 n_samples=case["k"],
                 prior_precision=PRIOR_PRECISION,
                 solver=solver,
@@ -179,7 +184,12 @@ def peak_memory_against_n(case: dict) -> dict:
     base = reset_peak()
     solver = lla.SGD(n_epochs=case.get("epochs", 1), batch_size=128)
     la = lla.SampledLaplace(
-        net, n_samples=case["k"], prior_precision=PRIOR_PRECISION, solver=solver, progress=False
+        net,
+        feature_memory_gib=0,
+        n_samples=case["k"],
+        prior_precision=PRIOR_PRECISION,
+        solver=solver,
+        progress=False,
     )
     start = time.perf_counter()
     la.fit(train)
@@ -226,6 +236,7 @@ def resnet18(case: dict) -> dict:
     def fit(n_epochs: int) -> float:
         la = lla.SampledLaplace(
             net,
+            feature_memory_gib=0,
             n_samples=k,
             solver=lla.SGD(n_epochs=n_epochs, batch_size=batch),
             tangent_batching="loop",
@@ -258,7 +269,8 @@ WORKERS = {
 def run_case(section: str, case: dict) -> dict:
     """Run one case in a fresh process; failures and timeouts become the row's ``error``.
 
-    Finished cases are kept in ``results/scaling-cases.jsonl``: an interrupted run resumes.
+    Finished cases are kept in ``results/scaling-cases.jsonl``: an interrupted run resumes (and
+    ``--fresh`` re-runs a section after the code changed).
     """
     key = json.dumps({"section": section, **case}, sort_keys=True)
     cache = RESULTS / "scaling-cases.jsonl"
@@ -466,12 +478,23 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="the two smallest sizes only")
+    parser.add_argument(
+        "--fresh", action="store_true", help="re-run the sections' cases cached by an earlier run"
+    )
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         section, case = args.worker
         print(json.dumps(WORKERS[section](json.loads(case))))
         return
+    cache = RESULTS / "scaling-cases.jsonl"
+    if args.fresh and cache.exists():
+        kept = [
+            line
+            for line in cache.read_text().splitlines()
+            if json.loads(json.loads(line)["key"])["section"] not in args.sections
+        ]
+        cache.write_text("".join(f"{line}\n" for line in kept))
     for section in args.sections:
         if section == "ratio":
             ratio_section(args.device)

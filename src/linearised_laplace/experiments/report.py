@@ -9,7 +9,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-SUMMARY = ["accuracy", "NLL", "ECE", "Brier", "OOD AUROC", "fit [s]", "peak memory [MB]"]
+SUMMARY = [
+    "accuracy", "NLL", "ECE", "Brier", "OOD AUROC", "fit [s]", "fit CPU [s]", "peak memory [MB]",
+]  # fmt: skip
 
 
 def _cell(value) -> str:
