@@ -46,6 +46,7 @@ from ._progress import progress_bar
 from .distributed import is_main_process
 from .exceptions import ConvergenceWarning, DivergenceError
 from .linear_model import LinearGaussianModel
+from .solvers.cholesky import cholesky
 
 GAMMA_ESTIMATORS = ("function", "weight")
 PRECISION_RANGE = (1e-12, 1e12)
@@ -88,6 +89,16 @@ def exact_gamma(
     """``γ_g = d_g − Σ_{j∈g} a_j (H^{-1})_{jj}``: ``[G]`` (float64)."""
     sizes = group_sum(torch.ones_like(prior_diag, dtype=torch.float64), group_ids, n_groups)
     return sizes - group_sum((prior_diag * covariance_diag).double(), group_ids, n_groups)
+
+
+def dense_gamma(
+    ggn: Tensor, prior_diag: Tensor, group_ids: Tensor, n_groups: int, eigenvalues: Tensor | None
+) -> Tensor:
+    """Exact ``γ`` ``[G]`` from the dense GGN; ``Σ_j μ_j / (μ_j + α)`` from its eigenvalues if given."""
+    if eigenvalues is not None:
+        return (eigenvalues / (eigenvalues + prior_diag[0])).sum().reshape(1)
+    cov_diag = torch.cholesky_inverse(cholesky(ggn + torch.diag(prior_diag))).diagonal()
+    return exact_gamma(cov_diag, prior_diag, group_ids, n_groups)
 
 
 def mackay_update(
@@ -142,6 +153,23 @@ class EStep:
 
 
 @dataclass(frozen=True)
+class Expectation:
+    """A posterior's part in EM.
+
+    Attributes:
+        step: The E-step at a state's hyperparameters.
+        refit: Refits the posterior at the final state, drawing this many samples.
+        settings: What else determines the run's result (JSON; part of the checkpoint fingerprint).
+        estimated: ``γ`` is a sampled estimate, so EM clips it (see :func:`mackay_update`).
+    """
+
+    step: Callable[[EMState], EStep]
+    refit: Callable[[EMState, int], None]
+    settings: dict = field(default_factory=dict)
+    estimated: bool = True
+
+
+@dataclass(frozen=True)
 class EMState:
     """The resumable state of an EM run (what a checkpoint holds).
 
@@ -172,6 +200,11 @@ def check_em_settings(max_iter: int, tol: float, gamma: str = "function") -> Non
     check_positive_int("max_iter", max_iter)
     if not (isinstance(tol, (int, float)) and tol > 0):
         raise ValueError(f"`tol` must be > 0 (a change in log α), got {tol!r}.")
+    check_gamma(gamma)
+
+
+def check_gamma(gamma: str) -> None:
+    """Validate the name of a ``γ̂`` estimator."""
     if gamma not in GAMMA_ESTIMATORS:
         raise ValueError(f"`gamma` must be one of {GAMMA_ESTIMATORS}, got {gamma!r}.")
 
@@ -232,8 +265,9 @@ def run_em(
         clip_gamma: Clip estimated ``γ̂`` (off for exact ``γ``; see :func:`mackay_update`).
         checkpoint: File the state is written to after every step (by the main process), and
             resumed from if it exists (:func:`load_checkpoint`).
-        fingerprint: What determines the run's result (JSON): a checkpoint is resumed only if
-            it was written with an equal one.
+        fingerprint: What else determines the run's result (JSON: network, data, settings); the
+            start and ``update_sigma`` are added. A checkpoint is resumed only if it was written
+            with an equal one.
         progress: Show a progress bar.
 
     Returns:
@@ -243,7 +277,12 @@ def run_em(
         DivergenceError: An update is not finite, or the E-step's factorisation failed.
     """
     n_groups = state.precision.numel()
-    fingerprint = fingerprint or {}
+    fingerprint = {
+        **(fingerprint or {}),
+        "initial_prior_precision": state.precision.tolist(),
+        "initial_sigma_noise": state.sigma,
+        "update_sigma": update_sigma,
+    }
     if checkpoint is not None and Path(checkpoint).exists():
         state = load_checkpoint(checkpoint, fingerprint, state.mean.dtype, state.mean.device)
     if not state.history:

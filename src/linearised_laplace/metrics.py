@@ -295,3 +295,17 @@ def _patches(images: Tensor, p: int) -> Tensor:
     ph, pw = min(p, h), min(p, w)
     blocks = images.reshape(s, h // ph, ph, w // pw, pw).permute(1, 3, 0, 2, 4)
     return blocks.reshape(-1, s, ph * pw)
+
+
+def linearised_nll(f0: Tensor, half: Tensor, y: Tensor, sigma_noise: float | None) -> float:
+    """Mean NLL of the linearised predictive ``N(f0, half halfᵀ)`` (``half`` ``[N, C, P]``).
+
+    Regression (``sigma_noise`` given) adds the noise; classification (``None``) uses the probit
+    approximation ``softmax(f0 / (1 + π σ²/8)^{1/2})``.
+    """
+    if sigma_noise is not None:
+        cov = half @ half.transpose(1, 2)
+        return float(-gaussian_log_likelihood(f0, cov, y, sigma_noise).mean())
+    variance = half.square().sum(-1)
+    log_probs = torch.log_softmax(f0 / (1 + math.pi * variance / 8).sqrt(), -1)
+    return float(-log_probs[torch.arange(len(f0)), y.long()].mean())

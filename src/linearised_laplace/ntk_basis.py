@@ -21,6 +21,25 @@ from .features import FeatureOperator, Pullback
 from .linalg import top_eigenpairs
 from .seeds import seeded_generator
 
+DEFAULT_POINTS, DEFAULT_RANK = 1000, 20
+
+
+def basis_size(
+    n_points: int | None, rank: int | None, n_data: int, n_outputs: int
+) -> tuple[int, int]:
+    """``(M, K)`` on ``N = n_data`` points: the defaults ``min(1000, N)`` and ``min(20, M·C)``."""
+    if n_points is not None and n_points > n_data:
+        raise ValueError(f"`n_points` = {n_points} exceeds the {n_data} training points; lower it.")
+    n_points = n_points or min(DEFAULT_POINTS, n_data)
+    rank = rank or min(DEFAULT_RANK, n_points * n_outputs)
+    if rank > n_points * n_outputs:
+        raise ValueError(
+            f"`rank` = {rank} exceeds n_points·C = {n_points}·{n_outputs} = "
+            f"{n_points * n_outputs}, the size of the NTK Gram matrix. Lower `rank` or raise "
+            "`n_points`."
+        )
+    return n_points, rank
+
 
 class ProjectedFeatures(FeatureOperator):
     """``ψ(x) = J(x) Vᵀ``: features restricted to the row space of a basis ``V`` ``[K, D]``.
