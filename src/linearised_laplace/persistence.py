@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from .linearisation import BATCHINGS
+from .parameters import ParameterSelection
 
 FORMAT = "linearised-laplace/2"  # /2: with checksums
 HEADER_KEY = "linearised_laplace"
@@ -315,13 +316,26 @@ def check_posterior(meta: dict, class_name: str, path: str | os.PathLike) -> Non
     check_fields(meta, POSTERIOR_FIELDS, path)
 
 
-def saved_state(
-    tensors: dict[str, Tensor], meta: dict, current: dict[str, Tensor], path, strict: bool
-) -> dict[str, Tensor]:
-    """The network state saved in a posterior file, checked against the ``current`` one.
+def write_posterior(path: str | os.PathLike, lin, tensors: dict, meta: dict) -> None:
+    """Write a posterior fitted over the linearisation ``lin``: its point ``θ*``, ``tensors``, ``meta``."""
+    snapshot, selection = lin.snapshot(), lin.selection
+    state = {f"state.{name}": t for name, t in snapshot.items()}
+    shapes = [[n, list(s)] for n, s in zip(selection.names, selection.shapes, strict=True)]
+    header = {"kind": "posterior", "model": model_signature(snapshot), "selection": shapes}
+    write(path, {**state, **tensors}, {**header, "tangent_batching": lin.tangent_batching, **meta})
 
-    A different architecture raises; different weights warn (or raise, with ``strict``).
+
+def read_posterior(
+    path: str | os.PathLike, class_name: str, model, strict: bool
+) -> tuple[Tensors, dict, dict[str, Tensor], dict]:
+    """A posterior saved by ``class_name`` for ``model``: tensors, header, network state, keywords.
+
+    The keywords are the shared constructor settings. A different architecture raises; different
+    weights warn (or raise, with ``strict``).
     """
+    tensors, meta = read(path)
+    check_posterior(meta, class_name, path)
+    current = {**dict(model.named_parameters()), **dict(model.named_buffers())}
     check_signature(meta["model"], model_signature(current), path)
     state = {name: tensors[f"state.{name}"] for name, _ in meta["model"]}
     differs = largest_difference(state, current)
@@ -340,7 +354,15 @@ def saved_state(
             UserWarning,
             stacklevel=3,
         )
-    return state
+    selection = ParameterSelection(
+        tuple(n for n, _ in meta["selection"]),
+        tuple(torch.Size(s) for _, s in meta["selection"]),
+        tensors.get("selection_indices"),
+    )
+    keys = ("sigma_noise", "n_samples", "seed", "g_prior", "tangent_batching", "likelihood")
+    keywords = {k: meta[k] for k in keys}
+    keywords.update(prior_precision=tensors["prior_precision"], parameters=selection)
+    return tensors, meta, state, keywords
 
 
 def model_signature(state: dict[str, Tensor]) -> list[list]:

@@ -17,12 +17,16 @@ weights had zero curvature and the subnetwork model collapsed to the plain netwo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
 from ._checks import check_positive_int
 from ._progress import progress_bar
+from .g_prior import ggn_diagonal
 from .linear_model import LinearGaussianModel
+from .noise import NoiseSource
 from .parameters import select_parameters
 from .seeds import seeded_generator
 from .solvers.sgd import estimate_top_curvature
@@ -151,3 +155,29 @@ def check_subnetwork(
             f"`n_params` = {n_params} exceeds the model's {total} trainable parameters."
         )
     return True
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """A subnetwork of ``size`` weights to choose by ``strategy`` from the training data."""
+
+    strategy: str
+    size: int
+    swag_epochs: int = 10
+    exclude_norm: bool = False
+
+
+def choose_subnetwork(
+    model: LinearGaussianModel, ranking: Ranking, seed: int = 0, progress: bool | None = None
+) -> Tensor:
+    """Indices (sorted) of the subnetwork ``ranking`` chooses on ``model`` (all candidates)."""
+    diagonal = ggn_diagonal(model, NoiseSource(seed, stream="subnetwork"), progress=progress)
+    scores = rank_weights(
+        ranking.strategy,
+        model,
+        diagonal,
+        seed=seed,
+        swag_epochs=ranking.swag_epochs,
+        progress=progress,
+    )
+    return select_top(scores, diagonal, ranking.size)

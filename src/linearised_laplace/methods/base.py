@@ -20,15 +20,15 @@ from torch.utils.data import DataLoader
 
 from .. import persistence
 from .._checks import check_memory_gib, check_positive_int, check_seed
-from ..coordinates import Basis, Coordinates, Ranking
+from ..coordinates import Coordinates
 from ..data import Data
-from ..em import EMState, check_em_settings, run_em
+from ..em import EMState, check_em_settings, run_em, run_fingerprint
 from ..exceptions import NotFittedError
 from ..likelihoods import Categorical, Gaussian, Likelihood, make_likelihood
 from ..linear_model import FEATURE_MEMORY_GIB, LinearGaussianModel
 from ..linearisation import Linearisation, TangentBatching, as_inputs
 from ..mean import MeanMode, mean_mode
-from ..parameters import ParameterSelection, ParameterSpec
+from ..parameters import ParameterSpec
 from ..persistence import solver_settings
 from ..posteriors import DensePosterior, SampledPosterior
 from ..priors import make_prior
@@ -39,7 +39,7 @@ __all__ = ["Laplace", "LikelihoodSpec", "TrainingData", "solver_settings"]
 
 
 class Laplace:
-    """Linearised Laplace in given coordinates with a given posterior backend.
+    """Linearised Laplace in given coordinates with a given posterior.
 
     Args:
         model: Trained network mapping ``x`` ``[N, ...]`` to outputs ``[N, C]``. It is never modified.
@@ -47,8 +47,8 @@ class Laplace:
             or a :class:`~linearised_laplace.likelihoods.Likelihood`.
         posterior: A :class:`~linearised_laplace.posteriors.DensePosterior` or
             :class:`~linearised_laplace.posteriors.SampledPosterior`.
-        ranking, basis, output_map: The coordinates' subnetwork ranking, Nyström basis and output
-            map (see :class:`~linearised_laplace.coordinates.Coordinates`).
+        coordinates: Keywords of :class:`~linearised_laplace.coordinates.Coordinates` (``ranking``,
+            ``basis``, ``output_map``).
         prior_precision: ``α > 0``, or one value per linearised parameter tensor (layerwise).
         sigma_noise: Gaussian noise standard deviation (regression only).
         n_samples: Posterior samples ``S`` drawn by ``fit``.
@@ -61,9 +61,8 @@ class Laplace:
             example's Jacobian is too large to build (it is exact otherwise).
         tangent_batching: ``"auto"`` (the faster, measured on the first batch), ``"loop"`` or
             ``"vmap"`` over samples in JVPs and VJPs.
-        feature_memory_gib: Hold the training features ``Φ`` ``[n, C, P]`` in memory while they
-            fit in this many GiB (``0``: never): built once, they make every later data pass a
-            matrix product instead of a JVP and a VJP through the network.
+        feature_memory_gib: Hold the training features ``Φ`` ``[n, C, P]`` while they fit in this
+            many GiB (``0``: never), making every later data pass a matrix product.
         progress: Progress bars on long passes (``None``: only on a terminal).
 
     Attributes:
@@ -77,9 +76,7 @@ class Laplace:
         likelihood: LikelihoodSpec = "classification",
         *,
         posterior: DensePosterior | SampledPosterior,
-        ranking: Ranking | None = None,
-        basis: Basis | None = None,
-        output_map: tuple | None = None,
+        coordinates: dict | None = None,
         prior_precision: float | list[float] | Tensor = 1.0,
         sigma_noise: float = 1.0,
         n_samples: int = 64,
@@ -110,35 +107,15 @@ class Laplace:
         self.feature_memory_gib = check_memory_gib("feature_memory_gib", feature_memory_gib)
         self.progress = progress
         self.coordinates = Coordinates(
-            lin,
-            g_prior=self.g_prior,
-            g_prior_probes=probes,
-            ranking=ranking,
-            basis=basis,
-            output_map=output_map,
+            lin, g_prior=self.g_prior, g_prior_probes=probes, **(coordinates or {})
         )
         self.posterior = posterior
         self.em_history: list[dict] = []
 
-    @property
-    def linearisation(self) -> Linearisation:
-        """The network linearised over the chosen weights."""
-        return self.coordinates.linearisation
-
-    @property
-    def model(self) -> nn.Module:
-        """The user's network (never modified)."""
-        return self.linearisation.model
-
-    @property
-    def n_params(self) -> int:
-        """``D``, the number of linearised parameters."""
-        return self.linearisation.n_params
-
-    @property
-    def scale(self) -> Tensor | None:
-        """``[D]`` the g-prior scale ``s`` (after the first fit), or ``None``."""
-        return self.coordinates.scale
+    linearisation = property(lambda self: self.coordinates.linearisation, doc="The linearisation.")
+    model = property(lambda self: self.linearisation.model, doc="The network (never modified).")
+    n_params = property(lambda self: self.linearisation.n_params, doc="``D``, linearised weights.")
+    scale = property(lambda self: self.coordinates.scale, doc="``[D]`` g-prior scale, or None.")
 
     @property
     def prior_precision(self) -> Tensor:
@@ -156,35 +133,33 @@ class Laplace:
         self._check_fitted()
         return self.coordinates.to_parameters(self.posterior.samples)
 
-    # ------------------------------------------------------------------ the linear model
     def linear_model(self, train_loader: TrainingData) -> LinearGaussianModel:
         """The tangent linear model on the training data, in the posterior's coordinates.
 
-        Linearises at the model's current weights, and fits what the coordinates take from the
-        data (a ranked subnetwork, the g-prior scale, a Nyström basis) the first time.
+        Linearises at the model's current weights (forgetting a fit at others), and fits what the
+        coordinates take from the data (a ranked subnetwork, the g-prior scale, a Nyström basis)
+        the first time.
         """
         if self.linearisation.changed() is not None:
             self.linearisation.refresh()
             self.coordinates.forget()
             self.posterior.forget()
         data = Data(train_loader)
-        as_inputs(
-            data.subset(torch.zeros(1))[0], self.linearisation.dtype, "the train_loader's inputs"
-        )
+        x = data.subset(torch.zeros(1))[0]
+        as_inputs(x, self.linearisation.dtype, "the train_loader's inputs")
         if data.shard.world > 1:
             self.posterior.check_parallel()
+            signature = persistence.model_signature(self.linearisation.snapshot())
+            precision = self.prior.precision.tolist()
+            fingerprint = data.fingerprint()
             data.shard.check_agree(
-                parameters=persistence.model_signature(self.linearisation.snapshot()),
-                seed=self.seed,
-                data=data.fingerprint(),
-                prior_precision=self.prior.precision.tolist(),
+                parameters=signature, seed=self.seed, data=fingerprint, prior_precision=precision
             )
         self.coordinates.fit(data, self.likelihood, self.prior, self.seed, self.progress)
         self.prior = make_prior(self.prior.precision, *self.coordinates.groups())
         return LinearGaussianModel(self.coordinates.features(), self.likelihood, self.prior, data)
 
     def _fit_model(self, train_loader: TrainingData) -> LinearGaussianModel:
-        """:meth:`linear_model` with ``Φ`` held while it fits in ``feature_memory_gib``."""
         return self.linear_model(train_loader).with_dense_features(self.feature_memory_gib)
 
     def g_prior_scale(self, train_loader: TrainingData) -> Tensor:
@@ -198,14 +173,6 @@ class Laplace:
         if self.scale is None:
             self.linear_model(train_loader)
         return self.scale
-
-    def _check_weights_unchanged(self, what: str) -> None:
-        changed = self.linearisation.changed()
-        if changed is not None:
-            raise ValueError(
-                f"`{what}` uses the fit at the model's former weights, but the model's {changed} "
-                "changed since. Call `.fit(train_loader)` again to linearise at the new weights."
-            )
 
     def _check_fitted(self) -> None:
         if self.posterior.samples is None:
@@ -221,11 +188,9 @@ class Laplace:
                 or a pair of tensors. Classification ``y`` are integer labels ``[N]``; regression
                 ``y`` is ``[N, C]`` (or ``[N]`` when ``C = 1``).
         """
-        model = self._fit_model(train_loader)
-        self.posterior.fit(model, self.n_samples, self.seed, self.progress)
+        self.posterior.fit(self._fit_model(train_loader), self.n_samples, self.seed, self.progress)
         return self
 
-    # ------------------------------------------------------------------ predictive
     def sample(self, n_samples: int | None = None) -> Tensor:
         """``[n, D]`` posterior samples: the stored ones (all by default), then more.
 
@@ -251,25 +216,19 @@ class Laplace:
         Exact for a dense posterior; the sample estimate ``(1/S) Σ_s (J ζ_s)(J ζ_s)ᵀ`` otherwise.
         """
         self._check_fitted()
-        x = self.linearisation.check_inputs(x)
         features = self.coordinates.transform(self.linearisation)
-        return self.posterior.functional_variance(features, x)
+        return self.posterior.functional_variance(features, self.linearisation.check_inputs(x))
 
     def __call__(
         self, x: Tensor, link_approx: Literal["mc", "probit"] = "mc"
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """The predictive at inputs ``x`` ``[N, ...]``.
+        """The predictive at inputs ``x`` ``[N, ...]`` (a tensor or numpy array, the network's dtype).
 
-        Args:
-            x: Inputs (a tensor, or a numpy array, which is converted), in the network's dtype.
-            link_approx: Classification only. ``"mc"``: average ``softmax(f_s(x))`` over the
-                posterior samples (keeps cross-class covariances). ``"probit"``: MacKay's
-                ``softmax(f(x; θ*) / (1 + π σ²/8)^{1/2})`` with the functional variances ``σ²``.
-
-        Returns:
-            Classification: predictive probabilities ``[N, C]``. Regression: the mean
-            ``f(x; θ*)`` ``[N, C]`` and the functional covariance ``[N, C, C]`` (add ``σ²`` for
-            the observation noise).
+        ``link_approx`` (classification): ``"mc"`` averages ``softmax(f_s(x))`` over the samples;
+        ``"probit"`` is MacKay's ``softmax(f(x; θ*) / (1 + π σ²/8)^{1/2})``, ``σ²`` the functional
+        variances. Returns classification probabilities ``[N, C]``, or for regression the mean
+        ``f(x; θ*)`` ``[N, C]`` and the functional covariance ``[N, C, C]`` (add ``σ²`` for the
+        observation noise).
         """
         self._check_fitted()
         x = self.linearisation.check_inputs(x)
@@ -283,7 +242,6 @@ class Laplace:
             return torch.softmax(kappa * self.linearisation.forward(x), dim=-1)
         raise ValueError(f"`link_approx` must be 'mc' or 'probit', got {link_approx!r}.")
 
-    # ------------------------------------------------------------------ EM
     def optimize_prior_precision(
         self,
         train_loader: TrainingData,
@@ -295,11 +253,11 @@ class Laplace:
         checkpoint: str | Path | None = None,
         **options,
     ) -> list[dict]:
-        r"""Learn the prior precision by MacKay EM, then refit the posterior at the result.
+        r"""Learn the prior precision by MacKay EM, ``α_g = γ_g / ‖θ̄_g‖²``, then refit at the result.
 
-        Each step solves for the linear model's mean ``θ̄`` (warm-started), computes the
-        effective dimension ``γ`` (exact for a dense posterior; estimated from warm-started
-        samples of kept noise for a sampled one), and sets ``α_g = γ_g / ‖θ̄_g‖²``.
+        Each step solves for the linear model's mean ``θ̄`` (warm-started) and the effective
+        dimension ``γ`` (exact for a dense posterior; for a sampled one estimated from
+        warm-started samples whose noise is kept and rescaled across steps).
 
         Args:
             train_loader: Training data, as for :meth:`fit`.
@@ -310,9 +268,9 @@ class Laplace:
             update_sigma: Also learn the Gaussian noise (regression).
             checkpoint: File to save the state to after every step; a run restarted with the same
                 arguments resumes from it.
-            **options: The sampled posterior's: ``gamma`` (``"function"``, ``(1/K) Σ_k ‖Jζ_k‖²_B``,
-                default; or ``"weight"``) and ``n_em_samples`` (``K`` per E-step, default 8; the
-                final draw uses ``n_samples``).
+            **options: A sampled posterior's ``gamma``: ``"function"`` (``(1/K) Σ_k ‖Jζ_k‖²_B``;
+                default) or ``"weight"`` estimator, and ``n_em_samples``: ``K`` per E-step
+                (default 8; the final draw uses ``n_samples``).
 
         Returns:
             The history, one dict per step (step 0 is the start): ``prior_precision``, ``gamma``,
@@ -327,17 +285,8 @@ class Laplace:
         model = self._fit_model(train_loader)
         anchor = self.coordinates.anchor()
         em = self.posterior.expectation(model, mode, anchor, self.seed, self.progress, **options)
-        snapshot = self.linearisation.snapshot()
-        fingerprint = {
-            "class": type(self).__name__,
-            "model": persistence.model_signature(snapshot),
-            "weights": persistence.digest(snapshot),
-            "data": model.data.fingerprint(),
-            "seed": self.seed,
-            "g_prior": self.g_prior,
-            "mean": mode.value,
-            **em.settings,
-        }
+        settings = {"class": type(self).__name__, "seed": self.seed, "g_prior": self.g_prior}
+        settings.update(mean=mode.value, **em.settings)
         start = anchor.clone() if mode is MeanMode.AFFINE else torch.zeros_like(anchor)
         state = run_em(
             em.step,
@@ -349,7 +298,7 @@ class Laplace:
             update_sigma=update_sigma,
             clip_gamma=em.estimated,
             checkpoint=checkpoint,
-            fingerprint=fingerprint,
+            fingerprint=run_fingerprint(self.linearisation.snapshot(), model.data, **settings),
             progress=self.progress,
         )
         self.prior = self.prior.with_precision(state.precision)
@@ -368,35 +317,20 @@ class Laplace:
         identically.
         """
         self._check_fitted()
-        selection, snapshot = self.linearisation.selection, self.linearisation.snapshot()
-        tensors = {f"state.{name}": t for name, t in snapshot.items()}
-        tensors.update(samples=self.posterior.samples, prior_precision=self.prior.precision)
+        tensors = {"samples": self.posterior.samples, "prior_precision": self.prior.precision}
         tensors.update(**self.coordinates.tensors(), **self.posterior.tensors())
-        meta = {
-            "kind": "posterior",
-            "class": type(self).__name__,
-            "model": persistence.model_signature(snapshot),
-            "likelihood": self.likelihood.name,
-            "sigma_noise": float(self.sigma_noise),
-            "n_samples": self.n_samples,
-            "seed": self.seed,
-            "g_prior": self.g_prior,
-            "tangent_batching": self.linearisation.tangent_batching,
-            "selection": [
-                [n, list(s)] for n, s in zip(selection.names, selection.shapes, strict=True)
-            ],
-            "em_history": self.em_history,
-            **self.settings(),
-        }
-        persistence.write(path, tensors, meta)
+        meta = {"class": type(self).__name__, "likelihood": self.likelihood.name}
+        meta.update(sigma_noise=float(self.sigma_noise), n_samples=self.n_samples, seed=self.seed)
+        meta.update(g_prior=self.g_prior, em_history=self.em_history, **self.settings())
+        persistence.write_posterior(path, self.linearisation, tensors, meta)
 
     def settings(self) -> dict:
         """The constructor settings a saved file records besides the shared ones."""
-        return self.posterior.settings()
+        return {**self.coordinates.settings(), **self.posterior.settings()}
 
     @classmethod
     def settings_from(cls, meta: dict, path: str | Path) -> dict:
-        """Constructor keywords from a saved file's settings, checked (see :meth:`settings`)."""
+        """Constructor keywords from a saved file's :meth:`settings`, checked."""
         return {}
 
     @classmethod
@@ -411,29 +345,9 @@ class Laplace:
         those differ, a ``UserWarning`` names the tensor with the largest difference, or, with
         ``strict=True``, a ``ValueError`` is raised.
         """
-        tensors, meta = persistence.read(path)
-        persistence.check_posterior(meta, cls.__name__, path)
-        current = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-        state = persistence.saved_state(tensors, meta, current, path, strict)
-        selection = ParameterSelection(
-            tuple(n for n, _ in meta["selection"]),
-            tuple(torch.Size(s) for _, s in meta["selection"]),
-            tensors.get("selection_indices"),
-        )
+        tensors, meta, state, shared = persistence.read_posterior(path, cls.__name__, model, strict)
         try:
-            la = cls(
-                model,
-                meta["likelihood"],
-                prior_precision=tensors["prior_precision"],
-                sigma_noise=meta["sigma_noise"],
-                n_samples=meta["n_samples"],
-                seed=meta["seed"],
-                parameters=selection,
-                g_prior=meta["g_prior"],
-                tangent_batching=meta["tangent_batching"],
-                progress=progress,
-                **cls.settings_from(meta, path),
-            )
+            la = cls(model, progress=progress, **shared, **cls.settings_from(meta, path))
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path} holds settings that cannot be built: {err}") from err
         la.linearisation.restore(state)

@@ -12,6 +12,7 @@ from torch import Tensor
 from .._checks import check_finite, check_positive
 from ..data import Data
 from ..exceptions import NotFittedError
+from ..likelihoods import Gaussian
 from ..mean import mean_mode
 from ..posteriors.dense import DensePosterior, check_dense
 from ..solvers.newton import Newton
@@ -43,7 +44,12 @@ class ExactLaplace(Laplace):
         self._check_fitted()
         if self.posterior.model is None:
             raise NotFittedError(f"{what} needs {needs}.")
-        self._check_weights_unchanged(what)
+        changed = self.linearisation.changed()
+        if changed is not None:
+            raise ValueError(
+                f"`{what}` uses the fit at the model's former weights, but the model's {changed} "
+                "changed since. Call `.fit(train_loader)` again to linearise at the new weights."
+            )
         return self.posterior
 
     @property
@@ -54,7 +60,7 @@ class ExactLaplace(Laplace):
 
     @property
     def posterior_precision(self) -> Tensor:
-        """``H = JᵀBJ + A`` in the original coordinates: float64 ``[D, D]`` (not for a basis)."""
+        """``H = JᵀBJ + A`` in the original coordinates: float64 ``[D, D]`` (not in a basis)."""
         self._check_fitted()
         factor = self.posterior.factor
         return self.coordinates.precision_to_parameters(factor @ factor.T)
@@ -79,11 +85,12 @@ class ExactLaplace(Laplace):
         Returns:
             ``{"grid": [...], "nll": [...], "prior_precision": best}``.
         """
-        posterior = self._fitted_data(
+        fit = self._fitted_data(
             "select_prior_precision", "the training fit: call `.fit(train_loader)`"
         )
-        grid = torch.logspace(-4, 4, 21, dtype=torch.float64) if grid is None else grid
-        grid = check_positive("grid", grid)
+        grid = check_positive(
+            "grid", torch.logspace(-4, 4, 21, dtype=torch.float64) if grid is None else grid
+        )
         val = Data(val_loader)
         x, y = val.subset(torch.arange(len(val)))
         x = self.linearisation.check_inputs(x, "the val_loader's inputs")
@@ -94,17 +101,11 @@ class ExactLaplace(Laplace):
             self.likelihood.check_targets(f0, y.to(f0.device))
         except (TypeError, ValueError) as err:
             raise type(err)(f"The val_loader targets do not fit the model: {err}") from err
-        jac = features.to_dense(x).to(torch.float64)
-        scores = posterior.validation_nll(jac, f0, y, self.likelihood, grid)
+        sigma = self.likelihood.sigma if isinstance(self.likelihood, Gaussian) else None
+        scores = fit.validation_nll(features.to_dense(x).double(), f0, y, sigma, grid)
         best = float(grid[int(torch.tensor(scores).argmin())])
         self.prior = self.prior.with_precision(best)
-        posterior.fit(
-            posterior.model.with_prior(self.prior),
-            self.n_samples,
-            self.seed,
-            self.progress,
-            posterior.ggn,
-        )
+        fit.fit(fit.model.with_prior(self.prior), self.n_samples, self.seed, self.progress, fit.ggn)
         return {"grid": grid.tolist(), "nll": scores, "prior_precision": best}
 
     def log_marginal_likelihood(
@@ -120,17 +121,12 @@ class ExactLaplace(Laplace):
         linear model's mode (re-solved at the given hyperparameters; ``mean`` as in
         :meth:`optimize_prior_precision`). Defaults to the current hyperparameters.
         """
-        posterior = self._fitted_data(
-            "log_marginal_likelihood",
-            "the training data: call `.fit(train_loader)` (a loaded posterior does not keep its "
-            "data)",
-        )
+        needs = "the training data: call `.fit(train_loader)` (a loaded posterior does not keep "
+        fit = self._fitted_data("log_marginal_likelihood", needs + "its data)")
         mode = mean_mode(mean)
         prior = (
             self.prior if prior_precision is None else self.prior.with_precision(prior_precision)
         )
         sigma = float(self.sigma_noise) if sigma_noise is None else float(sigma_noise)
         anchor = self.coordinates.anchor()
-        return posterior.log_evidence(
-            prior.precision, sigma, mode, anchor, self.seed, self.progress
-        )
+        return fit.log_evidence(prior.precision, sigma, mode, anchor, self.seed, self.progress)

@@ -10,9 +10,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from .._checks import check_positive_int
-from ..coordinates import Ranking
 from ..parameters import ParameterSelection
-from ..ranking import check_subnetwork
+from ..ranking import Ranking, check_subnetwork
 from ..solvers.newton import Newton
 from .exact import ExactLaplace
 
@@ -57,7 +56,7 @@ class SubnetworkLaplace(ExactLaplace):
             model,
             likelihood,
             mean_solver=mean_solver,
-            ranking=ranking,
+            coordinates={"ranking": ranking},
             parameters=parameters,
             **kwargs,
         )

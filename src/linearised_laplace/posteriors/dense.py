@@ -1,7 +1,7 @@
-r"""The dense posterior ``N(0, H^{-1})``, ``H = M + A``, held as the Cholesky factor of ``H``.
+r"""The dense posterior ``N(0, H^{-1})``, ``H = M + A``, held as the Cholesky factor ``R`` of ``H``.
 
-Costs ``O(n C P²)`` to assemble, ``O(P³)`` to factorise and ``O(P²)`` memory in ``P`` coordinates.
-EM is exact MacKay EM; the evidence and a validation grid search refactorise ``H`` per value.
+``O(n C P²)`` to assemble, ``O(P³)`` to factorise, ``O(P²)`` memory over ``P`` coordinates; EM is
+exact MacKay EM, and the evidence and a validation grid search refactorise ``H`` per value.
 """
 
 from __future__ import annotations
@@ -10,14 +10,11 @@ import torch
 from torch import Tensor
 
 from .._checks import check_sample_budget
-from ..em import EMState, EStep, Expectation, dense_gamma
-from ..likelihoods import Gaussian, Likelihood
-from ..linear_model import LinearGaussianModel
-from ..mean import MeanMode, MeanProblem, log_likelihood, posterior_mean, solve_mean
-from ..metrics import linearised_nll
-from ..noise import NoiseSource, draw_posterior_noise
-from ..seeds import derive_seed
-from ..solvers.cholesky import cholesky, cholesky_solve
+from ..em import Expectation, exact_e_step, log_evidence
+from ..mean import solve_mean
+from ..metrics import grid_nll
+from ..noise import NoiseSource
+from ..solvers.cholesky import exact_samples, whiten
 from ..solvers.newton import Newton
 
 
@@ -31,35 +28,27 @@ def check_dense(dim: int, what: str) -> None:
 
 
 class DensePosterior:
-    """``H^{-1}`` by Cholesky, exact samples ``R^{-T} ξ``-style from the shared noise, exact EM.
+    """Exact samples, (co)variances, EM and evidence from ``R``.
 
     Args:
         mean_solver: For the linear model's mean (default ``Newton(rtol=1e-10)``).
 
     Attributes:
-        model: The linear model of the last fit (``None`` after a load).
-        ggn: Its dense GGN ``M`` ``[P, P]`` (float64); ``factor``: ``R``, ``H = R Rᵀ``.
-        samples: ``[S, P]`` samples in the posterior's coordinates.
+        model, ggn: The linear model of the last fit and its GGN ``M`` (``None`` after a load).
+        factor: ``R`` ``[P, P]`` (float64); ``samples``: ``[S, P]``.
     """
 
     def __init__(self, mean_solver: Newton | None = None):
         self.mean_solver = Newton(rtol=1e-10) if mean_solver is None else mean_solver
         self.forget()
 
-    def forget(self) -> None:
-        """Drop the fit."""
+    def forget(self) -> None:  # noqa: D102
         self.model = self.ggn = self.factor = self.samples = None
 
-    def fit(
-        self, model, n_samples: int, seed: int, progress: bool | None, ggn: Tensor | None = None
-    ) -> None:
-        """Factorise ``H`` (``ggn``: ``M`` if already built) and draw ``n_samples`` samples."""
-        ggn = model.dense_ggn() if ggn is None else ggn
-        noise = draw_posterior_noise(model, n_samples, NoiseSource(seed), progress)
-        prior = model.prior.diag(torch.float64, ggn.device)
-        self.model, self.ggn = model, ggn
-        self.factor = cholesky(ggn + torch.diag(prior))
-        self.samples = cholesky_solve(self.factor, noise.rhs(prior)).to(model.features.dtype)
+    def fit(self, model, n_samples: int, seed: int, progress, ggn: Tensor | None = None) -> None:
+        """Factorise ``H`` (``ggn``: ``M``, if already built) and draw ``n_samples`` samples."""
+        self.model, self.ggn = model, model.dense_ggn() if ggn is None else ggn
+        self.factor, self.samples = exact_samples(model, self.ggn, n_samples, seed, progress)
 
     def extra_samples(self, count: int, seed: int) -> Tensor:
         """``count`` more exact samples ``R^{-T} ξ`` (float64), from their own stream."""
@@ -73,92 +62,39 @@ class DensePosterior:
         """``H^{-1}`` ``[P, P]`` (float64)."""
         return torch.cholesky_inverse(self.factor)
 
-    def _half(self, jac: Tensor, factor: Tensor) -> Tensor:
-        """``J R^{-T}`` for ``J`` ``[N, C, P]``, so that ``J H^{-1} Jᵀ = half halfᵀ``."""
-        n, c, p = jac.shape
-        half = torch.linalg.solve_triangular(factor, jac.reshape(n * c, p).T, upper=False)
-        return half.T.reshape(n, c, p)
-
     def functional_variance(self, features, x: Tensor) -> Tensor:
         """``J(x) H^{-1} J(x)ᵀ`` ``[N, C, C]`` for features ``J`` in the posterior's coordinates."""
-        half = self._half(features.to_dense(x).to(torch.float64), self.factor)
+        half = whiten(self.factor, features.to_dense(x).to(torch.float64))
         return (half @ half.transpose(1, 2)).to(features.dtype)
 
-    def solve_mean(
-        self, problem: MeanProblem, init: Tensor, preconditioner: Tensor, seed: int, progress
-    ) -> Tensor:
-        """``θ̄`` ``[P]`` by the mean solver."""
-        return solve_mean(problem, self.mean_solver, init, preconditioner, seed, progress).samples[
-            0
-        ]
+    def solver_of_mean(self, progress):
+        """``(problem, init, preconditioner, seed) ↦ θ̄`` by the mean solver."""
+        return lambda p, init, pre, seed: solve_mean(
+            p, self.mean_solver, init, pre, seed, progress
+        ).samples[0]
 
-    def _at(self, model, ggn: Tensor, precision: Tensor, sigma: float):
-        current, ratio = model.at(precision, sigma)
-        return current, ggn * ratio**2, ratio
-
-    def expectation(
-        self, model: LinearGaussianModel, mode: MeanMode, anchor: Tensor, seed: int, progress
-    ) -> Expectation:
-        """Exact MacKay EM: ``γ`` from ``H^{-1}``, or from one eigendecomposition of ``M``."""
+    def expectation(self, model, mode, anchor: Tensor, seed: int, progress) -> Expectation:
+        """Exact MacKay EM (:func:`~linearised_laplace.em.exact_e_step`), refit at the end."""
         ggn = model.dense_ggn()
-        eigenvalues = torch.linalg.eigvalsh(ggn).clamp_min(0) if model.prior.is_isotropic else None
-        n_groups = model.prior.precision.numel()
 
-        def step(state: EMState) -> EStep:
-            current, scaled, ratio = self._at(model, ggn, state.precision, state.sigma)
-            prior = current.prior.diag(torch.float64, ggn.device)
-            mu = None if eigenvalues is None else eigenvalues * ratio**2
-            gamma = dense_gamma(scaled, prior, model.prior.groups, n_groups, mu)
-            preconditioner = (scaled.diagonal() + prior).to(model.features.dtype)
-            step_seed = derive_seed(seed, "em", state.step)
-            mean, residual = posterior_mean(
-                current,
-                mode,
-                anchor,
-                lambda p: self.solve_mean(p, state.mean, preconditioner, step_seed, progress),
-            )
-            return EStep(mean, gamma, None, residual)
+        def refit(state, n_samples: int) -> None:
+            current, ratio = model.at(state.precision, state.sigma)
+            self.fit(current, n_samples, seed, progress, ggn * ratio**2)
 
-        def refit(state: EMState, n_samples: int) -> None:
-            current, scaled, _ = self._at(model, ggn, state.precision, state.sigma)
-            self.fit(current, n_samples, seed, progress, scaled)
-
+        step = exact_e_step(model, ggn, mode, anchor, seed, self.solver_of_mean(progress))
         return Expectation(step, refit, estimated=False)
 
     def validation_nll(
-        self, jac: Tensor, f0: Tensor, y: Tensor, likelihood: Likelihood, grid: Tensor
+        self, jac: Tensor, f0: Tensor, y: Tensor, sigma, grid: Tensor
     ) -> list[float]:
-        """The validation NLL at each isotropic precision of ``grid`` (features ``jac`` ``[N, C, P]``)."""
-        sigma = likelihood.sigma if isinstance(likelihood, Gaussian) else None
-        eye = torch.eye(jac.shape[-1], dtype=torch.float64, device=jac.device)
-        return [
-            linearised_nll(f0, self._half(jac, cholesky(self.ggn + alpha * eye)), y, sigma)
-            for alpha in grid
-        ]
+        """:func:`~linearised_laplace.metrics.grid_nll` of the fitted GGN."""
+        return grid_nll(self.ggn, jac, f0, y, sigma, grid)
 
-    def log_evidence(
-        self, precision: Tensor, sigma: float, mode: MeanMode, anchor: Tensor, seed: int, progress
-    ) -> Tensor:
-        r"""``Σ_i log p(y_i | g_i(θ̄)) − ½ θ̄ᵀAθ̄ − ½ log|H| + ½ log|A|`` at these hyperparameters."""
-        current, ggn, _ = self._at(self.model, self.ggn, precision, sigma)
-        prior = current.prior.diag(torch.float64, ggn.device)
-        factor = cholesky(ggn + torch.diag(prior))
-        init = anchor.clone() if mode is MeanMode.AFFINE else torch.zeros_like(anchor)
-        preconditioner = (ggn.diagonal() + prior).to(current.features.dtype)
-        theta, _ = posterior_mean(
-            current,
-            mode,
-            anchor,
-            lambda p: self.solve_mean(p, init, preconditioner, seed, progress),
-        )
-        fit = log_likelihood(current, mode, anchor, theta)
-        theta = theta.double()
-        return torch.tensor(
-            fit
-            - 0.5 * float((prior * theta * theta).sum())
-            - float(factor.diagonal().log().sum())
-            + 0.5 * float(prior.log().sum()),
-            dtype=torch.float64,
+    def log_evidence(self, precision: Tensor, sigma: float, mode, anchor, seed: int, progress):
+        """:func:`~linearised_laplace.em.log_evidence` of the fit at these hyperparameters."""
+        current, ratio = self.model.at(precision, sigma)
+        return log_evidence(
+            current, self.ggn * ratio**2, mode, anchor, seed, self.solver_of_mean(progress)
         )
 
     def check_parallel(self) -> None:
@@ -168,8 +104,7 @@ class DensePosterior:
         """Saved settings: none (the mean solver is not saved)."""
         return {}
 
-    def tensors(self) -> dict[str, Tensor]:
-        """The fitted tensors to save besides the samples."""
+    def tensors(self) -> dict[str, Tensor]:  # noqa: D102
         return {"factor": self.factor}
 
     def restore(self, tensors: dict[str, Tensor], device) -> None:

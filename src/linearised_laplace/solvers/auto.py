@@ -158,3 +158,25 @@ def solve_samples(
     info = replace(result.info, reason=choice.reason)
     check_convergence(info, choice.solver.advice, strict)
     return replace(result, info=info), warm
+
+
+def draw_samples(
+    model: LinearGaussianModel,
+    choice: Choice,
+    n_samples: int,
+    seed: int,
+    strict: bool = False,
+    warm: Tensor | None = None,
+    sketch: LowRank | None = None,
+    progress: bool | None = None,
+) -> SolveResult:
+    """``n_samples`` samples of ``seed``'s noise; ``warm``: samples of the same noise to start from.
+
+    Samples share noise by index, so the first rows of a primal solve warm-start exactly.
+    """
+    noise = choice_noise(model, choice, n_samples, seed, sketch, progress)
+    init = None
+    if warm is not None and choice.space == "primal":
+        init = noise.theta0(model.prior_diag()).clone()
+        init[: len(warm)] = warm[: len(init)]
+    return solve_samples(model, noise, choice, init, seed, strict, progress)[0]

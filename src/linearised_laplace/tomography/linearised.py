@@ -68,9 +68,9 @@ class LinearisedDIP(SampledLaplace):
         kwargs.setdefault("g_prior_probes", 64)
         kwargs.setdefault("space", "dual")
         kwargs.setdefault("feature_memory_gib", 0.0)  # Φ = A J has one row per measurement
-        output_map = observation_map(operator)
+        coordinates = {"output_map": observation_map(operator)}
         super().__init__(
-            Flatten(unet), "regression", sigma_noise=sigma_noise, output_map=output_map, **kwargs
+            Flatten(unet), "regression", sigma_noise=sigma_noise, coordinates=coordinates, **kwargs
         )
         self.operator = operator
 
