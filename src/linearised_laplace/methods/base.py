@@ -30,7 +30,7 @@ from ..linearisation import Linearisation, TangentBatching, as_inputs
 from ..mean import MeanMode, mean_mode
 from ..parameters import ParameterSpec
 from ..persistence import solver_settings
-from ..posteriors import DensePosterior, SampledPosterior
+from ..posteriors import Posterior
 from ..priors import make_prior
 
 LikelihoodSpec = Literal["classification", "regression"] | Likelihood
@@ -75,7 +75,7 @@ class Laplace:
         model: nn.Module,
         likelihood: LikelihoodSpec = "classification",
         *,
-        posterior: DensePosterior | SampledPosterior,
+        posterior: Posterior,
         coordinates: dict | None = None,
         prior_precision: float | list[float] | Tensor = 1.0,
         sigma_noise: float = 1.0,
@@ -130,7 +130,7 @@ class Laplace:
     @property
     def posterior_samples(self) -> Tensor:
         """``[S, D]`` zero-mean posterior samples ``ζ_s`` over the linearised parameters."""
-        self._check_fitted()
+        self.check_fitted()
         return self.coordinates.to_parameters(self.posterior.samples)
 
     def linear_model(self, train_loader: TrainingData) -> LinearGaussianModel:
@@ -174,7 +174,8 @@ class Laplace:
             self.linear_model(train_loader)
         return self.scale
 
-    def _check_fitted(self) -> None:
+    def check_fitted(self) -> None:
+        """Raise :class:`~linearised_laplace.NotFittedError` unless a posterior is fitted."""
         if self.posterior.samples is None:
             raise NotFittedError(
                 f"This {type(self).__name__} is not fitted yet; call `.fit(train_loader)` first."
@@ -215,7 +216,7 @@ class Laplace:
 
         Exact for a dense posterior; the sample estimate ``(1/S) Σ_s (J ζ_s)(J ζ_s)ᵀ`` otherwise.
         """
-        self._check_fitted()
+        self.check_fitted()
         features = self.coordinates.transform(self.linearisation)
         return self.posterior.functional_variance(features, self.linearisation.check_inputs(x))
 
@@ -230,7 +231,7 @@ class Laplace:
         ``f(x; θ*)`` ``[N, C]`` and the functional covariance ``[N, C, C]`` (add ``σ²`` for the
         observation noise).
         """
-        self._check_fitted()
+        self.check_fitted()
         x = self.linearisation.check_inputs(x)
         if not isinstance(self.likelihood, Categorical):
             return self.linearisation.forward(x), self.functional_variance(x)
@@ -316,7 +317,7 @@ class Laplace:
         samples and hyperparameters, so that :meth:`load` with the same architecture predicts
         identically.
         """
-        self._check_fitted()
+        self.check_fitted()
         tensors = {"samples": self.posterior.samples, "prior_precision": self.prior.precision}
         tensors.update(**self.coordinates.tensors(), **self.posterior.tensors())
         meta = {"class": type(self).__name__, "likelihood": self.likelihood.name}

@@ -27,11 +27,8 @@ class ExactLaplace(Laplace):
     the two can be compared sample by sample. ``optimize_prior_precision`` runs exact MacKay EM
     (for an isotropic prior from one eigendecomposition of the GGN).
 
-    Args:
-        model: Trained network.
-        likelihood: ``"classification"`` or ``"regression"``.
-        mean_solver: For the linear model's mean: :class:`~linearised_laplace.solvers.newton.Newton`.
-        **kwargs: The shared keywords of :class:`~linearised_laplace.methods.base.Laplace`.
+    ``mean_solver``: for the linear model's mean, a :class:`~linearised_laplace.solvers.newton.Newton`;
+    the other keywords are those of :class:`~linearised_laplace.methods.base.Laplace`.
     """
 
     def __init__(
@@ -41,7 +38,7 @@ class ExactLaplace(Laplace):
         check_dense(self.coordinates.dim, type(self).__name__)
 
     def _fitted_data(self, what: str, needs: str) -> DensePosterior:
-        self._check_fitted()
+        self.check_fitted()
         if self.posterior.model is None:
             raise NotFittedError(f"{what} needs {needs}.")
         changed = self.linearisation.changed()
@@ -55,13 +52,13 @@ class ExactLaplace(Laplace):
     @property
     def feature_covariance(self) -> Tensor:
         """``H^{-1}`` in the posterior's coordinates (g-prior scaled, or the Nyström basis): float64."""
-        self._check_fitted()
+        self.check_fitted()
         return self.posterior.covariance
 
     @property
     def posterior_precision(self) -> Tensor:
         """``H = JᵀBJ + A`` in the original coordinates: float64 ``[D, D]`` (not in a basis)."""
-        self._check_fitted()
+        self.check_fitted()
         factor = self.posterior.factor
         return self.coordinates.precision_to_parameters(factor @ factor.T)
 

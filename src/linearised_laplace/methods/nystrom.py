@@ -19,15 +19,12 @@ class NystromLaplace(ExactLaplace):
     r"""Linearised Laplace restricted to a Nyström basis of the neural tangent kernel (ELLA).
 
     Args:
-        model: Trained network.
-        likelihood: ``"classification"`` or ``"regression"``.
+        model, likelihood, mean_solver, **kwargs: As for :class:`~linearised_laplace.ExactLaplace`
+            (with a single ``prior_precision``: the prior is isotropic in the basis).
         n_points: ``M``, training points on which the NTK is eigendecomposed (default
             ``min(1000, N)``).
         rank: ``K``, basis size (default ``min(20, M·C)``); directions with a vanishing NTK
             eigenvalue are dropped.
-        mean_solver: For the linear model's mean in EM (:class:`~linearised_laplace.solvers.newton.Newton`).
-        **kwargs: The shared keywords of :class:`~linearised_laplace.methods.base.Laplace`
-            (with a single ``prior_precision``: the prior is isotropic in the basis).
 
     Attributes:
         basis: ``[K, D]`` orthonormal parameter-space directions ``V`` (after the first fit), with

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..posteriors.sampled import SampledPosterior
-from ..solvers import SGD, SolveInfo, Solver
+from ..solvers import SGD, Solver
 from ..solvers.newton import Newton
 from .base import Laplace
 
@@ -19,35 +19,25 @@ class SampledLaplace(Laplace):
     r"""Linearised Laplace with posterior samples drawn by sample-then-optimise.
 
     ``fit`` draws ``S`` zero-mean samples ``ζ_s ~ N(0, H^{-1})``, ``H = JᵀBJ + A``, each the minimiser
-    of a randomised quadratic solved by minibatch SGD using only JVPs and VJPs.
-    ``optimize_prior_precision`` learns ``α`` by sample-based EM (``gamma=``, ``n_em_samples=``).
+    of a randomised quadratic solved with JVPs and VJPs only; ``optimize_prior_precision`` learns
+    ``α`` by sample-based EM (``gamma=``, ``n_em_samples=``).
 
     Args:
-        model: Trained network (see :class:`~linearised_laplace.methods.base.Laplace` for the
-            shared keywords ``likelihood``, ``prior_precision``, ``sigma_noise``, ``n_samples``,
-            ``seed``, ``parameters``, ``exclude_norm``, ``g_prior``, ``tangent_batching``,
-            ``feature_memory_gib``, ``progress``).
-        likelihood: ``"classification"`` or ``"regression"``.
-        solver: For the samples: ``"auto"`` (default; see :func:`~linearised_laplace.solvers.auto.
-            choose_solver`: Cholesky where a dense solve is cheap, else preconditioned CG or SGD),
-            :class:`~linearised_laplace.solvers.SGD` (primal only),
-            :class:`~linearised_laplace.solvers.SDD` (stochastic dual descent; dual only),
-            :class:`~linearised_laplace.solvers.CG` or :class:`~linearised_laplace.solvers.Cholesky`.
-            ``solve_info`` says which ran and why.
-        mean_solver: For the linear model's mean in EM: :class:`~linearised_laplace.solvers.newton.Newton`
-            (default; full-batch Newton-CG, one data pass per CG iteration at one vector, precise)
-            or :class:`~linearised_laplace.solvers.SGD` (minibatch, as the seed paper).
-        space: ``"primal"`` (weight space, ``K × D`` unknowns), ``"dual"`` (observation space,
-            ``K × n·C`` unknowns, pathwise conditioning; see :mod:`linearised_laplace.solvers.dual`) or
-            ``"auto"`` (default: dual when ``n·C < D``, unless the solver is SGD; always dual for
-            SDD). Both give the same samples for the same seed, up to the solver's tolerance.
-        strict: Raise :class:`~linearised_laplace.ConvergenceError` when a solve ends above its
-            residual tolerance, instead of a :class:`~linearised_laplace.ConvergenceWarning`.
-        **kwargs: The shared keywords.
+        model, likelihood, **kwargs: As for :class:`~linearised_laplace.methods.base.Laplace`.
+        solver: ``"auto"`` (default; Cholesky where a dense solve is cheap, else preconditioned CG:
+            :func:`~linearised_laplace.solvers.auto.choose_solver`), ``lla.SGD(...)`` (primal
+            only), ``lla.SDD(...)`` (dual only), ``lla.CG(...)`` or ``lla.Cholesky()``.
+        mean_solver: For the mean in EM: ``lla.Newton(...)`` (default; full-batch Newton-CG,
+            precise) or ``lla.SGD(...)`` (minibatch, as the seed paper).
+        space: ``"primal"`` (``K × D`` unknowns), ``"dual"`` (``K × n·C`` unknowns, pathwise
+            conditioning; :mod:`linearised_laplace.solvers.dual`) or ``"auto"`` (default: dual
+            when ``n·C < D``, unless SGD; always for SDD). Both give the same samples for a seed.
+        strict: Raise :class:`~linearised_laplace.ConvergenceError` instead of warning
+            (:class:`~linearised_laplace.ConvergenceWarning`) when a solve ends above its tolerance.
 
     Attributes:
-        solve_info: Diagnostics of the last solve: the solver and space that ran and why, steps,
-            each sample's relative residual against the tolerance, time.
+        solve_info: The last solve: the solver and space that ran and why, steps, each sample's
+            relative residual against the tolerance, time.
 
     Example:
         >>> import torch, linearised_laplace as lla
@@ -72,15 +62,8 @@ class SampledLaplace(Laplace):
         posterior = SampledPosterior(solver, mean_solver, space, strict)
         super().__init__(model, likelihood, posterior=posterior, **kwargs)
 
-    @property
-    def solver(self) -> Solver | None:
-        """The samples' solver configuration (``None``: automatic)."""
-        return self.posterior.solver
-
-    @property
-    def solve_info(self) -> SolveInfo | None:
-        """Diagnostics of the last solve."""
-        return self.posterior.solve_info
+    solver = property(lambda self: self.posterior.solver, doc="The samples' solver (None: auto).")
+    solve_info = property(lambda self: self.posterior.solve_info, doc="The last solve's report.")
 
     @classmethod
     def settings_from(cls, meta: dict, path: str | Path) -> dict:  # noqa: D102

@@ -20,17 +20,14 @@ class SubnetworkLaplace(ExactLaplace):
     r"""Linearised Laplace with a full covariance over a subnetwork of ``n_params`` weights.
 
     Args:
-        model: Trained network.
-        likelihood: ``"classification"`` or ``"regression"``.
+        model, likelihood, mean_solver, **kwargs: As for :class:`~linearised_laplace.ExactLaplace`
+            (a ranking strategy needs a single ``prior_precision``).
         subnetwork: ``"swag"`` (default; largest diagonal-SWAG variance), ``"diagonal_laplace"``,
             ``"magnitude"``, ``"random"`` (all rank weights with non-zero curvature and keep
             ``n_params``), ``"last_layer"``, or explicit flat indices (a tensor) into the
             trainable parameters.
         n_params: Subnetwork size for the ranking strategies.
         swag_epochs: Epochs of the SWAG run (``"swag"`` only).
-        mean_solver: For the linear model's mean in EM (:class:`~linearised_laplace.solvers.newton.Newton`).
-        **kwargs: The shared keywords of :class:`~linearised_laplace.methods.base.Laplace`
-            (a ranking strategy needs a single ``prior_precision``).
 
     The chosen weights are ``linearisation.selection`` once the first ``fit`` has seen the data.
     """
