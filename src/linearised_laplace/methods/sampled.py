@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..posteriors.sampled import SampledPosterior
 from ..solvers import SGD, Solver
+from ..solvers.auto import sampler_keywords
 from ..solvers.newton import Newton
 from .base import Laplace
 
@@ -67,4 +68,4 @@ class SampledLaplace(Laplace):
 
     @classmethod
     def settings_from(cls, meta: dict, path: str | Path) -> dict:  # noqa: D102
-        return SampledPosterior.settings_from(meta, path)
+        return sampler_keywords(meta, path)

@@ -7,29 +7,24 @@ samples' noise across steps, rescaled to each ``σ``, and warm-starts every solv
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from torch import Tensor
 
-from .. import persistence
 from .._checks import check_positive_int
 from ..em import Expectation, check_gamma, sampled_e_step
 from ..likelihoods import Gaussian
 from ..mean import solve_mean
-from ..solvers import CG, SDD, SGD, Cholesky
 from ..solvers.auto import (
-    SPACES,
+    check_sharding,
     check_solver,
     choice_noise,
     choose_solver,
     draw_samples,
+    sampler_settings,
     solve_samples,
 )
 from ..solvers.base import check_convergence
 from ..solvers.dual import dual_mean
 from ..solvers.newton import Newton
-
-SOLVERS = {"SGD": SGD, "CG": CG, "SDD": SDD, "Cholesky": Cholesky, "Newton": Newton}
 
 
 class SampledPosterior:
@@ -50,12 +45,7 @@ class SampledPosterior:
 
     def check_parallel(self) -> None:
         """The dual space is not sharded over ranks."""
-        if self.space == "dual" or isinstance(self.solver, SDD):
-            raise ValueError(
-                "The dual space (space='dual', or lla.SDD) keeps one unknown per observation and "
-                "is not sharded over ranks; under torch.distributed use space='primal' (or "
-                "'auto', which then picks it) with another solver."
-            )
+        check_sharding(self.solver, self.space)
 
     def fit(self, model, n_samples: int, seed: int, progress, warm=None, sketch=None) -> None:
         """Draw ``n_samples``, warm-started from ``warm`` (samples of the same noise)."""
@@ -116,32 +106,7 @@ class SampledPosterior:
 
     def settings(self) -> dict:
         """The configuration a saved posterior records."""
-        solver = None if self.solver is None else persistence.solver_settings(self.solver)
-        mean_solver = persistence.solver_settings(self.mean_solver)
-        return {
-            "solver": solver,
-            "mean_solver": mean_solver,
-            "space": self.space,
-            "strict": self.strict,
-        }
-
-    @staticmethod
-    def settings_from(meta: dict, path: str | Path) -> dict:
-        """Constructor keywords from saved settings, checked."""
-        schema = {"solver": (dict, type(None)), "mean_solver": dict, "space": frozenset(SPACES)}
-        persistence.check_fields(meta, {**schema, "strict": bool}, path)
-        solver = meta["solver"]
-        solver = (
-            None if solver is None else persistence.build_config(solver, SOLVERS, "solver", path)
-        )
-        means = {"Newton": Newton, "SGD": SGD}
-        mean_solver = persistence.build_config(meta["mean_solver"], means, "mean_solver", path)
-        return {
-            "solver": solver,
-            "mean_solver": mean_solver,
-            "space": meta["space"],
-            "strict": meta["strict"],
-        }
+        return sampler_settings(self.solver, self.mean_solver, self.space, self.strict)
 
     def tensors(self) -> dict[str, Tensor]:  # noqa: D102
         return {}

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 
 from torch import Tensor
 
+from .. import persistence
 from .._progress import progress_note
 from ..linear_model import LinearGaussianModel
 from ..noise import NoiseSource, PosteriorNoise, draw_posterior_noise
@@ -27,11 +28,13 @@ from .base import SolveResult, check_convergence
 from .cg import CG
 from .cholesky import Cholesky
 from .dual import solve_dual
+from .newton import Newton
 from .preconditioner import LowRank, with_ggn_sketch
 from .sdd import SDD
 from .sgd import SGD
 
 SPACES = ("auto", "primal", "dual")
+SOLVERS = {"SGD": SGD, "CG": CG, "SDD": SDD, "Cholesky": Cholesky, "Newton": Newton}
 
 DENSE_FLOPS = 2e11
 """Largest dense solve ``auto`` takes (about a minute on two CPU cores)."""
@@ -180,3 +183,39 @@ def draw_samples(
         init = noise.theta0(model.prior_diag()).clone()
         init[: len(warm)] = warm[: len(init)]
     return solve_samples(model, noise, choice, init, seed, strict, progress)[0]
+
+
+def check_sharding(solver: SGD | SDD | CG | Cholesky | None, space: str) -> None:
+    """Raise if ``solver`` in ``space`` cannot run sharded over ``torch.distributed`` ranks."""
+    if space == "dual" or isinstance(solver, SDD):
+        raise ValueError(
+            "The dual space (space='dual', or lla.SDD) keeps one unknown per observation and "
+            "is not sharded over ranks; under torch.distributed use space='primal' (or "
+            "'auto', which then picks it) with another solver."
+        )
+
+
+def sampler_settings(solver, mean_solver, space: str, strict: bool) -> dict:
+    """A sampler's configuration as a saved file records it (JSON)."""
+    return {
+        "solver": None if solver is None else persistence.solver_settings(solver),
+        "mean_solver": persistence.solver_settings(mean_solver),
+        "space": space,
+        "strict": strict,
+    }
+
+
+def sampler_keywords(meta: dict, path) -> dict:
+    """The keywords ``solver``, ``mean_solver``, ``space``, ``strict`` from :func:`sampler_settings`."""
+    schema = {"solver": (dict, type(None)), "mean_solver": dict, "space": frozenset(SPACES)}
+    persistence.check_fields(meta, {**schema, "strict": bool}, path)
+    solver = meta["solver"]
+    solver = None if solver is None else persistence.build_config(solver, SOLVERS, "solver", path)
+    means = {"Newton": Newton, "SGD": SGD}
+    mean_solver = persistence.build_config(meta["mean_solver"], means, "mean_solver", path)
+    return {
+        "solver": solver,
+        "mean_solver": mean_solver,
+        "space": meta["space"],
+        "strict": meta["strict"],
+    }
