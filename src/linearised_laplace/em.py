@@ -305,12 +305,11 @@ def run_fingerprint(snapshot: dict[str, Tensor], data, **settings) -> dict:
     }
 
 
-def check_em_settings(max_iter: int, tol: float, gamma: str = "function") -> None:
+def check_em_settings(max_iter: int, tol: float) -> None:
     """Validate EM settings before any work."""
     check_positive_int("max_iter", max_iter)
     if not (isinstance(tol, (int, float)) and tol > 0):
         raise ValueError(f"`tol` must be > 0 (a change in log α), got {tol!r}.")
-    check_gamma(gamma)
 
 
 def check_gamma(gamma: str) -> None:
