@@ -76,10 +76,10 @@ def test_g_prior_scales_samples_back_to_the_original_coordinates():
     x, y = classification_data(30)
     la = lla.ExactLaplace(_layer_norm_net(), g_prior=True, n_samples=3, progress=False).fit((x, y))
     s = la.scale.double()
-    scaled_cov = torch.cholesky_inverse(la._factor)
+    scaled_cov = torch.cholesky_inverse(la.posterior.factor)
     torch.testing.assert_close(la.posterior_covariance, s[:, None] * scaled_cov * s[None, :])
-    torch.testing.assert_close(la.posterior_samples, la._samples * la.scale)
-    diag = la._model.dense_ggn().diagonal()
+    torch.testing.assert_close(la.posterior_samples, la.posterior.samples * la.scale)
+    diag = la.posterior.model.dense_ggn().diagonal()
     assert float((diag[diag > 1e-3] - 1).abs().max()) < 1e-8  # unit GGN diagonal after scaling
 
 

@@ -10,6 +10,7 @@ Imported as ``lla`` in the documentation::
 """
 
 from . import metrics
+from .coordinates import Coordinates
 from .data import Data
 from .exceptions import ConvergenceError, ConvergenceWarning, DivergenceError, NotFittedError
 from .features import FeatureOperator, MatrixFeatures
@@ -17,12 +18,14 @@ from .g_prior import ScaledFeatures
 from .likelihoods import Categorical, Gaussian, Likelihood
 from .linear_model import LinearGaussianModel
 from .linearisation import Linearisation
+from .methods.base import Laplace
 from .methods.exact import ExactLaplace
 from .methods.nystrom import NystromLaplace
 from .methods.sampled import SampledLaplace
 from .methods.subnetwork import SubnetworkLaplace
 from .noise import NoiseSource, PosteriorNoise, draw_posterior_noise
 from .parameters import ParameterSelection, select_parameters
+from .posteriors import DensePosterior, SampledPosterior
 from .priors import Prior, make_prior
 from .solvers import CG, SDD, SGD, Cholesky, Objective, SolveInfo, SolveResult
 from .solvers.newton import Newton
@@ -33,13 +36,16 @@ __all__ = [
     "SGD",
     "Categorical",
     "Cholesky",
+    "Coordinates",
     "ConvergenceError",
     "ConvergenceWarning",
     "Data",
+    "DensePosterior",
     "DivergenceError",
     "ExactLaplace",
     "FeatureOperator",
     "Gaussian",
+    "Laplace",
     "Likelihood",
     "LinearGaussianModel",
     "Linearisation",
@@ -54,6 +60,7 @@ __all__ = [
     "PosteriorNoise",
     "Prior",
     "SampledLaplace",
+    "SampledPosterior",
     "ScaledFeatures",
     "SubnetworkLaplace",
     "SolveInfo",

@@ -99,3 +99,12 @@ def check_sample_budget(n_floats: int, what: str, fix: str, limit_gib: float = 1
         raise MemoryError(
             f"{what} needs {gib:.1f} GiB (float64), more than the {limit_gib:g} GiB allowed. {fix}"
         )
+
+
+def check_memory_gib(name: str, value: object) -> float:
+    """A memory limit in GiB: a number ≥ 0 (0: hold nothing)."""
+    if isinstance(value, bool) or not (isinstance(value, int | float) and value >= 0):
+        raise ValueError(
+            f"`{name}` must be a number ≥ 0 (0: never hold the features), got {value!r}."
+        )
+    return float(value)

@@ -46,6 +46,10 @@ from ._progress import progress_bar
 from .distributed import is_main_process
 from .exceptions import ConvergenceWarning, DivergenceError
 from .linear_model import LinearGaussianModel
+from .mean import MeanMode, MeanProblem, log_likelihood, posterior_mean
+from .noise import PosteriorNoise
+from .seeds import derive_seed
+from .solvers.cholesky import cholesky
 
 GAMMA_ESTIMATORS = ("function", "weight")
 PRECISION_RANGE = (1e-12, 1e12)
@@ -88,6 +92,48 @@ def exact_gamma(
     """``γ_g = d_g − Σ_{j∈g} a_j (H^{-1})_{jj}``: ``[G]`` (float64)."""
     sizes = group_sum(torch.ones_like(prior_diag, dtype=torch.float64), group_ids, n_groups)
     return sizes - group_sum((prior_diag * covariance_diag).double(), group_ids, n_groups)
+
+
+def dense_gamma(
+    ggn: Tensor, prior_diag: Tensor, group_ids: Tensor, n_groups: int, eigenvalues: Tensor | None
+) -> Tensor:
+    """Exact ``γ`` ``[G]`` from the dense GGN; ``Σ_j μ_j / (μ_j + α)`` from its eigenvalues if given."""
+    if eigenvalues is not None:
+        return (eigenvalues / (eigenvalues + prior_diag[0])).sum().reshape(1)
+    cov_diag = torch.cholesky_inverse(cholesky(ggn + torch.diag(prior_diag))).diagonal()
+    return exact_gamma(cov_diag, prior_diag, group_ids, n_groups)
+
+
+MeanSolve = Callable[[MeanProblem, Tensor, Tensor, int], Tensor]
+"""``(problem, init, preconditioner, seed) ↦ θ̄``."""
+
+
+def log_evidence(
+    model: LinearGaussianModel,
+    ggn: Tensor,
+    mode: MeanMode,
+    anchor: Tensor,
+    seed: int,
+    solve: MeanSolve,
+) -> Tensor:
+    r"""Laplace evidence ``Σ_i log p(y_i | g_i(θ̄)) − ½ θ̄ᵀAθ̄ − ½ log|H| + ½ log|A|`` (float64).
+
+    ``ggn``: the dense ``M`` of ``model``; ``θ̄`` by ``solve``.
+    """
+    prior = model.prior.diag(torch.float64, ggn.device)
+    factor = cholesky(ggn + torch.diag(prior))
+    init = anchor.clone() if mode is MeanMode.AFFINE else torch.zeros_like(anchor)
+    preconditioner = (ggn.diagonal() + prior).to(model.features.dtype)
+    theta, _ = posterior_mean(model, mode, anchor, lambda p: solve(p, init, preconditioner, seed))
+    fit = log_likelihood(model, mode, anchor, theta)
+    theta = theta.double()
+    return torch.tensor(
+        fit
+        - 0.5 * float((prior * theta * theta).sum())
+        - float(factor.diagonal().log().sum())
+        + 0.5 * float(prior.log().sum()),
+        dtype=torch.float64,
+    )
 
 
 def mackay_update(
@@ -142,6 +188,23 @@ class EStep:
 
 
 @dataclass(frozen=True)
+class Expectation:
+    """A posterior's part in EM.
+
+    Attributes:
+        step: The E-step at a state's hyperparameters.
+        refit: Refits the posterior at the final state, drawing this many samples.
+        settings: What else determines the run's result (JSON; part of the checkpoint fingerprint).
+        estimated: ``γ`` is a sampled estimate, so EM clips it (see :func:`mackay_update`).
+    """
+
+    step: Callable[[EMState], EStep]
+    refit: Callable[[EMState, int], None]
+    settings: dict = field(default_factory=dict)
+    estimated: bool = True
+
+
+@dataclass(frozen=True)
 class EMState:
     """The resumable state of an EM run (what a checkpoint holds).
 
@@ -167,11 +230,90 @@ class EMState:
     converged: bool = False
 
 
-def check_em_settings(max_iter: int, tol: float, gamma: str = "function") -> None:
+def exact_e_step(
+    model: LinearGaussianModel,
+    ggn: Tensor,
+    mode: MeanMode,
+    anchor: Tensor,
+    seed: int,
+    solve: MeanSolve,
+) -> Callable[[EMState], EStep]:
+    """The exact E-step on the dense GGN ``ggn`` of ``model``: ``θ̄`` by ``solve``, exact ``γ``.
+
+    For an isotropic prior ``γ`` comes from one eigendecomposition of ``M``, else from ``H^{-1}``.
+    """
+    eigenvalues = torch.linalg.eigvalsh(ggn).clamp_min(0) if model.prior.is_isotropic else None
+
+    def step(state: EMState) -> EStep:
+        current, ratio = model.at(state.precision, state.sigma)
+        scaled, prior = ggn * ratio**2, current.prior.diag(torch.float64, ggn.device)
+        mu = None if eigenvalues is None else eigenvalues * ratio**2
+        gamma = dense_gamma(scaled, prior, model.prior.groups, len(state.precision), mu)
+        preconditioner = (scaled.diagonal() + prior).to(model.features.dtype)
+        step_seed = derive_seed(seed, "em", state.step)
+        mean, residual = posterior_mean(
+            current, mode, anchor, lambda p: solve(p, state.mean, preconditioner, step_seed)
+        )
+        return EStep(mean, gamma, None, residual)
+
+    return step
+
+
+def sampled_e_step(
+    model: LinearGaussianModel,
+    noise: PosteriorNoise,
+    mode: MeanMode,
+    anchor: Tensor,
+    seed: int,
+    gamma: str,
+    solve: MeanSolve,
+    sample: Callable,
+) -> Callable[[EMState], EStep]:
+    """The sampled E-step: ``θ̄`` by ``solve``, ``γ̂`` from samples of the kept ``noise``.
+
+    ``noise`` is rescaled to each step's ``σ``; ``sample(model, noise, init, seed)`` returns the
+    solve's result and the warm start of the next step's.
+    """
+
+    def step(state: EMState) -> EStep:
+        current, ratio = model.at(state.precision, state.sigma)
+        scaled, prior, n_groups = noise.scaled(ratio), current.prior_diag(), len(state.precision)
+        step_seed = derive_seed(seed, "em", state.step)
+        mean, residual = posterior_mean(
+            current,
+            mode,
+            anchor,
+            lambda p: solve(p, state.mean, scaled.ggn_diag + prior, step_seed),
+        )
+        result, warm = sample(current, scaled, state.samples, step_seed)
+        if gamma == "function":
+            g = function_space_gamma(current, result.samples, n_groups, result.ggn_samples)
+        else:
+            g = weight_space_gamma(prior, result.samples, model.prior.groups, n_groups)
+        return EStep(mean, g, warm, residual, positive_gamma=gamma == "function")
+
+    return step
+
+
+def run_fingerprint(snapshot: dict[str, Tensor], data, **settings) -> dict:
+    """What identifies an EM run besides its start: the network, its weights, the data, settings."""
+    return {
+        "model": persistence.model_signature(snapshot),
+        "weights": persistence.digest(snapshot),
+        "data": data.fingerprint(),
+        **settings,
+    }
+
+
+def check_em_settings(max_iter: int, tol: float) -> None:
     """Validate EM settings before any work."""
     check_positive_int("max_iter", max_iter)
     if not (isinstance(tol, (int, float)) and tol > 0):
         raise ValueError(f"`tol` must be > 0 (a change in log α), got {tol!r}.")
+
+
+def check_gamma(gamma: str) -> None:
+    """Validate the name of a ``γ̂`` estimator."""
     if gamma not in GAMMA_ESTIMATORS:
         raise ValueError(f"`gamma` must be one of {GAMMA_ESTIMATORS}, got {gamma!r}.")
 
@@ -232,8 +374,9 @@ def run_em(
         clip_gamma: Clip estimated ``γ̂`` (off for exact ``γ``; see :func:`mackay_update`).
         checkpoint: File the state is written to after every step (by the main process), and
             resumed from if it exists (:func:`load_checkpoint`).
-        fingerprint: What determines the run's result (JSON): a checkpoint is resumed only if
-            it was written with an equal one.
+        fingerprint: What else determines the run's result (JSON: network, data, settings); the
+            start and ``update_sigma`` are added. A checkpoint is resumed only if it was written
+            with an equal one.
         progress: Show a progress bar.
 
     Returns:
@@ -243,7 +386,12 @@ def run_em(
         DivergenceError: An update is not finite, or the E-step's factorisation failed.
     """
     n_groups = state.precision.numel()
-    fingerprint = fingerprint or {}
+    fingerprint = {
+        **(fingerprint or {}),
+        "initial_prior_precision": state.precision.tolist(),
+        "initial_sigma_noise": state.sigma,
+        "update_sigma": update_sigma,
+    }
     if checkpoint is not None and Path(checkpoint).exists():
         state = load_checkpoint(checkpoint, fingerprint, state.mean.dtype, state.mean.device)
     if not state.history:

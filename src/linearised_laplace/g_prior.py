@@ -99,3 +99,12 @@ def ggn_diagonal(
 def g_prior_scale(diagonal: Tensor) -> Tensor:
     """``s = max(diag(M), 10⁻⁶)^{-1/2}``: ``[D]``."""
     return diagonal.clamp_min(MIN_DIAGONAL).rsqrt()
+
+
+def fit_g_prior_scale(
+    model: LinearGaussianModel, seed: int, n_probes: int = 8, progress: bool | None = None
+) -> Tensor:
+    """The g-prior scale ``s`` ``[D]`` of ``model``'s features, in their dtype."""
+    source = NoiseSource(seed, stream="g-prior")
+    diagonal = ggn_diagonal(model, source, n_probes, progress=progress)
+    return g_prior_scale(diagonal).to(model.features.dtype)

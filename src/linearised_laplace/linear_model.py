@@ -21,7 +21,7 @@ from torch import Tensor
 from ._checks import check_finite, check_sample_budget
 from .data import Data
 from .features import FeatureOperator, MatrixFeatures
-from .likelihoods import Likelihood
+from .likelihoods import Gaussian, Likelihood
 from .priors import Prior
 
 FEATURE_MEMORY_GIB = 2.0
@@ -58,6 +58,16 @@ class LinearGaussianModel:
     def with_prior(self, prior: Prior) -> LinearGaussianModel:
         """The same model under another prior."""
         return replace(self, prior=prior)
+
+    def at(self, precision: Tensor, sigma: float) -> tuple[LinearGaussianModel, float]:
+        """This model at prior precision ``precision`` and Gaussian noise ``sigma``, and ``σ/σ_new``.
+
+        ``B ∝ σ⁻²``, so ``Φᵀ L ν`` scales by the returned ratio and ``M`` by its square (1: unchanged).
+        """
+        model = replace(self, prior=self.prior.with_precision(precision))
+        if not isinstance(self.likelihood, Gaussian) or sigma == self.likelihood.sigma:
+            return model, 1.0
+        return replace(model, likelihood=Gaussian(sigma)), self.likelihood.sigma / sigma
 
     def prior_diag(self) -> Tensor:
         """``diag(A)``: ``[D]``, in the features' dtype."""

@@ -18,12 +18,14 @@ minibatch SGD (:class:`~linearised_laplace.solvers.SGD`; the seed paper's choice
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
 import torch
 from torch import Tensor
 
+from .likelihoods import Gaussian
 from .linear_model import LinearGaussianModel
 from .seeds import seeded_generator
 from .solvers.base import SolveInfo, SolveResult
@@ -179,3 +181,44 @@ def solve_mean(
     if isinstance(solver, SGD):
         return sgd_mean(problem, init, solver, preconditioner, seed, progress)
     raise TypeError(f"`mean_solver` must be lla.Newton(...) or lla.SGD(...), got {solver!r}.")
+
+
+def mean_outputs(
+    model: LinearGaussianModel, mode: MeanMode, anchor: Tensor, mean: Tensor
+) -> Callable[[Tensor], Tensor]:
+    """``x ↦ g(θ̄)`` on a batch: ``[b, C]`` (the network's outputs for ``"network"``)."""
+    if mode is MeanMode.NETWORK:
+        return model.features.forward
+    problem = MeanProblem(model, mode, anchor)
+    return lambda x: problem.outputs(x, mean[None])[0]
+
+
+def posterior_mean(
+    model: LinearGaussianModel,
+    mode: MeanMode,
+    anchor: Tensor,
+    solve: Callable[[MeanProblem], Tensor],
+) -> tuple[Tensor, float | None]:
+    """``θ̄`` ``[D]`` (``solve``'s, or ``anchor`` for ``"network"``) and ``‖y − g(θ̄)‖²``.
+
+    The residual is computed (one extra pass) for a Gaussian likelihood only, else ``None``.
+    """
+    mean = anchor if mode is MeanMode.NETWORK else solve(MeanProblem(model, mode, anchor))
+    if not isinstance(model.likelihood, Gaussian):
+        return mean, None
+    outputs = mean_outputs(model, mode, anchor, mean)
+    residual = torch.zeros((), dtype=torch.float64, device=mean.device)
+    for _, x, y in model.data.batches():
+        residual += (outputs(x) - y.reshape(len(y), -1).to(mean.dtype)).square().sum().double()
+    return mean, float(model.data.all_reduce(residual))
+
+
+def log_likelihood(
+    model: LinearGaussianModel, mode: MeanMode, anchor: Tensor, mean: Tensor
+) -> float:
+    """``Σ_i log p(y_i | g_i(θ̄))`` over the training set."""
+    outputs = mean_outputs(model, mode, anchor, mean)
+    total = torch.zeros((), dtype=torch.float64, device=mean.device)
+    for _, x, y in model.data.batches():
+        total += model.likelihood.log_prob(outputs(x), y).sum().double()
+    return float(model.data.all_reduce(total))

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ._checks import check_finite, check_positive_int, plain_int
 from .seeds import seeded_generator
+from .solvers.cholesky import cholesky, whiten
 
 __all__ = [
     "accuracy",
@@ -295,3 +296,29 @@ def _patches(images: Tensor, p: int) -> Tensor:
     ph, pw = min(p, h), min(p, w)
     blocks = images.reshape(s, h // ph, ph, w // pw, pw).permute(1, 3, 0, 2, 4)
     return blocks.reshape(-1, s, ph * pw)
+
+
+def grid_nll(
+    ggn: Tensor, jac: Tensor, f0: Tensor, y: Tensor, sigma_noise: float | None, grid: Tensor
+) -> list[float]:
+    """Mean NLL of the linearised predictive on ``(f0, jac, y)`` at each isotropic precision.
+
+    The posterior is ``N(0, (M + α I)^{-1})`` for ``M`` = ``ggn``; ``jac`` ``[N, C, P]``.
+    Regression (``sigma_noise`` given) adds the noise; classification (``None``) uses the probit
+    approximation ``softmax(f0 / (1 + π σ²/8)^{1/2})``.
+    """
+    eye = torch.eye(jac.shape[-1], dtype=torch.float64, device=jac.device)
+    return [
+        linearised_nll(f0, whiten(cholesky(ggn + alpha * eye), jac), y, sigma_noise)
+        for alpha in grid
+    ]
+
+
+def linearised_nll(f0: Tensor, half: Tensor, y: Tensor, sigma_noise: float | None) -> float:
+    """Mean NLL of the linearised predictive ``N(f0, half halfᵀ)`` (see :func:`grid_nll`)."""
+    if sigma_noise is not None:
+        cov = half @ half.transpose(1, 2)
+        return float(-gaussian_log_likelihood(f0, cov, y, sigma_noise).mean())
+    variance = half.square().sum(-1)
+    log_probs = torch.log_softmax(f0 / (1 + math.pi * variance / 8).sqrt(), -1)
+    return float(-log_probs[torch.arange(len(f0)), y.long()].mean())

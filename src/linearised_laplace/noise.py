@@ -8,7 +8,7 @@ float64 on the CPU, then cast, so float32 and float64 runs see the same numbers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -100,6 +100,15 @@ class PosteriorNoise:
     def n_samples(self) -> int:
         """``K``."""
         return self.xi.shape[0]
+
+    def scaled(self, ratio: float) -> PosteriorNoise:
+        """The noise when ``L`` scales by ``ratio`` (a new Gaussian σ): ``u`` by it, ``M`` by its square."""
+        if ratio == 1.0:
+            return self
+        low_rank = None if self.ggn_low_rank is None else self.ggn_low_rank.scaled(ratio**2)
+        return replace(
+            self, u=self.u * ratio, ggn_diag=self.ggn_diag * ratio**2, ggn_low_rank=low_rank
+        )
 
     def theta0(self, prior_diag: Tensor) -> Tensor:
         """Prior draws ``θ_0 = A^{-1/2} ξ``: ``[K, D]``."""

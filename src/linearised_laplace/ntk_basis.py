@@ -13,13 +13,65 @@ eigenpairs come from randomised subspace iteration. Memory is ``O(K D + M C K)``
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
+from . import persistence
+from ._checks import check_positive_int, check_sample_budget
 from .data import Data
 from .features import FeatureOperator, Pullback
 from .linalg import top_eigenpairs
 from .seeds import seeded_generator
+
+DEFAULT_POINTS, DEFAULT_RANK = 1000, 20
+
+
+@dataclass(frozen=True)
+class Basis:
+    """A Nyström basis of ``rank`` directions on ``n_points`` points (``None``: the defaults)."""
+
+    n_points: int | None = None
+    rank: int | None = None
+
+    def __post_init__(self):
+        for name in ("n_points", "rank"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, check_positive_int(name, getattr(self, name)))
+
+    def check_budget(self, n_params: int) -> None:
+        """Raise before any work if the basis ``[K, D]`` exceeds the memory budget."""
+        k = self.rank or DEFAULT_RANK
+        check_sample_budget(
+            k * n_params // 2,
+            f"A Nyström basis of rank {k} over {n_params} parameters",
+            "Lower `rank`.",
+        )
+
+    @staticmethod
+    def settings_from(meta: dict, path) -> dict:
+        """``n_points`` and ``rank`` from a saved file's header, checked."""
+        optional_int = (int, type(None))
+        persistence.check_fields(meta, {"n_points": optional_int, "rank": optional_int}, path)
+        return {"n_points": meta["n_points"], "rank": meta["rank"]}
+
+
+def basis_size(
+    n_points: int | None, rank: int | None, n_data: int, n_outputs: int
+) -> tuple[int, int]:
+    """``(M, K)`` on ``N = n_data`` points: the defaults ``min(1000, N)`` and ``min(20, M·C)``."""
+    if n_points is not None and n_points > n_data:
+        raise ValueError(f"`n_points` = {n_points} exceeds the {n_data} training points; lower it.")
+    n_points = n_points or min(DEFAULT_POINTS, n_data)
+    rank = rank or min(DEFAULT_RANK, n_points * n_outputs)
+    if rank > n_points * n_outputs:
+        raise ValueError(
+            f"`rank` = {rank} exceeds n_points·C = {n_points}·{n_outputs} = "
+            f"{n_points * n_outputs}, the size of the NTK Gram matrix. Lower `rank` or raise "
+            "`n_points`."
+        )
+    return n_points, rank
 
 
 class ProjectedFeatures(FeatureOperator):
@@ -101,3 +153,12 @@ def nystrom_basis(
     # Re-orthonormalise against round-off (exact in exact arithmetic).
     basis = torch.linalg.qr(basis.T)[0].T
     return basis.to(features.dtype), values, points
+
+
+def fit_nystrom(
+    features: FeatureOperator, data: Data, spec: Basis, seed: int = 0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`nystrom_basis` of the size ``spec`` asks for on ``data`` (checked)."""
+    n_outputs = features.forward(data.subset(torch.arange(1))[0]).shape[-1]
+    n_points, rank = basis_size(spec.n_points, spec.rank, len(data), n_outputs)
+    return nystrom_basis(features, data, n_points, rank, seed=seed)

@@ -17,11 +17,17 @@ weights had zero curvature and the subnetwork model collapsed to the plain netwo
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from dataclasses import dataclass
 
+import torch
+from torch import Tensor, nn
+
+from ._checks import check_positive_int
 from ._progress import progress_bar
+from .g_prior import ggn_diagonal
 from .linear_model import LinearGaussianModel
+from .noise import NoiseSource
+from .parameters import select_parameters
 from .seeds import seeded_generator
 from .solvers.sgd import estimate_top_curvature
 
@@ -122,3 +128,56 @@ def select_top(scores: Tensor, ggn_diagonal: Tensor, n_params: int) -> Tensor:
         )
     masked = torch.where(alive, scores.double(), -torch.inf)
     return masked.topk(n_params).indices.sort().values
+
+
+def check_subnetwork(
+    model: nn.Module, subnetwork: object, n_params: int | None, exclude_norm: bool = False
+) -> bool:
+    """Validate a subnetwork choice and its size; returns whether it is a ranking strategy."""
+    ranked = isinstance(subnetwork, str) and subnetwork in RANKED
+    if isinstance(subnetwork, str) and not ranked and subnetwork != "last_layer":
+        valid = ", ".join(repr(s) for s in (*RANKED, "last_layer"))
+        raise ValueError(
+            f"`subnetwork` must be one of {valid} or a tensor of indices, got {subnetwork!r}."
+        )
+    if not ranked:
+        if n_params is not None:
+            raise ValueError("`n_params` applies to ranking strategies only; leave it None here.")
+        return False
+    total = select_parameters(model, "all", exclude_norm=exclude_norm).n_params
+    if n_params is None:
+        raise ValueError(
+            f"subnetwork={subnetwork!r} needs `n_params`, the subnetwork size (1 … {total})."
+        )
+    check_positive_int("n_params", n_params)
+    if n_params > total:
+        raise ValueError(
+            f"`n_params` = {n_params} exceeds the model's {total} trainable parameters."
+        )
+    return True
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """A subnetwork of ``size`` weights to choose by ``strategy`` from the training data."""
+
+    strategy: str
+    size: int
+    swag_epochs: int = 10
+    exclude_norm: bool = False
+
+
+def choose_subnetwork(
+    model: LinearGaussianModel, ranking: Ranking, seed: int = 0, progress: bool | None = None
+) -> Tensor:
+    """Indices (sorted) of the subnetwork ``ranking`` chooses on ``model`` (all candidates)."""
+    diagonal = ggn_diagonal(model, NoiseSource(seed, stream="subnetwork"), progress=progress)
+    scores = rank_weights(
+        ranking.strategy,
+        model,
+        diagonal,
+        seed=seed,
+        swag_epochs=ranking.swag_epochs,
+        progress=progress,
+    )
+    return select_top(scores, diagonal, ranking.size)

@@ -32,7 +32,7 @@ def problem():
 
 def _dense(la, z):
     """``Φ`` ``[m, D]`` in the posterior's coordinates and the image Jacobian ``J S`` ``[H·W, D]``."""
-    phi = la._features().to_dense(z)[0]
+    phi = la.coordinates.features().to_dense(z)[0]
     image = Linearisation(Flatten(la.model)).to_dense(z)[0] * la.scale
     return phi, image
 
@@ -54,7 +54,7 @@ def test_image_samples_equal_the_exact_posterior_for_the_same_noise(problem, spa
         progress=False,
     )
     la.fit((z, y))
-    model = la._linear_model((z, y))
+    model = la.linear_model((z, y))
     noise = lla.draw_posterior_noise(model, 4, lla.NoiseSource(la.seed), progress=False)
     phi, image = _dense(la, z)
     m = phi.shape[0]
@@ -81,13 +81,13 @@ def _mackay(phi, target, anchor_alpha, steps):
 def test_exact_baseline_matches_dense_mackay_and_covariance(problem):
     net, op, z, y = problem
     la = LinearisedDIP(net, op, sigma_noise=SIGMA, progress=False)
-    la._linear_model((z, y))
+    la.linear_model((z, y))
     result = exact_linearised_dip(
         net, op, z, y, SIGMA, la.scale, max_iter=4, tol=1e-12, n_samples=2000, chunk=500
     )
     phi, image = _dense(la, z)
-    f0 = la._observed().forward(z)[0]
-    target = y[0] - f0 + phi @ (la._anchor())
+    f0 = la.coordinates.observed().forward(z)[0]
+    target = y[0] - f0 + phi @ la.coordinates.anchor()
     alpha = _mackay(phi, target, 1.0, 4)
     assert abs(result.prior_precision / alpha - 1) < 1e-8
     covariance = image @ torch.linalg.solve(

@@ -1,23 +1,16 @@
-r"""What every linearised-Laplace method shares: configuration, the predictive, EM and persistence.
+r"""The one linearised-Laplace class: coordinates × posterior, with the predictive, EM and files.
 
 A method linearises ``model`` at its parameters ``θ*`` as they are when ``fit`` or
 ``optimize_prior_precision`` starts (a network trained after the method was built is linearised at
 its trained weights; anything fitted at other weights is discarded), and infers the posterior of
-the tangent linear model ``f(x; θ*) + J(x) ζ``. Predictions are centred on the network's own outputs; the
-posterior enters through zero-mean samples ``ζ_s`` or, for exact methods, the covariance.
-
-With ``g_prior=True`` the features are ``J̃ = J diag(s)``, ``s = diag(JᵀBJ)^{-1/2}`` (computed once,
-at the first fit), and the prior is placed on the rescaled weights ``θ / s``. Internally samples
-live in those coordinates; ``posterior_samples`` reports them in the original ones.
+the tangent linear model ``f(x; θ*) + J(x) ζ`` in its :class:`~linearised_laplace.coordinates.
+Coordinates` (g-prior scaled, a subnetwork, a Nyström basis). Predictions are centred on the
+network's own outputs; the posterior enters through zero-mean samples or its covariance.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
-from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Literal
 
@@ -26,33 +19,36 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from .. import persistence
-from .._checks import check_positive_int, check_seed
+from .._checks import check_memory_gib, check_positive_int, check_seed
+from ..coordinates import Coordinates
 from ..data import Data
-from ..em import EMState, EStep, check_em_settings, run_em
+from ..em import EMState, check_em_settings, run_em, run_fingerprint
 from ..exceptions import NotFittedError
-from ..features import FeatureOperator
-from ..g_prior import ScaledFeatures, g_prior_scale, ggn_diagonal
 from ..likelihoods import Categorical, Gaussian, Likelihood, make_likelihood
 from ..linear_model import FEATURE_MEMORY_GIB, LinearGaussianModel
-from ..linearisation import BATCHINGS, Linearisation, TangentBatching, as_inputs
-from ..mean import MeanMode, MeanProblem, mean_mode, solve_mean
-from ..noise import NoiseSource
-from ..parameters import ParameterSelection, ParameterSpec
+from ..linearisation import Linearisation, TangentBatching, as_inputs
+from ..mean import MeanMode, mean_mode
+from ..parameters import ParameterSpec
+from ..persistence import solver_settings
+from ..posteriors import Posterior
 from ..priors import make_prior
-from ..solvers import SGD
-from ..solvers.newton import Newton
 
 LikelihoodSpec = Literal["classification", "regression"] | Likelihood
 TrainingData = DataLoader | tuple[Tensor, Tensor]
+__all__ = ["Laplace", "LikelihoodSpec", "TrainingData", "solver_settings"]
 
 
-class BaseLaplace(ABC):
-    """Shared constructor, predictive, EM driver and persistence of the linearised-Laplace methods.
+class Laplace:
+    """Linearised Laplace in given coordinates with a given posterior.
 
     Args:
         model: Trained network mapping ``x`` ``[N, ...]`` to outputs ``[N, C]``. It is never modified.
         likelihood: ``"classification"`` (softmax over ``C`` logits), ``"regression"`` (Gaussian),
             or a :class:`~linearised_laplace.likelihoods.Likelihood`.
+        posterior: A :class:`~linearised_laplace.posteriors.DensePosterior` or
+            :class:`~linearised_laplace.posteriors.SampledPosterior`.
+        coordinates: Keywords of :class:`~linearised_laplace.coordinates.Coordinates` (``ranking``,
+            ``basis``, ``output_map``).
         prior_precision: ``α > 0``, or one value per linearised parameter tensor (layerwise).
         sigma_noise: Gaussian noise standard deviation (regression only).
         n_samples: Posterior samples ``S`` drawn by ``fit``.
@@ -65,20 +61,22 @@ class BaseLaplace(ABC):
             example's Jacobian is too large to build (it is exact otherwise).
         tangent_batching: ``"auto"`` (the faster, measured on the first batch), ``"loop"`` or
             ``"vmap"`` over samples in JVPs and VJPs.
-        feature_memory_gib: Hold the training features ``Φ`` ``[n, C, D]`` in memory while they
-            fit in this many GiB (``0``: never): built once, they make every later data pass a
-            matrix product instead of a JVP and a VJP through the network. Larger problems stay
-            matrix-free.
+        feature_memory_gib: Hold the training features ``Φ`` ``[n, C, P]`` while they fit in this
+            many GiB (``0``: never), making every later data pass a matrix product.
         progress: Progress bars on long passes (``None``: only on a terminal).
-    """
 
-    _estimates_gamma = True  # EM clips estimated effective dimensions; exact ones are not clipped
+    Attributes:
+        coordinates: The :class:`~linearised_laplace.coordinates.Coordinates`; ``posterior``: the
+            backend; ``em_history``: the last EM run's records.
+    """
 
     def __init__(
         self,
         model: nn.Module,
         likelihood: LikelihoodSpec = "classification",
         *,
+        posterior: Posterior,
+        coordinates: dict | None = None,
         prior_precision: float | list[float] | Tensor = 1.0,
         sigma_noise: float = 1.0,
         n_samples: int = 64,
@@ -97,39 +95,27 @@ class BaseLaplace(ABC):
                 f"`sigma_noise` applies to regression only; got sigma_noise={sigma_noise} with a "
                 "classification likelihood. Leave it at 1.0."
             )
-        self.linearisation = Linearisation(
+        lin = Linearisation(
             model, parameters, exclude_norm=exclude_norm, tangent_batching=tangent_batching
         )
-        selection = self.linearisation.selection
-        self.prior = make_prior(prior_precision, selection.group_ids, selection.names)
+        self.prior = make_prior(prior_precision, lin.selection.group_ids, lin.selection.names)
         self.n_samples = check_positive_int("n_samples", n_samples)
         self.seed = check_seed(seed)
         self.g_prior = bool(g_prior)
-        self.g_prior_probes = check_positive_int("g_prior_probes", g_prior_probes)
+        probes = check_positive_int("g_prior_probes", g_prior_probes)
         self.exclude_norm = bool(exclude_norm)
-        if isinstance(feature_memory_gib, bool) or not (
-            isinstance(feature_memory_gib, int | float) and feature_memory_gib >= 0
-        ):
-            raise ValueError(
-                f"`feature_memory_gib` must be a number ≥ 0 (0: never hold the features), got "
-                f"{feature_memory_gib!r}."
-            )
-        self.feature_memory_gib = float(feature_memory_gib)
+        self.feature_memory_gib = check_memory_gib("feature_memory_gib", feature_memory_gib)
         self.progress = progress
-        self.scale: Tensor | None = None
+        self.coordinates = Coordinates(
+            lin, g_prior=self.g_prior, g_prior_probes=probes, **(coordinates or {})
+        )
+        self.posterior = posterior
         self.em_history: list[dict] = []
-        self._samples: Tensor | None = None  # [S, D], in the (g-prior scaled) feature coordinates
 
-    # ------------------------------------------------------------------ properties
-    @property
-    def model(self) -> nn.Module:
-        """The user's network (never modified)."""
-        return self.linearisation.model
-
-    @property
-    def n_params(self) -> int:
-        """``D``, the number of linearised parameters."""
-        return self.linearisation.n_params
+    linearisation = property(lambda self: self.coordinates.linearisation, doc="The linearisation.")
+    model = property(lambda self: self.linearisation.model, doc="The network (never modified).")
+    n_params = property(lambda self: self.linearisation.n_params, doc="``D``, linearised weights.")
+    scale = property(lambda self: self.coordinates.scale, doc="``[D]`` g-prior scale, or None.")
 
     @property
     def prior_precision(self) -> Tensor:
@@ -144,83 +130,37 @@ class BaseLaplace(ABC):
     @property
     def posterior_samples(self) -> Tensor:
         """``[S, D]`` zero-mean posterior samples ``ζ_s`` over the linearised parameters."""
-        self._check_fitted()
-        return self._to_parameters(self._samples)
+        self.check_fitted()
+        return self.coordinates.to_parameters(self.posterior.samples)
 
-    # ------------------------------------------------------------------ the linear model
-    # The posterior lives in "feature coordinates": the parameters rescaled by the g-prior and,
-    # for methods with a basis (Nyström), projected onto it. These hooks convert.
-    def _observed(self) -> FeatureOperator:
-        """The network's features as the likelihood sees them (e.g. through a forward operator)."""
-        return self.linearisation
+    def linear_model(self, train_loader: TrainingData) -> LinearGaussianModel:
+        """The tangent linear model on the training data, in the posterior's coordinates.
 
-    def _features(self) -> FeatureOperator:
-        """The feature operator in the posterior's coordinates."""
-        observed = self._observed()
-        scaled = observed if self.scale is None else ScaledFeatures(observed, self.scale)
-        return self._transform(scaled)
-
-    def _transform(self, features: FeatureOperator) -> FeatureOperator:
-        """Hook: a further map of the (scaled) features, e.g. onto a basis."""
-        return features
-
-    def _to_parameters(self, z: Tensor) -> Tensor:
-        """``[S, P]`` feature coordinates to ``[S, D]`` parameters."""
-        return z if self.scale is None else z * self.scale
-
-    def _anchor(self) -> Tensor:
-        """The network weights ``θ*`` in feature coordinates."""
-        theta = self.linearisation.theta_star
-        return theta if self.scale is None else theta / self.scale
-
-    def _select(self, data: Data) -> None:  # noqa: B027
-        """Hook run on the training data before anything else (e.g. subnetwork selection)."""
-
-    def _fit_basis(self, model: LinearGaussianModel) -> None:  # noqa: B027
-        """Hook run once the (scaled) linear model exists (e.g. a Nyström basis)."""
-
-    def _sync_weights(self) -> None:
-        """Linearise at the model's current weights, forgetting what was fitted at others."""
+        Linearises at the model's current weights (forgetting a fit at others), and fits what the
+        coordinates take from the data (a ranked subnetwork, the g-prior scale, a Nyström basis)
+        the first time.
+        """
         if self.linearisation.changed() is not None:
             self.linearisation.refresh()
-            self._forget_fit()
-
-    def _check_weights_unchanged(self, what: str) -> None:
-        """Raise if the model's weights changed since the fit that ``what`` builds on."""
-        changed = self.linearisation.changed()
-        if changed is not None:
-            raise ValueError(
-                f"`{what}` uses the fit at the model's former weights, but the model's {changed} "
-                "changed since. Call `.fit(train_loader)` again to linearise at the new weights."
-            )
-
-    def _forget_fit(self) -> None:
-        """Drop the fitted state that depends on ``θ*`` (subclasses add theirs)."""
-        self.scale = None
-        self._samples = None
-
-    def _linear_model(self, train_loader: TrainingData) -> LinearGaussianModel:
-        self._sync_weights()
+            self.coordinates.forget()
+            self.posterior.forget()
         data = Data(train_loader)
-        as_inputs(
-            data.subset(torch.zeros(1))[0], self.linearisation.dtype, "the train_loader's inputs"
-        )
+        x = data.subset(torch.zeros(1))[0]
+        as_inputs(x, self.linearisation.dtype, "the train_loader's inputs")
         if data.shard.world > 1:
-            self._check_data_parallel(data)
-        self._select(data)
-        model = LinearGaussianModel(self._observed(), self.likelihood, self.prior, data)
-        if self.g_prior and self.scale is None:
-            source = NoiseSource(self.seed, stream="g-prior")
-            diagonal = ggn_diagonal(model, source, self.g_prior_probes, progress=self.progress)
-            self.scale = g_prior_scale(diagonal).to(self.linearisation.dtype)
-        if self.scale is not None:
-            model = replace(model, features=ScaledFeatures(self._observed(), self.scale))
-        self._fit_basis(model)
-        return replace(model, features=self._features(), prior=self.prior)
+            self.posterior.check_parallel()
+            signature = persistence.model_signature(self.linearisation.snapshot())
+            precision = self.prior.precision.tolist()
+            fingerprint = data.fingerprint()
+            data.shard.check_agree(
+                parameters=signature, seed=self.seed, data=fingerprint, prior_precision=precision
+            )
+        self.coordinates.fit(data, self.likelihood, self.prior, self.seed, self.progress)
+        self.prior = make_prior(self.prior.precision, *self.coordinates.groups())
+        return LinearGaussianModel(self.coordinates.features(), self.likelihood, self.prior, data)
 
     def _fit_model(self, train_loader: TrainingData) -> LinearGaussianModel:
-        """The linear model that fits and EM solve: :meth:`_linear_model` with ``Φ`` held if it fits."""
-        return self._linear_model(train_loader).with_dense_features(self.feature_memory_gib)
+        return self.linear_model(train_loader).with_dense_features(self.feature_memory_gib)
 
     def g_prior_scale(self, train_loader: TrainingData) -> Tensor:
         """The g-prior's scale ``s = diag(JᵀBJ)^{-1/2}`` ``[D]`` on the training data.
@@ -231,68 +171,67 @@ class BaseLaplace(ABC):
         if not self.g_prior:
             raise ValueError("This method has g_prior=False; construct it with g_prior=True.")
         if self.scale is None:
-            self._linear_model(train_loader)
+            self.linear_model(train_loader)
         return self.scale
 
-    def _check_data_parallel(self, data: Data) -> None:
-        """Under ``torch.distributed``: every rank must hold the same model, seed and data."""
-        data.shard.check_agree(
-            parameters=persistence.model_signature(self.linearisation.snapshot()),
-            seed=self.seed,
-            data=data.fingerprint(),
-            prior_precision=self.prior.precision.tolist(),
-        )
-
-    def _check_fitted(self) -> None:
-        if self._samples is None:
+    def check_fitted(self) -> None:
+        """Raise :class:`~linearised_laplace.NotFittedError` unless a posterior is fitted."""
+        if self.posterior.samples is None:
             raise NotFittedError(
                 f"This {type(self).__name__} is not fitted yet; call `.fit(train_loader)` first."
             )
 
-    @abstractmethod
-    def fit(self, train_loader: TrainingData) -> BaseLaplace:
-        """Infer the posterior from training data; returns ``self``."""
+    def fit(self, train_loader: TrainingData) -> Laplace:
+        """Infer the posterior at the current hyperparameters; returns ``self``.
 
-    # ------------------------------------------------------------------ predictive
-    def _samples_for(self, n_samples: int | None) -> Tensor:
-        """``[n, D]`` samples in the original coordinates (all stored ones by default)."""
-        samples = self.posterior_samples
+        Args:
+            train_loader: Training data yielding ``(x, y)``: a DataLoader over a map-style dataset,
+                or a pair of tensors. Classification ``y`` are integer labels ``[N]``; regression
+                ``y`` is ``[N, C]`` (or ``[N]`` when ``C = 1``).
+        """
+        self.posterior.fit(self._fit_model(train_loader), self.n_samples, self.seed, self.progress)
+        return self
+
+    def sample(self, n_samples: int | None = None) -> Tensor:
+        """``[n, D]`` posterior samples: the stored ones (all by default), then more.
+
+        Beyond the stored ones a dense posterior draws exact ones; a sampled one raises.
+        """
+        stored = self.posterior_samples
         if n_samples is None:
-            return samples
+            return stored
         n_samples = check_positive_int("n_samples", n_samples)
-        if n_samples > samples.shape[0]:
-            raise ValueError(
-                f"Only {samples.shape[0]} posterior samples were drawn, {n_samples} were asked for. "
-                f"Construct with n_samples={n_samples} and fit again."
-            )
-        return samples[:n_samples]
+        if n_samples <= len(stored):
+            return stored[:n_samples]
+        more = self.posterior.extra_samples(n_samples - len(stored), self.seed)
+        return torch.cat([stored, self.coordinates.to_parameters(more.to(stored.dtype))])
 
     def predictive_samples(self, x: Tensor, n_samples: int | None = None) -> Tensor:
         r"""Function samples ``f(x; θ*) + J(x) ζ_s``: ``[S, N, C]``."""
-        samples = self._samples_for(n_samples)
+        samples = self.sample(n_samples)
         return self.linearisation.linearised_forward(self.linearisation.check_inputs(x), samples)
 
-    @abstractmethod
     def functional_variance(self, x: Tensor) -> Tensor:
-        r"""Posterior covariance of ``f(x)`` per input, ``J(x) Σ J(x)ᵀ``: ``[N, C, C]``."""
+        r"""Posterior covariance of ``f(x)`` per input, ``J(x) Σ J(x)ᵀ``: ``[N, C, C]``.
+
+        Exact for a dense posterior; the sample estimate ``(1/S) Σ_s (J ζ_s)(J ζ_s)ᵀ`` otherwise.
+        """
+        self.check_fitted()
+        features = self.coordinates.transform(self.linearisation)
+        return self.posterior.functional_variance(features, self.linearisation.check_inputs(x))
 
     def __call__(
         self, x: Tensor, link_approx: Literal["mc", "probit"] = "mc"
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """The predictive at inputs ``x`` ``[N, ...]``.
+        """The predictive at inputs ``x`` ``[N, ...]`` (a tensor or numpy array, the network's dtype).
 
-        Args:
-            x: Inputs (a tensor, or a numpy array, which is converted), in the network's dtype.
-            link_approx: Classification only. ``"mc"``: average ``softmax(f_s(x))`` over the
-                posterior samples (keeps cross-class covariances). ``"probit"``: MacKay's
-                ``softmax(f(x; θ*) / (1 + π σ²/8)^{1/2})`` with the functional variances ``σ²``.
-
-        Returns:
-            Classification: predictive probabilities ``[N, C]``. Regression: the mean
-            ``f(x; θ*)`` ``[N, C]`` and the functional covariance ``[N, C, C]`` (add ``σ²`` for
-            the observation noise).
+        ``link_approx`` (classification): ``"mc"`` averages ``softmax(f_s(x))`` over the samples;
+        ``"probit"`` is MacKay's ``softmax(f(x; θ*) / (1 + π σ²/8)^{1/2})``, ``σ²`` the functional
+        variances. Returns classification probabilities ``[N, C]``, or for regression the mean
+        ``f(x; θ*)`` ``[N, C]`` and the functional covariance ``[N, C, C]`` (add ``σ²`` for the
+        observation noise).
         """
-        self._check_fitted()
+        self.check_fitted()
         x = self.linearisation.check_inputs(x)
         if not isinstance(self.likelihood, Categorical):
             return self.linearisation.forward(x), self.functional_variance(x)
@@ -304,121 +243,73 @@ class BaseLaplace(ABC):
             return torch.softmax(kappa * self.linearisation.forward(x), dim=-1)
         raise ValueError(f"`link_approx` must be 'mc' or 'probit', got {link_approx!r}.")
 
-    # ------------------------------------------------------------------ EM
-    def _mean_problem(self, model: LinearGaussianModel, mode: MeanMode) -> MeanProblem:
-        return MeanProblem(model, mode, self._anchor())
-
-    def _mean_step(
+    def optimize_prior_precision(
         self,
-        model: LinearGaussianModel,
-        mode: MeanMode,
-        solver: Newton | SGD,
-        init: Tensor,
-        preconditioner: Tensor,
-        seed: int,
-    ) -> tuple[Tensor, float | None]:
-        """``θ̄`` ``[D]`` and, for a Gaussian likelihood, ``‖y − g(θ̄)‖²`` (one extra pass)."""
-        if mode is MeanMode.NETWORK:
-            mean = self._anchor()
-            outputs = lambda x: model.features.forward(x)  # noqa: E731
-        else:
-            problem = self._mean_problem(model, mode)
-            mean = self._solve_mean(problem, solver, init, preconditioner, seed)
-            outputs = lambda x: problem.outputs(x, mean[None])[0]  # noqa: E731
-        if not isinstance(model.likelihood, Gaussian):
-            return mean, None
-        residual = torch.zeros((), dtype=torch.float64, device=mean.device)
-        for _, x, y in model.data.batches():
-            residual += (outputs(x) - y.reshape(len(y), -1).to(mean.dtype)).square().sum().double()
-        return mean, float(model.data.all_reduce(residual))
+        train_loader: TrainingData,
+        max_iter: int = 10,
+        tol: float = 1e-2,
+        *,
+        mean: str = "tangent",
+        update_sigma: bool = False,
+        checkpoint: str | Path | None = None,
+        **options,
+    ) -> list[dict]:
+        r"""Learn the prior precision by MacKay EM, ``α_g = γ_g / ‖θ̄_g‖²``, then refit at the result.
 
-    def _solve_mean(
-        self,
-        problem: MeanProblem,
-        solver: Newton | SGD,
-        init: Tensor,
-        preconditioner: Tensor,
-        seed: int,
-    ) -> Tensor:
-        """``θ̄`` ``[D]`` of a mean problem."""
-        return solve_mean(problem, solver, init, preconditioner, seed, self.progress).samples[0]
+        Each step solves for the linear model's mean ``θ̄`` (warm-started) and the effective
+        dimension ``γ`` (exact for a dense posterior; for a sampled one estimated from
+        warm-started samples whose noise is kept and rescaled across steps).
 
-    def _em(
-        self,
-        model: LinearGaussianModel,
-        e_step: Callable[[EMState], EStep],
-        mode: MeanMode,
-        max_iter: int,
-        tol: float,
-        update_sigma: bool,
-        checkpoint: str | Path | None,
-        settings: dict,
-    ) -> EMState:
-        """Run EM from scratch or from a matching checkpoint; returns the final state."""
-        fingerprint = {
-            "class": type(self).__name__,
-            "model": persistence.model_signature(self.linearisation.snapshot()),
-            "weights": persistence.digest(self.linearisation.snapshot()),
-            "data": model.data.fingerprint(),
-            "seed": self.seed,
-            "g_prior": self.g_prior,
-            "initial_prior_precision": self.prior.precision.tolist(),
-            "initial_sigma_noise": float(self.sigma_noise),
-            "mean": mode.value,
-            "update_sigma": update_sigma,
-            **settings,
-        }
-        anchor = self._anchor()
+        Args:
+            train_loader: Training data, as for :meth:`fit`.
+            max_iter: EM steps at most.
+            tol: Stop when every ``|Δ log α|`` (and ``|Δ log σ|``) falls below this.
+            mean: ``"tangent"`` (the linear model's mode with outputs ``J w``; default),
+                ``"affine"`` (outputs ``f(x; θ*) + J(w − θ*)``) or ``"network"`` (use ``θ*``).
+            update_sigma: Also learn the Gaussian noise (regression).
+            checkpoint: File to save the state to after every step; a run restarted with the same
+                arguments resumes from it.
+            **options: A sampled posterior's ``gamma``: ``"function"`` (``(1/K) Σ_k ‖Jζ_k‖²_B``;
+                default) or ``"weight"`` estimator, and ``n_em_samples``: ``K`` per E-step
+                (default 8; the final draw uses ``n_samples``).
+
+        Returns:
+            The history, one dict per step (step 0 is the start): ``prior_precision``, ``gamma``,
+            ``mean_norm_sq``, ``sigma_noise``, ``seconds``. Also kept as ``em_history``.
+        """
+        check_em_settings(max_iter, tol)
+        if update_sigma and not isinstance(self.likelihood, Gaussian):
+            raise ValueError("`update_sigma=True` needs a regression (Gaussian) likelihood.")
+        if checkpoint is not None:
+            persistence.check_writable(checkpoint, "checkpoint")
+        mode = mean_mode(mean)
+        model = self._fit_model(train_loader)
+        anchor = self.coordinates.anchor()
+        em = self.posterior.expectation(model, mode, anchor, self.seed, self.progress, **options)
+        settings = {"class": type(self).__name__, "seed": self.seed, "g_prior": self.g_prior}
+        settings.update(mean=mode.value, **em.settings)
         start = anchor.clone() if mode is MeanMode.AFFINE else torch.zeros_like(anchor)
-        state = EMState(0, self.prior.precision.clone(), float(self.sigma_noise), start)
         state = run_em(
-            e_step,
-            state,
+            em.step,
+            EMState(0, self.prior.precision.clone(), float(self.sigma_noise), start),
             self.prior.groups,
             max_iter=max_iter,
             tol=tol,
             n_observations=len(model.data) * model.n_outputs,
             update_sigma=update_sigma,
-            clip_gamma=self._estimates_gamma,
+            clip_gamma=em.estimated,
             checkpoint=checkpoint,
-            fingerprint=fingerprint,
+            fingerprint=run_fingerprint(self.linearisation.snapshot(), model.data, **settings),
             progress=self.progress,
         )
         self.prior = self.prior.with_precision(state.precision)
         if isinstance(self.likelihood, Gaussian):
             self.likelihood = Gaussian(state.sigma)
         self.em_history = state.history
-        return state
-
-    def _check_em(
-        self,
-        max_iter: int,
-        tol: float,
-        mean: str,
-        update_sigma: bool,
-        checkpoint: str | Path | None,
-        gamma: str = "function",
-    ) -> MeanMode:
-        """Validate EM arguments before any work; returns the mean mode."""
-        check_em_settings(max_iter, tol, gamma)
-        if update_sigma and not isinstance(self.likelihood, Gaussian):
-            raise ValueError("`update_sigma=True` needs a regression (Gaussian) likelihood.")
-        if checkpoint is not None:
-            persistence.check_writable(checkpoint, "checkpoint")
-        return mean_mode(mean)
+        em.refit(state, self.n_samples)
+        return self.em_history
 
     # ------------------------------------------------------------------ persistence
-    def _state_tensors(self) -> dict[str, Tensor]:
-        """Fitted tensors to save (subclasses add theirs)."""
-        return {}
-
-    def _restore(self, tensors: dict[str, Tensor], meta: dict) -> None:  # noqa: B027
-        """Restore what :meth:`_state_tensors` saved (nothing by default)."""
-
-    def _settings(self) -> dict:
-        """Constructor settings to save (subclasses add theirs)."""
-        return {}
-
     def save(self, path: str | Path) -> None:
         """Save the fitted posterior to ``path`` (safetensors with a JSON header; no pickle).
 
@@ -426,41 +317,27 @@ class BaseLaplace(ABC):
         samples and hyperparameters, so that :meth:`load` with the same architecture predicts
         identically.
         """
-        self._check_fitted()
-        selection = self.linearisation.selection
-        tensors = {f"state.{name}": t for name, t in self.linearisation.snapshot().items()}
-        tensors.update(samples=self._samples, prior_precision=self.prior.precision)
-        if self.scale is not None:
-            tensors["scale"] = self.scale
-        if selection.indices is not None:
-            tensors["selection_indices"] = selection.indices
-        tensors.update(self._state_tensors())
-        meta = {
-            "kind": "posterior",
-            "class": type(self).__name__,
-            "model": persistence.model_signature(self.linearisation.snapshot()),
-            "likelihood": self.likelihood.name,
-            "sigma_noise": float(self.sigma_noise),
-            "n_samples": self.n_samples,
-            "seed": self.seed,
-            "g_prior": self.g_prior,
-            "tangent_batching": self.linearisation.tangent_batching,
-            "selection": [
-                [n, list(s)] for n, s in zip(selection.names, selection.shapes, strict=True)
-            ],
-            "em_history": self.em_history,
-            **self._settings(),
-        }
-        persistence.write(path, tensors, meta)
+        self.check_fitted()
+        tensors = {"samples": self.posterior.samples, "prior_precision": self.prior.precision}
+        tensors.update(**self.coordinates.tensors(), **self.posterior.tensors())
+        meta = {"class": type(self).__name__, "likelihood": self.likelihood.name}
+        meta.update(sigma_noise=float(self.sigma_noise), n_samples=self.n_samples, seed=self.seed)
+        meta.update(g_prior=self.g_prior, em_history=self.em_history, **self.settings())
+        persistence.write_posterior(path, self.linearisation, tensors, meta)
+
+    def settings(self) -> dict:
+        """The constructor settings a saved file records besides the shared ones."""
+        return {**self.coordinates.settings(), **self.posterior.settings()}
+
+    @classmethod
+    def settings_from(cls, meta: dict, path: str | Path) -> dict:
+        """Constructor keywords from a saved file's :meth:`settings`, checked."""
+        return {}
 
     @classmethod
     def load(
-        cls,
-        path: str | Path,
-        model: nn.Module,
-        progress: bool | None = None,
-        strict: bool = False,
-    ) -> BaseLaplace:
+        cls, path: str | Path, model: nn.Module, progress: bool | None = None, strict: bool = False
+    ) -> Laplace:
         """Load a posterior saved by :meth:`save` onto ``model`` (the same architecture).
 
         Every tensor is checked against its checksum and for finite values, and every metadata field
@@ -469,94 +346,14 @@ class BaseLaplace(ABC):
         those differ, a ``UserWarning`` names the tensor with the largest difference, or, with
         ``strict=True``, a ``ValueError`` is raised.
         """
-        tensors, meta = persistence.read(path)
-        if meta.get("kind") == "em-checkpoint":
-            raise ValueError(
-                f"{path} is an EM checkpoint (written by `optimize_prior_precision(checkpoint=...)`),"
-                " not a saved posterior. To resume that EM run, pass it as `checkpoint=` to "
-                "`optimize_prior_precision` again; to write a loadable posterior, call "
-                "`.save(path)` after fitting."
-            )
-        kind, held = meta.get("kind"), meta.get("class")
-        if kind != "posterior" or not isinstance(held, str):
-            raise ValueError(
-                f"{path} holds {kind!r}, not a saved posterior; pass a file written by `.save(path)`."
-            )
-        if held != cls.__name__:
-            raise ValueError(
-                f"{path} holds a {held}, not a {cls.__name__}; load it with lla.{held}.load."
-            )
-        persistence.check_fields(
-            meta,
-            {
-                "model": persistence.SIGNATURE,
-                "likelihood": frozenset({"classification", "regression"}),
-                "sigma_noise": float,
-                "n_samples": int,
-                "seed": int,
-                "g_prior": bool,
-                "tangent_batching": frozenset(BATCHINGS),
-                "selection": persistence.SIGNATURE,
-                "em_history": list,
-            },
-            path,
-        )
-        current = dict(model.named_parameters())
-        current.update(dict(model.named_buffers()))
-        persistence.check_signature(meta["model"], persistence.model_signature(current), path)
-        state = {name: tensors[f"state.{name}"] for name, _ in meta["model"]}
-        differs = persistence.largest_difference(state, current)
-        if differs is not None:
-            text = (
-                f"The model's weights differ from the linearisation point θ* saved in {path} "
-                f"(largest |difference| {differs[1]:.3g}, in {differs[0]!r}); predictions use the "
-                "file's weights."
-            )
-            if strict:
-                raise ValueError(
-                    f"{text} Load onto the network it was fitted on, or pass strict=False."
-                )
-            warnings.warn(
-                f"{text} Load onto the network it was fitted on, or pass strict=True to raise.",
-                UserWarning,
-                stacklevel=2,
-            )
-        selection = ParameterSelection(
-            tuple(n for n, _ in meta["selection"]),
-            tuple(torch.Size(s) for _, s in meta["selection"]),
-            tensors.get("selection_indices"),
-        )
+        tensors, meta, state, shared = persistence.read_posterior(path, cls.__name__, model, strict)
         try:
-            la = cls(
-                model,
-                meta["likelihood"],
-                prior_precision=tensors["prior_precision"],
-                sigma_noise=meta["sigma_noise"],
-                n_samples=meta["n_samples"],
-                seed=meta["seed"],
-                parameters=selection,
-                g_prior=meta["g_prior"],
-                tangent_batching=meta["tangent_batching"],
-                progress=progress,
-                **cls._settings_from(meta, path),
-            )
+            la = cls(model, progress=progress, **shared, **cls.settings_from(meta, path))
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path} holds settings that cannot be built: {err}") from err
-        lin = la.linearisation
-        lin.restore(state)
-        la.scale = tensors.get("scale")
+        la.linearisation.restore(state)
+        la.coordinates.restore(tensors)
+        la.prior = make_prior(la.prior.precision, *la.coordinates.groups())
         la.em_history = meta["em_history"]
-        la._samples = tensors["samples"].to(lin.device)
-        la._restore(tensors, meta)
+        la.posterior.restore(tensors, la.linearisation.device)
         return la
-
-    @classmethod
-    def _settings_from(cls, meta: dict, path: str | Path) -> dict:
-        """Constructor keywords from saved settings, checked (subclasses override)."""
-        return {}
-
-
-def solver_settings(solver: object) -> dict:
-    """A JSON-friendly description of a solver configuration."""
-    fields = {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(solver).items()}
-    return {"name": type(solver).__name__, **fields}

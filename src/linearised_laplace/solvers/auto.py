@@ -11,17 +11,30 @@ The rules, in order (``D`` parameters, ``n·C`` observations):
    the GGN's Nyström approximation plus its diagonal.
 
 The choice depends on sizes only, never on the prior, so it does not change between EM steps.
+:func:`solve_samples` runs a choice (with the noise of :func:`choice_noise`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from torch import Tensor
+
+from .. import persistence
+from .._progress import progress_note
 from ..linear_model import LinearGaussianModel
+from ..noise import NoiseSource, PosteriorNoise, draw_posterior_noise
+from .base import SolveResult, check_convergence
 from .cg import CG
 from .cholesky import Cholesky
+from .dual import solve_dual
+from .newton import Newton
+from .preconditioner import LowRank, with_ggn_sketch
 from .sdd import SDD
 from .sgd import SGD
+
+SPACES = ("auto", "primal", "dual")
+SOLVERS = {"SGD": SGD, "CG": CG, "SDD": SDD, "Cholesky": Cholesky, "Newton": Newton}
 
 DENSE_FLOPS = 2e11
 """Largest dense solve ``auto`` takes (about a minute on two CPU cores)."""
@@ -82,3 +95,127 @@ def choose_solver(
     if space == "dual" or (space == "auto" and n_obs < d and not parallel):
         return Choice(DUAL_SOLVER, "dual", f"auto: preconditioned CG in the dual space ({sizes})")
     return Choice(PRIMAL_SOLVER, "primal", f"auto: preconditioned CG in the primal space ({sizes})")
+
+
+def check_solver(solver: object, space: str) -> SGD | SDD | CG | Cholesky | None:
+    """Validate a sampler's ``solver`` (``"auto"`` or ``None``: automatic) and ``space``."""
+    if space not in SPACES:
+        raise ValueError(f"`space` must be one of {SPACES}, got {space!r}.")
+    if solver == "auto":
+        solver = None
+    if solver is not None and not isinstance(solver, SGD | SDD | CG | Cholesky):
+        raise TypeError(
+            f"`solver` must be 'auto', lla.SGD(...), lla.SDD(...), lla.CG(...) or "
+            f"lla.Cholesky(), got {solver!r}."
+        )
+    if space == "dual" and isinstance(solver, SGD):
+        raise ValueError(
+            "The dual space (space='dual') is solved by lla.CG(...), lla.SDD(...) or "
+            "lla.Cholesky(), not SGD (its minibatch counterpart there is lla.SDD)."
+        )
+    if space == "primal" and isinstance(solver, SDD):
+        raise ValueError(
+            "lla.SDD solves the dual (observation-space) system only; use space='dual' (or "
+            "'auto'), or lla.SGD(...) for minibatch solves in the primal space."
+        )
+    return solver
+
+
+def choice_noise(
+    model: LinearGaussianModel,
+    choice: Choice,
+    n_samples: int,
+    seed: int,
+    sketch: LowRank | None = None,
+    progress: bool | None = None,
+) -> PosteriorNoise:
+    """The noise of ``n_samples`` samples, with the GGN sketch a primal solver preconditions with.
+
+    ``sketch``: one already taken of this model's GGN (it does not depend on the prior).
+    """
+    noise = draw_posterior_noise(model, n_samples, NoiseSource(seed), progress)
+    if choice.space == "primal" and not isinstance(choice.solver, Cholesky):
+        rank = choice.solver.sketch_rank(model)
+        noise = with_ggn_sketch(model, replace(noise, ggn_low_rank=sketch), rank, seed)
+    return noise
+
+
+def solve_samples(
+    model: LinearGaussianModel,
+    noise: PosteriorNoise,
+    choice: Choice,
+    init: Tensor | None,
+    seed: int,
+    strict: bool = False,
+    progress: bool | None = None,
+) -> tuple[SolveResult, Tensor]:
+    """Samples in the chosen space (checked for convergence), and the warm start of a next solve."""
+    progress_note(choice.reason, enabled=progress)
+    if choice.space == "dual":
+        result, warm = solve_dual(
+            model, noise.xi, noise.source, choice.solver, init=init, seed=seed, progress=progress
+        )
+    else:
+        result = choice.solver.solve(model, noise, init=init, seed=seed, progress=progress)
+        warm = result.samples
+    info = replace(result.info, reason=choice.reason)
+    check_convergence(info, choice.solver.advice, strict)
+    return replace(result, info=info), warm
+
+
+def draw_samples(
+    model: LinearGaussianModel,
+    choice: Choice,
+    n_samples: int,
+    seed: int,
+    strict: bool = False,
+    warm: Tensor | None = None,
+    sketch: LowRank | None = None,
+    progress: bool | None = None,
+) -> SolveResult:
+    """``n_samples`` samples of ``seed``'s noise; ``warm``: samples of the same noise to start from.
+
+    Samples share noise by index, so the first rows of a primal solve warm-start exactly.
+    """
+    noise = choice_noise(model, choice, n_samples, seed, sketch, progress)
+    init = None
+    if warm is not None and choice.space == "primal":
+        init = noise.theta0(model.prior_diag()).clone()
+        init[: len(warm)] = warm[: len(init)]
+    return solve_samples(model, noise, choice, init, seed, strict, progress)[0]
+
+
+def check_sharding(solver: SGD | SDD | CG | Cholesky | None, space: str) -> None:
+    """Raise if ``solver`` in ``space`` cannot run sharded over ``torch.distributed`` ranks."""
+    if space == "dual" or isinstance(solver, SDD):
+        raise ValueError(
+            "The dual space (space='dual', or lla.SDD) keeps one unknown per observation and "
+            "is not sharded over ranks; under torch.distributed use space='primal' (or "
+            "'auto', which then picks it) with another solver."
+        )
+
+
+def sampler_settings(solver, mean_solver, space: str, strict: bool) -> dict:
+    """A sampler's configuration as a saved file records it (JSON)."""
+    return {
+        "solver": None if solver is None else persistence.solver_settings(solver),
+        "mean_solver": persistence.solver_settings(mean_solver),
+        "space": space,
+        "strict": strict,
+    }
+
+
+def sampler_keywords(meta: dict, path) -> dict:
+    """The keywords ``solver``, ``mean_solver``, ``space``, ``strict`` from :func:`sampler_settings`."""
+    schema = {"solver": (dict, type(None)), "mean_solver": dict, "space": frozenset(SPACES)}
+    persistence.check_fields(meta, {**schema, "strict": bool}, path)
+    solver = meta["solver"]
+    solver = None if solver is None else persistence.build_config(solver, SOLVERS, "solver", path)
+    means = {"Newton": Newton, "SGD": SGD}
+    mean_solver = persistence.build_config(meta["mean_solver"], means, "mean_solver", path)
+    return {
+        "solver": solver,
+        "mean_solver": mean_solver,
+        "space": meta["space"],
+        "strict": meta["strict"],
+    }

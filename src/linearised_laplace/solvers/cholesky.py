@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..linear_model import LinearGaussianModel
-from ..noise import PosteriorNoise
+from ..noise import NoiseSource, PosteriorNoise, draw_posterior_noise
 from .base import SolveInfo, SolveResult, relative_residual
 
 
@@ -57,3 +57,24 @@ class Cholesky:
         )
         info = SolveInfo(self.name, 0, residual, time.perf_counter() - start)
         return SolveResult(samples.to(noise.u.dtype), info)
+
+
+def exact_samples(
+    model: LinearGaussianModel, ggn: Tensor, n_samples: int, seed: int, progress: bool | None = None
+) -> tuple[Tensor, Tensor]:
+    """The factor ``R`` of ``H = M + A`` (``M`` = ``ggn``, float64) and ``n_samples`` exact samples.
+
+    The samples solve ``H ζ = A θ_0 + Φᵀ L ν`` for the shared noise of ``seed``, so they equal
+    those of any other solver with that seed.
+    """
+    noise = draw_posterior_noise(model, n_samples, NoiseSource(seed), progress)
+    prior = model.prior.diag(torch.float64, ggn.device)
+    factor = cholesky(ggn + torch.diag(prior))
+    return factor, cholesky_solve(factor, noise.rhs(prior)).to(model.features.dtype)
+
+
+def whiten(factor: Tensor, jac: Tensor) -> Tensor:
+    """``J R^{-T}`` for ``J`` ``[N, C, P]`` and ``H = R Rᵀ``, so that ``J H^{-1} Jᵀ = W Wᵀ``."""
+    n, c, p = jac.shape
+    half = torch.linalg.solve_triangular(factor, jac.reshape(n * c, p).T, upper=False)
+    return half.T.reshape(n, c, p)

@@ -233,3 +233,16 @@ def gaussian_mean(
     return SolveResult(
         mean, dual_info(f"dual-mean-{solver.name}", solver, n_steps, residual, start)
     )
+
+
+def dual_mean(
+    problem, solver: DualSolver, seed: int = 0, progress: bool | None = False
+) -> SolveResult:
+    """:func:`gaussian_mean` of a :class:`~linearised_laplace.mean.MeanProblem` (Gaussian)."""
+    zero = torch.zeros_like(problem.anchor)[None]
+
+    def targets(x: Tensor, y: Tensor) -> Tensor:
+        g = problem.outputs(x, zero)[0]
+        return y.reshape(g.shape).to(g.dtype) - g
+
+    return gaussian_mean(problem.model, targets, solver, seed, progress)

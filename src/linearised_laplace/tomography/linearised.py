@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .._progress import progress_bar
 from ..data import Data
-from ..features import FeatureOperator, OutputMap
+from ..features import OutputMap
 from ..g_prior import ScaledFeatures
 from ..likelihoods import Gaussian
 from ..linear_model import LinearGaussianModel
@@ -68,12 +68,11 @@ class LinearisedDIP(SampledLaplace):
         kwargs.setdefault("g_prior_probes", 64)
         kwargs.setdefault("space", "dual")
         kwargs.setdefault("feature_memory_gib", 0.0)  # Φ = A J has one row per measurement
-        super().__init__(Flatten(unet), "regression", sigma_noise=sigma_noise, **kwargs)
+        coordinates = {"output_map": observation_map(operator)}
+        super().__init__(
+            Flatten(unet), "regression", sigma_noise=sigma_noise, coordinates=coordinates, **kwargs
+        )
         self.operator = operator
-        self._map = observation_map(operator)
-
-    def _observed(self) -> FeatureOperator:
-        return OutputMap(self.linearisation, *self._map)
 
     def optimize_prior_precision(
         self, train_loader, max_iter: int = 5, tol: float = 1e-2, **kwargs
@@ -85,7 +84,7 @@ class LinearisedDIP(SampledLaplace):
     def image_samples(self, z: Tensor, n_samples: int | None = None) -> Tensor:
         """Zero-mean image deviations ``J ζ_s``: ``[S, H, W]``."""
         size = self.operator.size
-        return self.linearisation.jvp(z, self._samples_for(n_samples))[1].reshape(-1, size, size)
+        return self.linearisation.jvp(z, self.sample(n_samples))[1].reshape(-1, size, size)
 
 
 @dataclass

@@ -1,0 +1,48 @@
+"""Posterior backends, dense and sampled, behind one interface (:class:`Posterior`)."""
+
+from typing import Protocol
+
+from torch import Tensor
+
+from ..em import Expectation
+from .dense import DensePosterior
+from .sampled import SampledPosterior
+
+
+class Posterior(Protocol):
+    """What :class:`~linearised_laplace.methods.base.Laplace` asks of a backend.
+
+    ``samples`` ``[S, P]`` are in the coordinates' frame (``None`` until fitted).
+    """
+
+    samples: Tensor | None
+
+    def fit(self, model, n_samples: int, seed: int, progress) -> None:
+        """Infer the posterior of the linear model ``model`` and draw ``n_samples``."""
+
+    def expectation(self, model, mode, anchor, seed, progress, **options) -> Expectation:
+        """The E-step (and the refit at the end) of EM on ``model``."""
+
+    def functional_variance(self, features, x: Tensor) -> Tensor:
+        """``J(x) Σ J(x)ᵀ`` ``[N, C, C]`` for ``features`` ``J`` in the coordinates."""
+
+    def extra_samples(self, count: int, seed: int) -> Tensor:
+        """``count`` samples beyond the stored ones (or raise)."""
+
+    def forget(self) -> None:
+        """Drop the fit (the weights changed)."""
+
+    def check_parallel(self) -> None:
+        """Raise if the backend cannot run sharded over ``torch.distributed`` ranks."""
+
+    def settings(self) -> dict:
+        """The configuration a saved file records (JSON)."""
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The fitted tensors a saved file holds besides ``samples``."""
+
+    def restore(self, tensors: dict[str, Tensor], device) -> None:
+        """Restore a fit from a saved file's ``tensors``."""
+
+
+__all__ = ["DensePosterior", "Posterior", "SampledPosterior"]

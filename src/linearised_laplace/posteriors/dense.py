@@ -1,0 +1,112 @@
+r"""The dense posterior ``N(0, H^{-1})``, ``H = M + A``, held as the Cholesky factor ``R`` of ``H``.
+
+``O(n C P²)`` to assemble, ``O(P³)`` to factorise, ``O(P²)`` memory over ``P`` coordinates; EM is
+exact MacKay EM, and the evidence and a validation grid search refactorise ``H`` per value.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._checks import check_sample_budget
+from ..em import Expectation, exact_e_step, log_evidence
+from ..mean import solve_mean
+from ..metrics import grid_nll
+from ..noise import NoiseSource
+from ..solvers.cholesky import exact_samples, whiten
+from ..solvers.newton import Newton
+
+
+def check_dense(dim: int, what: str) -> None:
+    """Raise before any work if two dense ``dim × dim`` matrices exceed the memory budget."""
+    check_sample_budget(
+        2 * dim * dim,
+        f"{what} over {dim} parameters (two dense {dim}×{dim} matrices)",
+        "Use SampledLaplace, or linearise fewer parameters (e.g. parameters='last_layer').",
+    )
+
+
+class DensePosterior:
+    """Exact samples, (co)variances, EM and evidence from ``R``.
+
+    Args:
+        mean_solver: For the linear model's mean (default ``Newton(rtol=1e-10)``).
+
+    Attributes:
+        model, ggn: The linear model of the last fit and its GGN ``M`` (``None`` after a load).
+        factor: ``R`` ``[P, P]`` (float64); ``samples``: ``[S, P]``.
+    """
+
+    def __init__(self, mean_solver: Newton | None = None):
+        self.mean_solver = Newton(rtol=1e-10) if mean_solver is None else mean_solver
+        self.forget()
+
+    def forget(self) -> None:  # noqa: D102
+        self.model = self.ggn = self.factor = self.samples = None
+
+    def fit(self, model, n_samples: int, seed: int, progress, ggn: Tensor | None = None) -> None:
+        """Factorise ``H`` (``ggn``: ``M``, if already built) and draw ``n_samples`` samples."""
+        self.model, self.ggn = model, model.dense_ggn() if ggn is None else ggn
+        self.factor, self.samples = exact_samples(model, self.ggn, n_samples, seed, progress)
+
+    def extra_samples(self, count: int, seed: int) -> Tensor:
+        """``count`` more exact samples ``R^{-T} ξ`` (float64), from their own stream."""
+        xi = NoiseSource(seed, stream="predictive").prior(
+            count, len(self.factor), dtype=torch.float64, device=self.factor.device
+        )
+        return torch.linalg.solve_triangular(self.factor.T, xi.T, upper=True).T
+
+    @property
+    def covariance(self) -> Tensor:
+        """``H^{-1}`` ``[P, P]`` (float64)."""
+        return torch.cholesky_inverse(self.factor)
+
+    def functional_variance(self, features, x: Tensor) -> Tensor:
+        """``J(x) H^{-1} J(x)ᵀ`` ``[N, C, C]`` for features ``J`` in the posterior's coordinates."""
+        half = whiten(self.factor, features.to_dense(x).to(torch.float64))
+        return (half @ half.transpose(1, 2)).to(features.dtype)
+
+    def solver_of_mean(self, progress):
+        """``(problem, init, preconditioner, seed) ↦ θ̄`` by the mean solver."""
+        return lambda p, init, pre, seed: solve_mean(
+            p, self.mean_solver, init, pre, seed, progress
+        ).samples[0]
+
+    def expectation(self, model, mode, anchor: Tensor, seed: int, progress) -> Expectation:
+        """Exact MacKay EM (:func:`~linearised_laplace.em.exact_e_step`), refit at the end."""
+        ggn = model.dense_ggn()
+
+        def refit(state, n_samples: int) -> None:
+            current, ratio = model.at(state.precision, state.sigma)
+            self.fit(current, n_samples, seed, progress, ggn * ratio**2)
+
+        step = exact_e_step(model, ggn, mode, anchor, seed, self.solver_of_mean(progress))
+        return Expectation(step, refit, estimated=False)
+
+    def validation_nll(
+        self, jac: Tensor, f0: Tensor, y: Tensor, sigma, grid: Tensor
+    ) -> list[float]:
+        """:func:`~linearised_laplace.metrics.grid_nll` of the fitted GGN."""
+        return grid_nll(self.ggn, jac, f0, y, sigma, grid)
+
+    def log_evidence(self, precision: Tensor, sigma: float, mode, anchor, seed: int, progress):
+        """:func:`~linearised_laplace.em.log_evidence` of the fit at these hyperparameters."""
+        current, ratio = self.model.at(precision, sigma)
+        return log_evidence(
+            current, self.ggn * ratio**2, mode, anchor, seed, self.solver_of_mean(progress)
+        )
+
+    def check_parallel(self) -> None:
+        """A dense posterior shards over ranks like any data pass."""
+
+    def settings(self) -> dict:
+        """Saved settings: none (the mean solver is not saved)."""
+        return {}
+
+    def tensors(self) -> dict[str, Tensor]:  # noqa: D102
+        return {"factor": self.factor}
+
+    def restore(self, tensors: dict[str, Tensor], device) -> None:
+        """Restore a saved fit (without its training data)."""
+        self.factor, self.samples = tensors["factor"], tensors["samples"].to(device)

@@ -1,0 +1,115 @@
+r"""The sampled posterior: zero-mean samples ``ζ_s ~ N(0, H^{-1})`` by sample-then-optimise.
+
+Each sample minimises a randomised quadratic in the primal (weight) or dual (observation) space
+(:mod:`~linearised_laplace.solvers.auto`); no ``P × P`` matrix is formed. Sample-based EM keeps the
+samples' noise across steps, rescaled to each ``σ``, and warm-starts every solve.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from .._checks import check_positive_int
+from ..em import Expectation, check_gamma, sampled_e_step
+from ..likelihoods import Gaussian
+from ..mean import solve_mean
+from ..solvers.auto import (
+    check_sharding,
+    check_solver,
+    choice_noise,
+    choose_solver,
+    draw_samples,
+    sampler_settings,
+    solve_samples,
+)
+from ..solvers.base import check_convergence
+from ..solvers.dual import dual_mean
+from ..solvers.newton import Newton
+
+
+class SampledPosterior:
+    """Samples by a chosen (or the automatic) solver; see :class:`~linearised_laplace.SampledLaplace`.
+
+    Attributes:
+        samples: ``[S, P]`` samples; ``solve_info``: the last solve's diagnostics.
+    """
+
+    def __init__(self, solver="auto", mean_solver=None, space: str = "auto", strict: bool = False):
+        self.solver, self.space = check_solver(solver, space), space
+        self.strict = bool(strict)
+        self.mean_solver = Newton() if mean_solver is None else mean_solver
+        self.samples, self.solve_info = None, None
+
+    def forget(self) -> None:  # noqa: D102
+        self.samples = None
+
+    def check_parallel(self) -> None:
+        """The dual space is not sharded over ranks."""
+        check_sharding(self.solver, self.space)
+
+    def fit(self, model, n_samples: int, seed: int, progress, warm=None, sketch=None) -> None:
+        """Draw ``n_samples``, warm-started from ``warm`` (samples of the same noise)."""
+        choice = choose_solver(model, self.solver, self.space)
+        result = draw_samples(model, choice, n_samples, seed, self.strict, warm, sketch, progress)
+        self.samples, self.solve_info = result.samples, result.info
+
+    def extra_samples(self, count: int, seed: int) -> Tensor:
+        """Raises: a sampled posterior has only the samples it was fitted with."""
+        drawn = len(self.samples)
+        raise ValueError(
+            f"Only {drawn} posterior samples were drawn, {drawn + count} were asked for. "
+            f"Construct with n_samples={drawn + count} and fit again."
+        )
+
+    def functional_variance(self, features, x: Tensor) -> Tensor:
+        r"""``(1/S) Σ_s (J(x) ζ_s)(J(x) ζ_s)ᵀ`` (the mean is known to be 0): ``[N, C, C]``."""
+        _, jz = features.jvp(x, self.samples)
+        return (jz[..., :, None] * jz[..., None, :]).mean(0)
+
+    def solver_of_mean(self, progress):
+        """``(problem, init, preconditioner, seed) ↦ θ̄`` (dual and Gaussian: in closed form)."""
+
+        def solve(problem, init: Tensor, preconditioner: Tensor, seed: int) -> Tensor:
+            choice = choose_solver(problem.model, self.solver, self.space)
+            if choice.space != "dual" or not isinstance(problem.model.likelihood, Gaussian):
+                result = solve_mean(problem, self.mean_solver, init, preconditioner, seed, progress)
+                return result.samples[0]
+            result = dual_mean(problem, choice.solver, seed, progress)
+            check_convergence(result.info, choice.solver.advice, self.strict)
+            return result.samples[0]
+
+        return solve
+
+    def expectation(
+        self, model, mode, anchor, seed: int, progress, *, gamma="function", n_em_samples=8
+    ) -> Expectation:
+        """Sample-based EM (:func:`~linearised_laplace.em.sampled_e_step`), refit at the end.
+
+        ``gamma``: the ``γ̂`` estimator; ``n_em_samples``: samples per step.
+        """
+        check_gamma(gamma)
+        k = check_positive_int("n_em_samples", n_em_samples)
+        choice = choose_solver(model, self.solver, self.space)
+        noise = choice_noise(model, choice, k, seed, progress=progress)
+
+        def sample(current, scaled, init, step_seed):
+            return solve_samples(current, scaled, choice, init, step_seed, self.strict, progress)
+
+        def refit(state, n_samples: int) -> None:
+            current, ratio = model.at(state.precision, state.sigma)
+            sketch = noise.scaled(ratio).ggn_low_rank
+            self.fit(current, n_samples, seed, progress, state.samples, sketch)
+
+        solve = self.solver_of_mean(progress)
+        step = sampled_e_step(model, noise, mode, anchor, seed, gamma, solve, sample)
+        return Expectation(step, refit, {"n_em_samples": k, "gamma": gamma, **self.settings()})
+
+    def settings(self) -> dict:
+        """The configuration a saved posterior records."""
+        return sampler_settings(self.solver, self.mean_solver, self.space, self.strict)
+
+    def tensors(self) -> dict[str, Tensor]:  # noqa: D102
+        return {}
+
+    def restore(self, tensors: dict[str, Tensor], device) -> None:  # noqa: D102
+        self.samples = tensors["samples"].to(device)
