@@ -82,6 +82,19 @@ def network(case: dict) -> nn.Module:
 
 
 # ---------------------------------------------------------------- workers (one case each)
+def matrix_free(net: nn.Module, k: int, solver: lla.SGD, **kwargs) -> lla.SampledLaplace:
+    """The sampled method these cases time: ``k`` samples, matrix-free, at ``PRIOR_PRECISION``."""
+    return lla.SampledLaplace(
+        net,
+        feature_memory_gib=0,
+        n_samples=k,
+        prior_precision=PRIOR_PRECISION,
+        solver=solver,
+        progress=False,
+        **kwargs,
+    )
+
+
 def cost_ratio(case: dict) -> dict:
     """Seconds of one training epoch and of one sampler epoch per sample (difference of 3 and 1)."""
     device = case["device"]
@@ -96,15 +109,8 @@ def cost_ratio(case: dict) -> dict:
         epoch.append(time.perf_counter() - start)
 
     def fit(n_epochs: int) -> float:
-        la = lla.SampledLaplace(
-            net,
-            feature_memory_gib=0,
-            n_samples=case["k"],
-            prior_precision=PRIOR_PRECISION,
-            tangent_batching=case["batching"],
-            solver=lla.SGD(n_epochs=n_epochs, residual=False, batch_size=128),
-            progress=False,
-        )
+        solver = lla.SGD(n_epochs=n_epochs, residual=False, batch_size=128)
+        la = matrix_free(net, case["k"], solver, tangent_batching=case["batching"])
         start = time.perf_counter()
         la.fit(train)
         sync(device)
@@ -136,14 +142,7 @@ def fit_and_predict(case: dict) -> dict:
             la = lla.ExactLaplace(net, prior_precision=PRIOR_PRECISION, progress=False)
         else:
             solver = lla.SGD(n_epochs=case["epochs"], batch_size=100)
-            la = lla.SampledLaplace(
-                net,
-                feature_memory_gib=0,
-                n_samples=case["k"],
-                prior_precision=PRIOR_PRECISION,
-                solver=solver,
-                progress=False,
-            )
+            la = matrix_free(net, case["k"], solver)
         la.fit(train)
         variance = torch.cat([la.functional_variance(x) for x in test.split(20)])
     seconds = time.perf_counter() - start
@@ -183,14 +182,7 @@ def peak_memory_against_n(case: dict) -> dict:
     net = network(case)
     base = reset_peak()
     solver = lla.SGD(n_epochs=case.get("epochs", 1), batch_size=128)
-    la = lla.SampledLaplace(
-        net,
-        feature_memory_gib=0,
-        n_samples=case["k"],
-        prior_precision=PRIOR_PRECISION,
-        solver=solver,
-        progress=False,
-    )
+    la = matrix_free(net, case["k"], solver)
     start = time.perf_counter()
     la.fit(train)
     return {
