@@ -212,10 +212,10 @@ def build_predictor(
         return la.predictive_samples, {"prior_precision": la.prior_precision.tolist()}
     em = {"n_em_samples": s.em_samples} if isinstance(la, SampledLaplace) else {}
     history = la.optimize_prior_precision(data.train, max_iter=s.em_steps, **em)
-    return la.predictive_samples, {
-        "em_history": history,
-        "prior_precision": la.prior_precision.tolist(),
-    }
+    info = {"em_history": history, "prior_precision": la.prior_precision.tolist()}
+    if isinstance(la, SampledLaplace):
+        info["solve"] = la.solve_info.summary()  # the final draw: worst residual against its tol
+    return la.predictive_samples, info
 
 
 def score(samples: Tensor, y: Tensor) -> dict:
