@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 
 import linearised_laplace as lla
 from linearised_laplace import persistence
-from linearised_laplace.methods.base import solver_settings
+from linearised_laplace.persistence import solver_settings
 
 
 def flip_payload_bit(path, at=0.5):

@@ -65,6 +65,15 @@ class Coordinates:
             )
         return self.ranking.size if self.ranking is not None else self.linearisation.n_params
 
+    def check_prior(self, prior) -> None:
+        """Raise unless a ranked subnetwork or a basis (chosen from the data) has one precision."""
+        if (self.ranking is not None or self.basis_spec is not None) and not prior.is_isotropic:
+            what = "a Nyström basis" if self.basis_spec is not None else "a ranked subnetwork"
+            raise ValueError(
+                f"The prior groups of {what} are not known before it is fitted to the data: pass "
+                "a single `prior_precision`."
+            )
+
     def groups(self) -> tuple[Tensor, tuple[str, ...]]:
         """The prior group of each coordinate, and the groups' names."""
         if self.basis is not None:

@@ -185,10 +185,15 @@ class Categorical(Likelihood):
 
 def make_likelihood(likelihood: str | Likelihood, sigma_noise: float = 1.0) -> Likelihood:
     """Build a likelihood from ``"classification"``, ``"regression"`` or an instance."""
+    if likelihood == "classification":
+        likelihood = Categorical()
+    if isinstance(likelihood, Categorical) and sigma_noise != 1.0:
+        raise ValueError(
+            f"`sigma_noise` applies to regression only; got sigma_noise={sigma_noise} with a "
+            "classification likelihood. Leave it at 1.0."
+        )
     if isinstance(likelihood, Likelihood):
         return likelihood
-    if likelihood == "classification":
-        return Categorical()
     if likelihood == "regression":
         return Gaussian(sigma_noise)
     raise ValueError(

@@ -29,13 +29,12 @@ from ..linear_model import FEATURE_MEMORY_GIB, LinearGaussianModel
 from ..linearisation import Linearisation, TangentBatching, as_inputs
 from ..mean import MeanMode, mean_mode
 from ..parameters import ParameterSpec
-from ..persistence import solver_settings
 from ..posteriors import Posterior
 from ..priors import make_prior
 
 LikelihoodSpec = Literal["classification", "regression"] | Likelihood
 TrainingData = DataLoader | tuple[Tensor, Tensor]
-__all__ = ["Laplace", "LikelihoodSpec", "TrainingData", "solver_settings"]
+__all__ = ["Laplace", "LikelihoodSpec", "TrainingData"]
 
 
 class Laplace:
@@ -90,11 +89,6 @@ class Laplace:
         progress: bool | None = None,
     ):
         self.likelihood = make_likelihood(likelihood, sigma_noise)
-        if isinstance(self.likelihood, Categorical) and sigma_noise != 1.0:
-            raise ValueError(
-                f"`sigma_noise` applies to regression only; got sigma_noise={sigma_noise} with a "
-                "classification likelihood. Leave it at 1.0."
-            )
         lin = Linearisation(
             model, parameters, exclude_norm=exclude_norm, tangent_batching=tangent_batching
         )
@@ -109,6 +103,7 @@ class Laplace:
         self.coordinates = Coordinates(
             lin, g_prior=self.g_prior, g_prior_probes=probes, **(coordinates or {})
         )
+        self.coordinates.check_prior(self.prior)
         self.posterior = posterior
         self.em_history: list[dict] = []
 

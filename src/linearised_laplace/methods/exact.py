@@ -37,10 +37,13 @@ class ExactLaplace(Laplace):
         super().__init__(model, likelihood, posterior=DensePosterior(mean_solver), **kwargs)
         check_dense(self.coordinates.dim, type(self).__name__)
 
-    def _fitted_data(self, what: str, needs: str) -> DensePosterior:
+    def _fitted_data(self, what: str) -> DensePosterior:
         self.check_fitted()
         if self.posterior.model is None:
-            raise NotFittedError(f"{what} needs {needs}.")
+            raise NotFittedError(
+                f"`{what}` needs the training data: call `.fit(train_loader)` (a loaded posterior "
+                "does not keep its data)."
+            )
         changed = self.linearisation.changed()
         if changed is not None:
             raise ValueError(
@@ -82,9 +85,7 @@ class ExactLaplace(Laplace):
         Returns:
             ``{"grid": [...], "nll": [...], "prior_precision": best}``.
         """
-        fit = self._fitted_data(
-            "select_prior_precision", "the training fit: call `.fit(train_loader)`"
-        )
+        fit = self._fitted_data("select_prior_precision")
         grid = check_positive(
             "grid", torch.logspace(-4, 4, 21, dtype=torch.float64) if grid is None else grid
         )
@@ -118,8 +119,7 @@ class ExactLaplace(Laplace):
         linear model's mode (re-solved at the given hyperparameters; ``mean`` as in
         :meth:`optimize_prior_precision`). Defaults to the current hyperparameters.
         """
-        needs = "the training data: call `.fit(train_loader)` (a loaded posterior does not keep "
-        fit = self._fitted_data("log_marginal_likelihood", needs + "its data)")
+        fit = self._fitted_data("log_marginal_likelihood")
         mode = mean_mode(mean)
         prior = (
             self.prior if prior_precision is None else self.prior.with_precision(prior_precision)

@@ -44,10 +44,6 @@ class NystromLaplace(ExactLaplace):
         basis = Basis(n_points, rank)
         kwargs["coordinates"] = {"basis": basis}
         super().__init__(model, likelihood, mean_solver=mean_solver, **kwargs)
-        if not self.prior.is_isotropic:
-            raise ValueError(
-                "NystromLaplace takes a single `prior_precision` (isotropic in the basis)."
-            )
         basis.check_budget(self.n_params)
 
     basis = property(lambda self: self.coordinates.basis)

@@ -57,8 +57,3 @@ class SubnetworkLaplace(ExactLaplace):
             parameters=parameters,
             **kwargs,
         )
-        if ranked and not self.prior.is_isotropic:
-            raise ValueError(
-                "A ranked subnetwork is chosen from the data, so its prior groups are not known "
-                "in advance: pass a single `prior_precision`."
-            )
