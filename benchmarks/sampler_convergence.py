@@ -126,8 +126,7 @@ def main() -> None:
         "with the GGN's rank-100 Nyström approximation `M_r`, lr = 0.5 / λ̂, Nesterov 0.9, linear "
         "decay to 1%), float32, two threads. Errors are means over samples; the exact samples come "
         "from a float64 Cholesky solve. SGD time includes its preconditioner's sketch. Curves: "
-        "`sampler_convergence.png`.\n\n"
-        + markdown_table(rows, columns)
+        "`sampler_convergence.png`.\n\n" + markdown_table(rows, columns)
     )
     write("sampler_convergence", {"rows": rows, "curves": curves}, text)
 

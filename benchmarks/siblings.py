@@ -91,8 +91,9 @@ def scores(log_probs: torch.Tensor, y: torch.Tensor) -> dict:
         "NLL": -float(metrics.marginal_log_likelihood(log_probs, y).mean()),
         "ECE": metrics.expected_calibration_error(probs, y),
     }
-    for kappa in range(1, 6):
-        row[f"joint κ={kappa}"] = float(metrics.joint_log_likelihood(log_probs, y, kappa).mean())
+    for kappa in range(1, 6):  # distinct κ-tuples (τ = κ, one shuffle), as the committed results
+        joint = metrics.joint_log_likelihood(log_probs, y, kappa, tau=kappa, n_shuffles=1)
+        row[f"joint κ={kappa}"] = float(joint.mean())
     row["dyadic κ=10"] = float(metrics.dyadic_joint_log_likelihood(log_probs, y, 10).mean())
     return row
 

@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pytest
@@ -19,30 +20,115 @@ def test_marginal_is_log_mean_exp_not_mean_log():
     assert bool((metrics.marginal_log_likelihood(f, y) >= p.log().mean(0)).all())  # Jensen
 
 
-def test_joint_of_one_point_is_the_marginal_and_tuples_share_samples():
+def _log_p(f, y):
+    return f.double().log_softmax(-1)[:, torch.arange(len(y)), y]  # [S, N]
+
+
+def _distinct_tuples(f, y, kappa, seed=0):
+    """The metric before τ: one seeded partition into κ-tuples, every point counted once."""
+    log_p, n = _log_p(f, y), len(y)
+    gen = metrics.seeded_generator(seed, "joint", kappa)
+    order = torch.randperm(n, generator=gen)[: n - n % kappa].reshape(-1, kappa)
+    return torch.logsumexp(log_p[:, order].sum(-1), 0) - math.log(len(f))
+
+
+def _compositions(tau, kappa):
+    """Every composition of τ into κ positive parts, each of probability 1/C(τ − 1, κ − 1)."""
+    cuts = itertools.combinations(range(1, tau), kappa - 1)
+    parts = [[b - a for a, b in itertools.pairwise((0, *c, tau))] for c in cuts]
+    return torch.tensor(parts), torch.full((len(parts),), 1 / len(parts), dtype=torch.float64)
+
+
+def _multinomials(tau, kappa):
+    """Every outcome of Multinomial(τ, 1/κ) with its probability."""
+    parts = [b for b in itertools.product(range(tau + 1), repeat=kappa) if sum(b) == tau]
+    weight = [math.factorial(tau) / math.prod(map(math.factorial, b)) / kappa**tau for b in parts]
+    return torch.tensor(parts), torch.tensor(weight, dtype=torch.float64)
+
+
+def _expected_set_score(f, y, kappa, counts):
+    """Exact mean set score: every ordered κ-tuple of distinct points × every count vector."""
+    log_p = _log_p(f, y)
+    tuples = torch.tensor(list(itertools.permutations(range(len(y)), kappa)))  # [T, κ]
+    parts, weight = counts
+    scores = (parts[:, None, None].double() * log_p[:, tuples]).sum(-1)  # [B, S, T]
+    per_count = (torch.logsumexp(scores, 1) - math.log(len(f))).mean(-1)
+    return float(weight @ per_count)
+
+
+def _mean_and_error(totals, n_shuffles):
+    """Mean over sets and its Monte-Carlo standard error from the i.i.d. per-shuffle means."""
+    per_shuffle = totals.reshape(n_shuffles, -1).mean(-1)
+    return float(per_shuffle.mean()), float(per_shuffle.std() / math.sqrt(n_shuffles))
+
+
+def test_joint_of_one_point_is_the_marginal_on_every_shuffle():
     f, y = _samples()
-    torch.testing.assert_close(
-        metrics.joint_log_likelihood(f, y, 1).sort().values,
-        metrics.marginal_log_likelihood(f, y).sort().values,
-    )
-    joint = metrics.joint_log_likelihood(f, y, 5, seed=3)
-    assert joint.shape == (2,)  # 12 points → two 5-tuples, 2 left out
-    order = torch.randperm(12, generator=metrics.seeded_generator(3, "joint", 5))[:10].reshape(2, 5)
-    p = f.softmax(-1)[:, torch.arange(12), y]
-    expected = torch.stack([p[:, t].prod(1).mean().log() for t in order])
-    torch.testing.assert_close(joint, expected)
+    joint = metrics.joint_log_likelihood(f, y, 1, n_shuffles=3)
+    assert joint.shape == (36,)
+    marginal = metrics.marginal_log_likelihood(f, y).sort().values
+    for shuffle in joint.reshape(3, 12):
+        torch.testing.assert_close(shuffle.sort().values, marginal)
 
 
-def test_deterministic_predictions_make_joint_the_sum_of_marginals():
+def test_tau_equal_to_kappa_is_the_distinct_tuple_metric():
+    f, y = _samples()
+    for kappa in (2, 5):
+        reference = _distinct_tuples(f, y, kappa, seed=3)
+        once = metrics.joint_log_likelihood(f, y, kappa, tau=kappa, n_shuffles=1, seed=3)
+        torch.testing.assert_close(once, reference)
+        again = metrics.joint_log_likelihood(f, y, kappa, tau=kappa, n_shuffles=4, seed=3)
+        assert again.shape == (4 * (12 // kappa),)
+        torch.testing.assert_close(again[: 12 // kappa], reference)  # the first shuffle
+
+
+@pytest.mark.parametrize("counts", ["composition", "multinomial"])
+@pytest.mark.parametrize("kappa", [2, 3, 5])
+def test_deterministic_predictor_scores_tau_times_its_marginal(kappa, counts):
     f, y = _samples(s=1)
-    marginal = metrics.marginal_log_likelihood(f.expand(7, -1, -1), y)
-    joint = metrics.joint_log_likelihood(f.expand(7, -1, -1), y, 3)
+    n_shuffles, tau = 2000, 10 * (kappa - 1)
+    totals = metrics.joint_log_likelihood(f, y, kappa, n_shuffles=n_shuffles, counts=counts)
+    mean, error = _mean_and_error(totals, n_shuffles)
+    expected = tau * float(metrics.marginal_log_likelihood(f, y).mean())
+    assert abs(mean - expected) < 4 * error, (mean, expected, error)
+
+
+@pytest.mark.parametrize(("kappa", "tau"), [(2, 10), (3, 20), (2, 4)])
+def test_mean_over_shuffles_is_the_exact_expectation_over_sets_and_counts(kappa, tau):
+    f, y = _samples(s=20, n=6, c=3)
+    n_shuffles = 4000
+    for counts, enumerate_counts, other in (
+        ("composition", _compositions, _multinomials),
+        ("multinomial", _multinomials, _compositions),
+    ):
+        totals = metrics.joint_log_likelihood(
+            f, y, kappa, tau=tau, n_shuffles=n_shuffles, seed=1, counts=counts
+        )
+        mean, error = _mean_and_error(totals, n_shuffles)
+        expected = _expected_set_score(f, y, kappa, enumerate_counts(tau, kappa))
+        assert abs(mean - expected) < 4 * error, (counts, mean, expected, error)
+        wrong = _expected_set_score(f, y, kappa, other(tau, kappa))
+        assert abs(mean - wrong) > 8 * error  # the test tells the two count laws apart
+
+
+def test_compositions_are_uniform_and_positive():
+    gen = torch.Generator().manual_seed(0)
+    draws = metrics._compositions(60_000, 3, 6, gen)
+    assert bool((draws >= 1).all()) and bool((draws.sum(-1) == 6).all())
+    parts, _ = _compositions(6, 3)  # C(5, 2) = 10 outcomes
+    frequency = (draws[:, None] == parts[None]).all(-1).double().mean(0)
     torch.testing.assert_close(
-        joint.sum(),
-        marginal.sum()
-        - marginal[
-            torch.randperm(12, generator=metrics.seeded_generator(0, "joint", 3))[12:]
-        ].sum(),
+        frequency, torch.full((10,), 0.1, dtype=torch.float64), atol=0.006, rtol=0
+    )
+
+
+def test_joint_seeds_reproduce_and_differ():
+    f, y = _samples()
+    first = metrics.joint_log_likelihood(f, y, 3, seed=1)
+    torch.testing.assert_close(metrics.joint_log_likelihood(f, y, 3, seed=1), first, rtol=0, atol=0)
+    assert not torch.equal(metrics.joint_log_likelihood(f, y, 3, seed=2), first)
+    assert not torch.equal(
+        metrics.joint_log_likelihood(f, y, 3, seed=1, counts="multinomial"), first
     )
 
 

@@ -37,15 +37,15 @@ def _prepare_output(out: str) -> None:
 
 def _print_summary(report: dict, out: str) -> None:
     print(
-        f"\n{'method':22s} {'acc':>7s} {'NLL':>8s} {'ECE':>7s} {'joint κ=5':>10s} {'OOD AUROC':>10s} {'fit [s]':>8s}"
+        f"\n{'method':22s} {'acc':>7s} {'NLL':>8s} {'joint κ=5':>10s} {'ECE':>7s} {'OOD AUROC':>10s} {'fit [s]':>8s}"
     )
     for r in report["results"]:
         if "error" in r:
             print(f"{r['method']:22s} did not run: {r['error']}")
             continue
         print(
-            f"{r['method']:22s} {r['accuracy']:7.4f} {r['NLL']:8.4f} {r['ECE']:7.4f} "
-            f"{r['joint LL κ=5']:10.4f} {r['OOD AUROC']:10.4f} {r['fit [s]']:8.1f}"
+            f"{r['method']:22s} {r['accuracy']:7.4f} {r['NLL']:8.4f} {r['joint LL κ=5']:10.4f} "
+            f"{r['ECE']:7.4f} {r['OOD AUROC']:10.4f} {r['fit [s]']:8.1f}"
         )
     if report["skipped"]:
         print(

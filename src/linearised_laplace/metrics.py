@@ -93,13 +93,47 @@ def marginal_log_likelihood(samples: Tensor, y: Tensor) -> Tensor:
     return torch.logsumexp(log_p, 0) - math.log(log_p.shape[0])
 
 
-def joint_log_likelihood(samples: Tensor, y: Tensor, kappa: int, seed: int = 0) -> Tensor:
-    """Joint log-likelihood of disjoint random ``κ``-tuples of test points: ``[N // κ]`` totals.
+JOINT_COUNTS = ("composition", "multinomial")
 
-    ``log (1/S) Σ_s Π_{n∈T} p(y_n | f_s(x_n))``: the same sample ``s`` for every point of a tuple
-    ``T``, which is what rewards correlated predictions. Tuples are a seeded random partition (a
-    remainder of ``N mod κ`` points is left out). ``κ = 1`` gives the marginal log-likelihood.
-    Divide by ``κ`` for a per-point value.
+
+def joint_log_likelihood(
+    samples: Tensor,
+    y: Tensor,
+    kappa: int,
+    tau: int | None = None,
+    n_shuffles: int = 10,
+    seed: int = 0,
+    counts: str = "composition",
+) -> Tensor:
+    """κ-adic joint log-likelihood: ``[n_shuffles · (N // κ)]`` set scores, shuffle by shuffle.
+
+    The protocol of Antorán et al. ("Sampling-based inference for large linear models, with
+    application to linearised Laplace", ICLR 2023; detailed in Antorán's PhD thesis, Ch. 7 and
+    App. 4), which extends Osband et al.'s dyadic sampling ("The neural testbed: evaluating joint
+    predictions", 2022) to sets of ``κ`` points. Each shuffle of the test set splits it into
+    ``N // κ`` disjoint sets ``{x_1, …, x_κ}`` (a remainder of ``N mod κ`` points is left out);
+    each set is re-sampled to ``τ`` labels, ``b_l`` copies of ``(x_l, y_l)`` with ``Σ_l b_l = τ``,
+    the same counts for every function sample, and scored by
+
+        ``log (1/S) Σ_s exp(Σ_l b_l log p(y_l | f_s(x_l)))``.
+
+    Repeated points make the score reward predictions whose errors are correlated. The reported
+    value is ``.mean()`` over all sets of all shuffles, not divided by ``τ``: a deterministic
+    predictor scores ``τ`` times its mean marginal log-likelihood in expectation. ``κ = 1`` (``τ = 1``) is the marginal log-likelihood, and
+    ``κ = 2, τ = 10`` with compositions is dyadic sampling (see
+    :func:`dyadic_joint_log_likelihood`).
+
+    Args:
+        samples: ``[S, N, C]`` logits (or log-probabilities) of the function samples.
+        y: ``[N]`` class labels.
+        kappa: ``κ``, the number of distinct test points per set.
+        tau: ``τ``, the labels per set; default ``10(κ − 1)`` (the paper's), ``1`` for ``κ = 1``.
+            ``tau=kappa`` makes every count 1: the joint likelihood of distinct ``κ``-tuples.
+        n_shuffles: Shuffles of the test set (the paper's 10).
+        seed: Seeds the shuffles and the counts.
+        counts: ``"composition"``: the counts are a uniform random composition of ``τ`` into
+            ``κ`` positive parts (``κ − 1`` distinct cut points among ``1, …, τ − 1``);
+            ``"multinomial"``: Osband et al.'s ``Multinomial(τ, 1/κ)``, zeros allowed.
     """
     log_p = _point_log_probs(samples, y)
     n = log_p.shape[1]
@@ -108,9 +142,44 @@ def joint_log_likelihood(samples: Tensor, y: Tensor, kappa: int, seed: int = 0) 
         raise ValueError(
             f"`kappa` must be an integer in [1, {n}] (the number of test points), got {kappa!r}."
         )
-    order = torch.randperm(n, generator=seeded_generator(seed, "joint", kappa))[: n - n % kappa]
-    tuples = log_p[:, order].reshape(log_p.shape[0], -1, kappa).sum(-1)
-    return torch.logsumexp(tuples, 0) - math.log(log_p.shape[0])
+    if counts not in JOINT_COUNTS:
+        raise ValueError(
+            f"`counts` must be one of {JOINT_COUNTS}, got {counts!r}: 'composition' for the "
+            "paper's counts >= 1, 'multinomial' for Osband et al.'s."
+        )
+    tau = max(10 * (kappa - 1), 1) if tau is None else plain_int(tau)
+    least = kappa if counts == "composition" else 1
+    if not (isinstance(tau, int) and tau >= least):
+        raise ValueError(
+            f"`tau` must be an integer >= {least} for kappa={kappa} and counts={counts!r}, got "
+            f"{tau!r}; pass tau=None for the paper's 10(kappa - 1) labels per set, or tau=kappa "
+            "for one label per point."
+        )
+    n_shuffles = check_positive_int("n_shuffles", n_shuffles)
+    draw = _compositions if counts == "composition" else _multinomial_counts
+    gen = seeded_generator(seed, "joint", kappa)
+    n_sets = n // kappa
+    totals = []
+    for _ in range(n_shuffles):
+        sets = torch.randperm(n, generator=gen)[: n_sets * kappa].reshape(n_sets, kappa)
+        b = draw(n_sets, kappa, tau, gen).to(log_p)
+        totals.append((b * log_p[:, sets]).sum(-1))  # [S, n_sets]
+    return torch.logsumexp(torch.cat(totals, 1), 0) - math.log(log_p.shape[0])
+
+
+def _compositions(n_sets: int, kappa: int, tau: int, gen: torch.Generator) -> Tensor:
+    """``[n_sets, κ]`` uniform compositions of ``τ`` into ``κ`` parts ``≥ 1`` (stars and bars)."""
+    cuts = torch.rand(n_sets, tau - 1, generator=gen).argsort(-1)[:, : kappa - 1] + 1
+    ends = torch.zeros(n_sets, 1, dtype=torch.long), torch.full((n_sets, 1), tau)
+    return cuts.sort(-1).values.diff(dim=-1, prepend=ends[0], append=ends[1])
+
+
+def _multinomial_counts(n_sets: int, kappa: int, tau: int, gen: torch.Generator) -> Tensor:
+    """``[n_sets, κ]`` draws from ``Multinomial(τ, 1/κ)``: each of ``τ`` labels picks a point."""
+    picks = torch.randint(0, kappa, (n_sets, tau), generator=gen)
+    return torch.zeros(n_sets, kappa, dtype=torch.long).scatter_add_(
+        1, picks, torch.ones_like(picks)
+    )
 
 
 def dyadic_joint_log_likelihood(
@@ -122,6 +191,10 @@ def dyadic_joint_log_likelihood(
     the ``κ`` labels made of ``c`` copies of ``(x_a, y_a)`` and ``κ − c`` of ``(x_b, y_b)``:
     ``log (1/S) Σ_s p(y_a|f_s(x_a))^c p(y_b|f_s(x_b))^{κ−c}``. Repeated points make the score
     sensitive to whether predictions are correlated, even on easy test sets.
+
+    This is :func:`joint_log_likelihood` with 2 points per set, ``τ`` = this ``kappa`` labels and
+    compositions as counts (``c`` and ``κ − c`` are a uniform composition of ``κ`` into 2 positive
+    parts), over one shuffle; its own random draws keep its recorded values, so it is not a wrapper.
     """
     log_p = _point_log_probs(samples, y)
     n = log_p.shape[1]

@@ -43,6 +43,11 @@ def test_cached_methods_are_not_rerun(smoke_report):
     rerun = {r["method"]: r for r in run(tuned, progress=False)["results"]}
     assert rerun["map"]["NLL"] == 123.0
     assert rerun["sampled"]["settings"]["sampler_epochs"] == 3
+    # A result scored by another protocol (the distinct-tuple joint LL had no record) reruns.
+    del cached["settings"]["scoring"]
+    marker.write_text(json.dumps(cached))
+    rescored = run(replace(Settings.smoke_test(str(out)), methods=("map",)), progress=False)
+    assert rescored["results"][0]["NLL"] != 123.0
 
 
 def test_cli_demo_and_benchmark_smoke(tmp_path, capsys):

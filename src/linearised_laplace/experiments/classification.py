@@ -40,6 +40,7 @@ OUR_METHODS = ("map", "ensemble", "mc-dropout", "sampled", "exact", "subnetwork"
 DATASETS = ("digits", "fashion-mnist")
 ANGLES = (0, 15, 30, 45, 60, 75, 90, 120, 150, 180)
 KAPPAS = (1, 2, 3, 4, 5)
+SCORING = "κ-adic joint LL, τ = 10(κ − 1), 10 shuffles"  # recorded: results scored otherwise rerun
 Predictor = Callable[[Tensor], Tensor]
 
 
@@ -314,11 +315,8 @@ def _cached(path: Path, settings: Settings, method: str) -> dict | None:
 
 
 def _settings_json(settings: Settings) -> dict:
-    return json.loads(
-        json.dumps(
-            {k: v for k, v in asdict(settings).items() if k not in ("methods", "out", "device")}
-        )
-    )
+    kept = {k: v for k, v in asdict(settings).items() if k not in ("methods", "out", "device")}
+    return json.loads(json.dumps({**kept, "scoring": SCORING}))
 
 
 def run(settings: Settings, progress: bool | None = None) -> dict:
