@@ -15,7 +15,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from .experiments import peers
-from .experiments.classification import DATASETS, OUR_METHODS, Settings, run
+from .experiments.classification import (
+    CORE_METHODS,
+    DATASETS,
+    OUR_METHODS,
+    WEIGHT_DECAY,
+    Settings,
+    run,
+)
 from .experiments.models import ARCHITECTURES
 from .experiments.tomography import TOMOGRAPHY_METHODS, TomographySettings
 from .experiments.tomography import run as run_tomography
@@ -58,7 +65,7 @@ def _print_summary(report: dict, out: str) -> None:
 
 def demo(args: argparse.Namespace) -> None:
     """The main job on the embedded digits."""
-    methods = OUR_METHODS + (DEMO_PEERS if peers.available() else ())
+    methods = CORE_METHODS + (DEMO_PEERS if peers.available() else ())
     if args.smoke:
         settings = replace(Settings.smoke_test(args.out), methods=OUR_METHODS)
     else:
@@ -85,6 +92,7 @@ def classification(args: argparse.Namespace) -> None:
             n_train=args.n_train,
             width=args.width,
             epochs=args.epochs,
+            weight_decay=args.weight_decay,
             n_samples=args.n_samples,
             em_steps=args.em_steps,
             em_samples=args.em_samples,
@@ -158,6 +166,12 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="MAP training epochs (default: 100 digits, 20 Fashion-MNIST)",
+    )
+    c.add_argument(
+        "--weight-decay",
+        type=float,
+        default=WEIGHT_DECAY,
+        help=f"MAP L2 penalty (default {WEIGHT_DECAY:g}; 0 and many epochs: an overconfident MAP)",
     )
     c.add_argument("--n-samples", type=int, default=64, help="posterior samples per predictive")
     c.add_argument("--em-steps", type=int, default=10, help="EM steps")
