@@ -22,6 +22,7 @@ from .experiments.classification import (
     WEIGHT_DECAY,
     Settings,
     run,
+    run_seeds,
 )
 from .experiments.models import ARCHITECTURES
 from .experiments.tomography import TOMOGRAPHY_METHODS, TomographySettings
@@ -103,6 +104,12 @@ def classification(args: argparse.Namespace) -> None:
     if args.methods:
         settings = replace(settings, methods=tuple(args.methods))
     _prepare_output(settings.out)
+    if args.seeds:
+        reports = run_seeds(settings, args.seeds, progress=True)
+        for report, seed in zip(reports, args.seeds, strict=True):
+            _print_summary(report, f"{settings.out}/seed-{seed}")
+        print(f"\nMean ± standard error over seeds {args.seeds}: {settings.out}/results.md")
+        return
     _print_summary(run(settings, progress=True), settings.out)
 
 
@@ -185,6 +192,13 @@ def parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--device", choices=("cpu", "cuda"), default=None, help="default: cuda where there is one"
+    )
+    c.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        metavar="SEED",
+        help="one run per MAP seed (in OUT/seed-SEED) and mean ± standard error in OUT/results.md",
     )
     c.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (for tests)")
     c.set_defaults(func=classification)

@@ -231,6 +231,7 @@ def score(samples: Tensor, y: Tensor) -> dict:
     probs = log_probs.exp().mean(0)
     row = {
         "accuracy": metrics.accuracy(probs, y),
+        "confidence": float(probs.max(-1).values.mean()),
         "NLL": -float(metrics.marginal_log_likelihood(log_probs, y).mean()),
         "ECE": metrics.expected_calibration_error(probs, y),
         "Brier": metrics.brier_score(probs, y),
@@ -358,6 +359,18 @@ def run(settings: Settings, progress: bool | None = None) -> dict:
 
     write_report(report, out)
     return report
+
+
+def run_seeds(settings: Settings, seeds: list[int], progress: bool | None = None) -> list[dict]:
+    """:func:`run` once per MAP seed, in ``out/seed-<seed>``; ``out/results.md`` holds mean ± s.e."""
+    from .report import write_seed_report
+
+    reports = [
+        run(replace(settings, seed=seed, out=str(Path(settings.out) / f"seed-{seed}")), progress)
+        for seed in seeds
+    ]
+    write_seed_report(reports, Path(settings.out))
+    return reports
 
 
 def _run_worker(method: str, settings: Settings) -> dict:
