@@ -15,7 +15,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from .experiments import peers
-from .experiments.classification import DATASETS, OUR_METHODS, Settings, run
+from .experiments.classification import (
+    CORE_METHODS,
+    DATASETS,
+    OUR_METHODS,
+    WEIGHT_DECAY,
+    Settings,
+    run,
+    run_seeds,
+)
 from .experiments.models import ARCHITECTURES
 from .experiments.tomography import TOMOGRAPHY_METHODS, TomographySettings
 from .experiments.tomography import run as run_tomography
@@ -58,7 +66,7 @@ def _print_summary(report: dict, out: str) -> None:
 
 def demo(args: argparse.Namespace) -> None:
     """The main job on the embedded digits."""
-    methods = OUR_METHODS + (DEMO_PEERS if peers.available() else ())
+    methods = CORE_METHODS + (DEMO_PEERS if peers.available() else ())
     if args.smoke:
         settings = replace(Settings.smoke_test(args.out), methods=OUR_METHODS)
     else:
@@ -85,6 +93,7 @@ def classification(args: argparse.Namespace) -> None:
             n_train=args.n_train,
             width=args.width,
             epochs=args.epochs,
+            weight_decay=args.weight_decay,
             n_samples=args.n_samples,
             em_steps=args.em_steps,
             em_samples=args.em_samples,
@@ -95,6 +104,12 @@ def classification(args: argparse.Namespace) -> None:
     if args.methods:
         settings = replace(settings, methods=tuple(args.methods))
     _prepare_output(settings.out)
+    if args.seeds:
+        reports = run_seeds(settings, args.seeds, progress=True)
+        for report, seed in zip(reports, args.seeds, strict=True):
+            _print_summary(report, f"{settings.out}/seed-{seed}")
+        print(f"\nMean ± standard error over seeds {args.seeds}: {settings.out}/results.md")
+        return
     _print_summary(run(settings, progress=True), settings.out)
 
 
@@ -159,6 +174,12 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="MAP training epochs (default: 100 digits, 20 Fashion-MNIST)",
     )
+    c.add_argument(
+        "--weight-decay",
+        type=float,
+        default=WEIGHT_DECAY,
+        help=f"MAP L2 penalty (default {WEIGHT_DECAY:g}; 0 and many epochs: an overconfident MAP)",
+    )
     c.add_argument("--n-samples", type=int, default=64, help="posterior samples per predictive")
     c.add_argument("--em-steps", type=int, default=10, help="EM steps")
     c.add_argument("--em-samples", type=int, default=8, help="samples per sample-based E-step")
@@ -171,6 +192,13 @@ def parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--device", choices=("cpu", "cuda"), default=None, help="default: cuda where there is one"
+    )
+    c.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        metavar="SEED",
+        help="one run per MAP seed (in OUT/seed-SEED) and mean ± standard error in OUT/results.md",
     )
     c.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (for tests)")
     c.set_defaults(func=classification)

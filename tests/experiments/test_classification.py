@@ -1,4 +1,5 @@
 import json
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -6,6 +7,7 @@ import torch
 
 from linearised_laplace import cli
 from linearised_laplace.experiments.classification import OUR_METHODS, Settings, run
+from linearised_laplace.experiments.models import build
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +26,30 @@ def test_every_method_runs_end_to_end_and_is_scored(smoke_report):
         assert r["joint LL κ=1"] == pytest.approx(-r["NLL"], rel=1e-9)
         assert set(r["rotated"]) == {"0", "90"}
     em = {r["method"]: r for r in report["results"] if "em_history" in r}
-    assert set(em) == {"sampled", "exact", "subnetwork"}
+    assert set(em) == {"sampled", "exact", "subnetwork", "sampled-lastlayer", "exact-lastlayer"}
+    head = list(build("cnn", (1, 8, 8), 10, width=4).children())[-1]
+    for name in ("sampled-lastlayer", "exact-lastlayer"):
+        assert em[name]["linearised weights"] == sum(p.numel() for p in head.parameters())
+    assert em["sampled"]["linearised weights"] > em["sampled-lastlayer"]["linearised weights"]
     for name in ("results.md", "results.json", "figure5.png", "figure6.png", "reliability.png"):
         assert (out / name).stat().st_size > 0
     assert "Table 1 layout" in (out / "results.md").read_text()
+
+
+def test_weight_decay_trains_another_map_and_older_results_stay_cached(smoke_report, tmp_path):
+    _, out = smoke_report
+    shutil.copytree(out / "checkpoints", tmp_path / "checkpoints")
+    cached = json.loads((out / "methods" / "map.json").read_text())
+    del cached["settings"]["weight_decay"]  # a file from before the setting existed
+    cached["NLL"] = 321.0
+    (tmp_path / "methods").mkdir()
+    (tmp_path / "methods" / "map.json").write_text(json.dumps(cached))
+    smoke = replace(Settings.smoke_test(str(tmp_path)), methods=("map",))
+    assert run(smoke, progress=False)["results"][0]["NLL"] == 321.0
+    run(replace(smoke, weight_decay=0.0), progress=False)
+    tags = sorted(p.name for p in (tmp_path / "checkpoints").glob("*-s0*.safetensors"))
+    assert any(t.endswith("-wd0.safetensors") for t in tags), tags
+    assert any(not t.endswith("-wd0.safetensors") for t in tags), tags
 
 
 def test_cached_methods_are_not_rerun(smoke_report):
@@ -48,6 +70,17 @@ def test_cached_methods_are_not_rerun(smoke_report):
     marker.write_text(json.dumps(cached))
     rescored = run(replace(Settings.smoke_test(str(out)), methods=("map",)), progress=False)
     assert rescored["results"][0]["NLL"] != 123.0
+
+
+def test_cli_seeds_write_one_report_each_and_their_mean(tmp_path, capsys):
+    out = tmp_path / "seeds"
+    argv = ["benchmark", "classification", "--dataset", "digits", "--smoke", "--out", str(out)]
+    assert cli.main([*argv, "--methods", "map", "--seeds", "0", "1"]) == 0
+    for seed in (0, 1):
+        report = json.loads((out / f"seed-{seed}" / "results.json").read_text())
+        assert report["settings"]["seed"] == seed
+    assert "over MAP seeds [0, 1]" in (out / "results.md").read_text()
+    assert "Mean ± standard error" in capsys.readouterr().out
 
 
 def test_cli_demo_and_benchmark_smoke(tmp_path, capsys):

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -36,7 +36,9 @@ from .models import ARCHITECTURES, build
 from .training import TrainConfig, train_map
 from .workers import failure, use_idle_cores
 
-OUR_METHODS = ("map", "ensemble", "mc-dropout", "sampled", "exact", "subnetwork", "nystrom")
+CORE_METHODS = ("map", "ensemble", "mc-dropout", "sampled", "exact", "subnetwork", "nystrom")
+OUR_METHODS = CORE_METHODS + ("sampled-lastlayer", "exact-lastlayer")
+WEIGHT_DECAY = 1e-4
 DATASETS = ("digits", "fashion-mnist")
 ANGLES = (0, 15, 30, 45, 60, 75, 90, 120, 150, 180)
 KAPPAS = (1, 2, 3, 4, 5)
@@ -57,6 +59,7 @@ class Settings:
         width: Channels of the CNN's first layer / the ResNet's first stage.
         n_samples: Posterior samples (and dropout masks) per predictive.
         epochs: MAP training epochs (default: 100 for digits, 20 for Fashion-MNIST).
+        weight_decay: The MAP's L2 penalty; ``0`` with many epochs trains an overconfident MAP.
         ensemble: Deep-ensemble size.
         em_steps: EM steps for the prior precision.
         em_samples: Posterior samples per sample-based E-step.
@@ -78,6 +81,7 @@ class Settings:
     width: int = 16
     n_samples: int = 64
     epochs: int | None = None
+    weight_decay: float = WEIGHT_DECAY
     ensemble: int = 5
     em_steps: int = 10
     em_samples: int = 8
@@ -158,7 +162,7 @@ def trained_model(
     tag = (
         f"{settings.dataset}-{settings.model}{settings.width}-n{settings.n_train}-e{settings.epochs}"
         f"-d{dropout}-s{seed}"
-    )
+    ) + (f"-wd{settings.weight_decay:g}" if settings.weight_decay != WEIGHT_DECAY else "")
     final = folder / f"{tag}.safetensors"
     torch.manual_seed(seed)
     size = {"hidden": 16 * settings.width} if settings.model == "mlp" else {"width": settings.width}
@@ -168,7 +172,7 @@ def trained_model(
     if cache and final.exists():
         net.load_state_dict(load_file(str(final), device=str(device)))
         return net.eval()
-    config = TrainConfig(epochs=settings.epochs, seed=seed)
+    config = TrainConfig(epochs=settings.epochs, weight_decay=settings.weight_decay, seed=seed)
     if not cache:
         train_map(net, data.train, config, progress=None)
         return net.eval()
@@ -199,6 +203,8 @@ def build_predictor(
         return peers.laplace_torch_predictor(
             method, net, data.train, data.val, s.n_samples, s.subnetwork_size
         )
+    if method.endswith("-lastlayer"):  # the same EM and g-prior on the last layer only
+        method, kw = method.removesuffix("-lastlayer"), {**kw, "parameters": "last_layer"}
     if method == "sampled":
         mean_solver = None if s.mean_epochs is None else SGD(n_epochs=s.mean_epochs)
         solver = SGD(n_epochs=s.sampler_epochs)
@@ -214,6 +220,7 @@ def build_predictor(
     em = {"n_em_samples": s.em_samples} if isinstance(la, SampledLaplace) else {}
     history = la.optimize_prior_precision(data.train, max_iter=s.em_steps, **em)
     info = {"em_history": history, "prior_precision": la.prior_precision.tolist()}
+    info["linearised weights"] = la.coordinates.dim
     if isinstance(la, SampledLaplace):
         info["solve"] = la.solve_info.summary()  # the final draw: worst residual against its tol
     return la.predictive_samples, info
@@ -225,6 +232,7 @@ def score(samples: Tensor, y: Tensor) -> dict:
     probs = log_probs.exp().mean(0)
     row = {
         "accuracy": metrics.accuracy(probs, y),
+        "confidence": float(probs.max(-1).values.mean()),
         "NLL": -float(metrics.marginal_log_likelihood(log_probs, y).mean()),
         "ECE": metrics.expected_calibration_error(probs, y),
         "Brier": metrics.brier_score(probs, y),
@@ -288,6 +296,8 @@ METHOD_SETTINGS = {
     "ensemble": ("ensemble",),
     "sampled": ("em_steps", "em_samples", "sampler_epochs", "mean_epochs"),
     "exact": ("em_steps",),
+    "sampled-lastlayer": ("em_steps", "em_samples", "sampler_epochs", "mean_epochs"),
+    "exact-lastlayer": ("em_steps",),
     "subnetwork": ("em_steps", "subnetwork_size"),
     "nystrom": ("nystrom_points",),
 }
@@ -309,8 +319,9 @@ def _cached(path: Path, settings: Settings, method: str) -> dict | None:
         result = json.loads(path.read_text())
     except json.JSONDecodeError:
         return None
-    stored = result.get("settings", {})
     current = _settings_json(settings)
+    defaults = {f.name: f.default for f in fields(Settings)}
+    stored = {k: defaults[k] for k in current} | result.get("settings", {})  # older files
     return result if _relevant(stored, method) == _relevant(current, method) else None
 
 
@@ -346,6 +357,18 @@ def run(settings: Settings, progress: bool | None = None) -> dict:
 
     write_report(report, out)
     return report
+
+
+def run_seeds(settings: Settings, seeds: list[int], progress: bool | None = None) -> list[dict]:
+    """:func:`run` once per MAP seed, in ``out/seed-<seed>``; ``out/results.md`` holds mean ± s.e."""
+    from .report import write_seed_report
+
+    reports = [
+        run(replace(settings, seed=seed, out=str(Path(settings.out) / f"seed-{seed}")), progress)
+        for seed in seeds
+    ]
+    write_seed_report(reports, Path(settings.out))
+    return reports
 
 
 def _run_worker(method: str, settings: Settings) -> dict:

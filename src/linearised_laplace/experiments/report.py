@@ -10,7 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 SUMMARY = [
-    "accuracy", "NLL", "ECE", "Brier", "OOD AUROC", "fit [s]", "fit CPU [s]", "peak memory [MB]",
+    "accuracy", "confidence", "NLL", "ECE", "Brier", "OOD AUROC", "fit [s]", "fit CPU [s]",
+    "peak memory [MB]",
 ]  # fmt: skip
 
 
@@ -72,6 +73,58 @@ def write_report(report: dict, out: Path) -> None:
         _figure5(done, out / "figure5.png")
         _figure6(done, out / "figure6.png")
         _reliability(done, out / "reliability.png")
+
+
+def mean_and_error(values: list[float]) -> str:
+    """``mean ± standard error`` of per-seed values (just the value for one seed)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n == 1:
+        return _cell(mean)
+    se = (sum((v - mean) ** 2 for v in values) / (n - 1) / n) ** 0.5
+    return f"{mean:.4g} ± {se:.2g}"
+
+
+def write_seed_report(reports: list[dict], out: Path) -> None:
+    """``results.md`` in ``out``: Table 1 and the summary as mean ± standard error over seeds.
+
+    ``reports``: one :func:`write_report` report per MAP seed (their own folders hold the rest).
+    """
+    seeds = [r["settings"]["seed"] for r in reports]
+    by_method = {}
+    for report in reports:
+        for r in report["results"]:
+            if "error" not in r:
+                by_method.setdefault(r["method"], []).append(r)
+    names = [m for m, rows in by_method.items() if len(rows) == len(reports)]
+
+    def cell(method: str, key: str) -> str:
+        return mean_and_error([r[key] for r in by_method[method]])
+
+    def shared(key: str) -> bool:
+        return all(key in by_method[m][0] for m in names)
+
+    kappas = [k for k in range(1, 6) if shared(f"joint LL κ={k}")]
+    keys = [k for k in SUMMARY if shared(k)]
+    s = reports[0]["settings"]
+    lines = [
+        f"# {s['dataset']} / {s['model']}: mean ± standard error over MAP seeds {seeds}",
+        "",
+        "Each seed trains its own MAP (and draws its own data subset and samples); its full report "
+        "is in `seed-<seed>/results.md`. Methods that failed on any seed are left out.",
+        "",
+        "## Table 1 layout (higher is better)",
+        "",
+        table(
+            [[f"κ = {k}", *(cell(m, f"joint LL κ={k}") for m in names)] for k in kappas],
+            ["", *names],
+        ),
+        "",
+        "## Summary",
+        "",
+        table([[m, *(cell(m, k) for k in keys)] for m in names], ["method", *keys]),
+    ]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
 
 
 def _figure5(done: list[dict], path: Path) -> None:

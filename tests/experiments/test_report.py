@@ -1,0 +1,33 @@
+import math
+
+from linearised_laplace.experiments.report import mean_and_error, write_seed_report
+
+
+def _report(seed: int, nll: dict[str, float]) -> dict:
+    rows = [
+        {"method": m, "NLL": v, "accuracy": 0.9, "joint LL κ=1": -v, "joint LL κ=2": -10 * v}
+        for m, v in nll.items()
+    ]
+    return {"settings": {"seed": seed, "dataset": "digits", "model": "cnn"}, "results": rows}
+
+
+def test_mean_and_standard_error():
+    assert mean_and_error([2.0]) == "2"
+    mean, se = 2.0, math.sqrt(((1 - 2) ** 2 + (3 - 2) ** 2) / 1 / 2)
+    assert mean_and_error([1.0, 3.0]) == f"{mean:.4g} ± {se:.2g}"
+    assert mean_and_error([1.0, 1.0, 1.0]) == "1 ± 0"
+
+
+def test_seed_report_averages_each_method_and_drops_partial_ones(tmp_path):
+    reports = [
+        _report(0, {"map": 0.3, "sampled": 0.2}),
+        _report(1, {"map": 0.5, "sampled": 0.4}),
+        _report(2, {"map": 0.4}),  # sampled failed on this seed
+    ]
+    reports[2]["results"].append({"method": "sampled", "error": "boom"})
+    write_seed_report(reports, tmp_path)
+    text = (tmp_path / "results.md").read_text()
+    assert "seeds [0, 1, 2]" in text
+    assert f"| κ = 2 | {mean_and_error([-3.0, -5.0, -4.0])} |" in text
+    assert f"| map | {mean_and_error([0.9] * 3)} | {mean_and_error([0.3, 0.5, 0.4])} |" in text
+    assert "sampled" not in text.split("## Table 1")[1]
