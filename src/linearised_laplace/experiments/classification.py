@@ -42,7 +42,9 @@ WEIGHT_DECAY = 1e-4
 DATASETS = ("digits", "fashion-mnist")
 ANGLES = (0, 15, 30, 45, 60, 75, 90, 120, 150, 180)
 KAPPAS = (1, 2, 3, 4, 5)
-SCORING = "κ-adic joint LL, τ = 10(κ − 1), 10 shuffles"  # recorded: results scored otherwise rerun
+SCORING = (
+    "κ-adic joint LL, τ = 10(κ − 1), 10 shuffles; mean confidence"  # results scored otherwise rerun
+)
 Predictor = Callable[[Tensor], Tensor]
 
 
@@ -321,7 +323,7 @@ def _cached(path: Path, settings: Settings, method: str) -> dict | None:
         return None
     current = _settings_json(settings)
     defaults = {f.name: f.default for f in fields(Settings)}
-    stored = {k: defaults[k] for k in current} | result.get("settings", {})  # older files
+    stored = {k: defaults[k] for k in current if k in defaults} | result.get("settings", {})
     return result if _relevant(stored, method) == _relevant(current, method) else None
 
 
