@@ -119,9 +119,9 @@ def joint_log_likelihood(
 
     Repeated points make the score reward predictions whose errors are correlated. The reported
     value is ``.mean()`` over all sets of all shuffles, not divided by ``τ``: a deterministic
-    predictor scores ``τ`` times its mean marginal log-likelihood in expectation. ``κ = 1`` (``τ = 1``) is the marginal log-likelihood, and
-    ``κ = 2, τ = 10`` with compositions is dyadic sampling (see
-    :func:`dyadic_joint_log_likelihood`).
+    predictor scores ``τ`` times its mean marginal log-likelihood in expectation. ``κ = 1``
+    (``τ = 1``) is the marginal log-likelihood, and ``κ = 2, τ = 10`` with compositions is dyadic
+    sampling (see :func:`dyadic_joint_log_likelihood`).
 
     Args:
         samples: ``[S, N, C]`` logits (or log-probabilities) of the function samples.
