@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -49,6 +51,22 @@ def test_network_ggn_matches_reference():
     jac = reference.jacobian(net, x)
     hess = torch.eye(3).expand(9, 3, 3) / 0.25
     torch.testing.assert_close(model.dense_ggn(), reference.ggn(jac, hess))
+
+
+def test_float32_network_ggn_is_summed_in_float64():
+    """A float32 network's GGN: float32 products per batch, summed over batches in float64."""
+    net = mlp()
+    x, y = classification_data(40)
+    lin = Linearisation(net.float())
+    prior = make_prior(1.0, lin.selection.group_ids, lin.selection.names)
+    model = LinearGaussianModel(lin, Categorical(), prior, Data((x.float(), y), 8))
+    ggn = model.dense_ggn()
+    assert ggn.dtype == torch.float64 and torch.equal(ggn, ggn.T)
+    net64 = copy.deepcopy(net).double()
+    probs = net64(x).softmax(-1)
+    hess = torch.diag_embed(probs) - probs[:, :, None] * probs[:, None, :]
+    expected = reference.ggn(reference.jacobian(net64, x), hess)
+    torch.testing.assert_close(ggn, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
 
 
 def test_dense_features_reproduce_the_network_model():

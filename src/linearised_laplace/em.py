@@ -45,6 +45,7 @@ from ._checks import check_positive_int
 from ._progress import progress_bar
 from .distributed import is_main_process
 from .exceptions import ConvergenceWarning, DivergenceError
+from .linalg import add_diagonal
 from .linear_model import LinearGaussianModel
 from .mean import MeanMode, MeanProblem, log_likelihood, posterior_mean
 from .noise import PosteriorNoise
@@ -94,14 +95,15 @@ def exact_gamma(
     return sizes - group_sum((prior_diag * covariance_diag).double(), group_ids, n_groups)
 
 
-def dense_gamma(
-    ggn: Tensor, prior_diag: Tensor, group_ids: Tensor, n_groups: int, eigenvalues: Tensor | None
-) -> Tensor:
-    """Exact ``γ`` ``[G]`` from the dense GGN; ``Σ_j μ_j / (μ_j + α)`` from its eigenvalues if given."""
-    if eigenvalues is not None:
-        return (eigenvalues / (eigenvalues + prior_diag[0])).sum().reshape(1)
-    cov_diag = torch.cholesky_inverse(cholesky(ggn + torch.diag(prior_diag))).diagonal()
+def dense_gamma(ggn: Tensor, prior_diag: Tensor, group_ids: Tensor, n_groups: int) -> Tensor:
+    """Exact ``γ`` ``[G]`` from the dense GGN, through ``H^{-1}``."""
+    cov_diag = torch.cholesky_inverse(cholesky(add_diagonal(ggn, prior_diag))).diagonal()
     return exact_gamma(cov_diag, prior_diag, group_ids, n_groups)
+
+
+def eigen_gamma(eigenvalues: Tensor, alpha: Tensor) -> Tensor:
+    """Exact ``γ = Σ_j μ_j / (μ_j + α)`` ``[1]`` of an isotropic prior, from the GGN's eigenvalues."""
+    return (eigenvalues / (eigenvalues + alpha)).sum().reshape(1)
 
 
 MeanSolve = Callable[[MeanProblem, Tensor, Tensor, int], Tensor]
@@ -121,7 +123,7 @@ def log_evidence(
     ``ggn``: the dense ``M`` of ``model``; ``θ̄`` by ``solve``.
     """
     prior = model.prior.diag(torch.float64, ggn.device)
-    factor = cholesky(ggn + torch.diag(prior))
+    factor = cholesky(add_diagonal(ggn, prior))
     init = anchor.clone() if mode is MeanMode.AFFINE else torch.zeros_like(anchor)
     preconditioner = (ggn.diagonal() + prior).to(model.features.dtype)
     theta, _ = posterior_mean(model, mode, anchor, lambda p: solve(p, init, preconditioner, seed))
@@ -246,10 +248,12 @@ def exact_e_step(
 
     def step(state: EMState) -> EStep:
         current, ratio = model.at(state.precision, state.sigma)
-        scaled, prior = ggn * ratio**2, current.prior.diag(torch.float64, ggn.device)
-        mu = None if eigenvalues is None else eigenvalues * ratio**2
-        gamma = dense_gamma(scaled, prior, model.prior.groups, len(state.precision), mu)
-        preconditioner = (scaled.diagonal() + prior).to(model.features.dtype)
+        prior = current.prior.diag(torch.float64, ggn.device)
+        if eigenvalues is None:
+            gamma = dense_gamma(ggn * ratio**2, prior, model.prior.groups, len(state.precision))
+        else:  # no D × D copy: the GGN scales by ratio², so its eigenvalues do
+            gamma = eigen_gamma(eigenvalues * ratio**2, prior[0])
+        preconditioner = (ggn.diagonal() * ratio**2 + prior).to(model.features.dtype)
         step_seed = derive_seed(seed, "em", state.step)
         mean, residual = posterior_mean(
             current, mode, anchor, lambda p: solve(p, state.mean, preconditioner, step_seed)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
+from scipy.linalg import blas
 from torch import Tensor
 
 from ._progress import progress_bar
@@ -178,3 +180,52 @@ def top_eigenpairs(
     values, vectors = torch.linalg.eigh(0.5 * (small + small.T))
     order = values.argsort(descending=True)[:rank]
     return values[order], basis.T @ vectors[:, order]
+
+
+def add_gram(total: Tensor, rows: Tensor, buffer: Tensor | None = None) -> Tensor | None:
+    r"""``total += rowsᵀ rows`` in place, for ``rows`` ``[K, P]`` and a symmetric ``total`` ``[P, P]``.
+
+    On the CPU this is BLAS ``syrk`` (half the flops of a product) in the precision of ``rows``,
+    writing the upper triangle of ``total`` only: finish with :func:`symmetrise_upper`. A float32
+    ``rows`` is summed in ``buffer`` (float32 ``[P, P]``, made if ``None``) and added to a float64
+    ``total``, so the product runs at float32 speed and the sum over batches in float64. Elsewhere
+    (CUDA) it is a full ``addmm`` in ``total``'s dtype (and :func:`symmetrise_upper` a no-op).
+    Returns the buffer, for the next call.
+    """
+    if total.device.type != "cpu":
+        total.addmm_(rows.T.to(total.dtype), rows.to(total.dtype))
+        return buffer
+    syrk = blas.dsyrk if rows.dtype == torch.float64 else blas.ssyrk
+    rows = rows.detach().to(torch.float64 if rows.dtype == torch.float64 else torch.float32)
+    target = total
+    if rows.dtype != total.dtype:
+        target = buffer if buffer is not None else torch.empty_like(total, dtype=rows.dtype)
+    # The transpose of a row-major [P, P] tensor is a column-major view, which BLAS writes in place;
+    # its lower triangle is the upper triangle of ``target``.
+    out = np.asarray(target.T.numpy())
+    beta = 1.0 if target is total else 0.0
+    result = syrk(1.0, rows.contiguous().T.numpy(), beta=beta, c=out, overwrite_c=True, lower=True)
+    if not np.shares_memory(result, out):  # BLAS worked on a copy: bring it back
+        target.copy_(torch.from_numpy(result).T)
+    if target is not total:
+        total.add_(target)
+        return target
+    return buffer
+
+
+def symmetrise_upper(matrix: Tensor, block: int = 2048) -> Tensor:
+    """Copy the upper triangle of a square ``matrix`` onto its lower one, in place, block by block."""
+    n = matrix.shape[0]
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        tile = matrix[start:stop, start:stop]
+        tile.copy_(tile.triu() + tile.triu(1).T)
+        matrix[stop:, start:stop] = matrix[start:stop, stop:].T
+    return matrix
+
+
+def add_diagonal(matrix: Tensor, diagonal: Tensor) -> Tensor:
+    """``matrix + diag(diagonal)`` as a new tensor, without building ``diag(diagonal)``."""
+    result = matrix.clone()
+    result.diagonal().add_(diagonal.to(matrix.dtype))
+    return result

@@ -22,6 +22,7 @@ from ._checks import check_finite, check_sample_budget
 from .data import Data
 from .features import FeatureOperator, MatrixFeatures
 from .likelihoods import Gaussian, Likelihood
+from .linalg import add_gram, symmetrise_upper
 from .priors import Prior
 
 FEATURE_MEMORY_GIB = 2.0
@@ -145,8 +146,10 @@ class LinearGaussianModel:
             "Use SampledLaplace (matrix-free) or linearise fewer parameters (`parameters=`).",
         )
         ggn = torch.zeros(d, d, dtype=torch.float64, device=self.features.device)
+        buffer = None
         for _, x, _ in self.data.batches():
-            jac = self.features.to_dense(x).to(torch.float64)  # [b, C, D]
-            curvature = self.likelihood.hessian(self.features.forward(x).to(torch.float64))
-            ggn += jac.flatten(0, 1).T @ torch.bmm(curvature, jac).flatten(0, 1)
-        return self.data.all_reduce(ggn)
+            jac = self.features.to_dense(x)  # [b, C, D]
+            factor = self.likelihood.factor(self.features.forward(x).to(torch.float64))  # B = LLᵀ
+            rows = torch.bmm(factor.transpose(1, 2).to(jac.dtype), jac)  # Lᵀ J: M = Σ (LᵀJ)ᵀ LᵀJ
+            buffer = add_gram(ggn, rows.flatten(0, 1), buffer)
+        return self.data.all_reduce(symmetrise_upper(ggn))

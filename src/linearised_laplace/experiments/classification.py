@@ -234,6 +234,7 @@ def score(samples: Tensor, y: Tensor) -> dict:
     row = {
         "accuracy": metrics.accuracy(probs, y),
         "confidence": float(probs.max(-1).values.mean()),
+        "logit variance": float(samples.double().var(0, correction=0).mean()),  # over samples
         "NLL": -float(metrics.marginal_log_likelihood(log_probs, y).mean()),
         "ECE": metrics.expected_calibration_error(probs, y),
         "Brier": metrics.brier_score(probs, y),

@@ -10,8 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 SUMMARY = [
-    "accuracy", "confidence", "NLL", "ECE", "Brier", "OOD AUROC", "fit [s]", "fit CPU [s]",
-    "peak memory [MB]",
+    "accuracy", "confidence", "logit variance", "NLL", "ECE", "Brier", "OOD AUROC", "fit [s]",
+    "fit CPU [s]", "peak memory [MB]",
 ]  # fmt: skip
 
 

@@ -27,6 +27,11 @@ def check_dense(dim: int, what: str) -> None:
     )
 
 
+def _scaled(ggn: Tensor, ratio: float) -> Tensor:
+    """``M`` at a new noise (``ratio²`` ``M``), without a ``D × D`` copy when unchanged."""
+    return ggn if ratio == 1 else ggn * ratio**2
+
+
 class DensePosterior:
     """Exact samples, (co)variances, EM and evidence from ``R``.
 
@@ -79,7 +84,7 @@ class DensePosterior:
 
         def refit(state, n_samples: int) -> None:
             current, ratio = model.at(state.precision, state.sigma)
-            self.fit(current, n_samples, seed, progress, ggn * ratio**2)
+            self.fit(current, n_samples, seed, progress, _scaled(ggn, ratio))
 
         step = exact_e_step(model, ggn, mode, anchor, seed, self.solver_of_mean(progress))
         return Expectation(step, refit, estimated=False)
@@ -94,7 +99,7 @@ class DensePosterior:
         """:func:`~linearised_laplace.em.log_evidence` of the fit at these hyperparameters."""
         current, ratio = self.model.at(precision, sigma)
         return log_evidence(
-            current, self.ggn * ratio**2, mode, anchor, seed, self.solver_of_mean(progress)
+            current, _scaled(self.ggn, ratio), mode, anchor, seed, self.solver_of_mean(progress)
         )
 
     def check_parallel(self) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..linalg import add_diagonal
 from ..linear_model import LinearGaussianModel
 from ..noise import NoiseSource, PosteriorNoise, draw_posterior_noise
 from .base import SolveInfo, SolveResult, relative_residual
@@ -20,7 +21,7 @@ from .base import SolveInfo, SolveResult, relative_residual
 def posterior_precision(model: LinearGaussianModel) -> Tensor:
     """Dense ``H = Φᵀ B Φ + A``: float64 ``[D, D]``."""
     ggn = model.dense_ggn()
-    return ggn + torch.diag(model.prior.diag(torch.float64, ggn.device))
+    return add_diagonal(ggn, model.prior.diag(torch.float64, ggn.device))
 
 
 def cholesky(precision: Tensor) -> Tensor:
@@ -69,7 +70,7 @@ def exact_samples(
     """
     noise = draw_posterior_noise(model, n_samples, NoiseSource(seed), progress)
     prior = model.prior.diag(torch.float64, ggn.device)
-    factor = cholesky(ggn + torch.diag(prior))
+    factor = cholesky(add_diagonal(ggn, prior))
     return factor, cholesky_solve(factor, noise.rhs(prior)).to(model.features.dtype)
 
 
