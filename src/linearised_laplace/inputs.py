@@ -77,7 +77,7 @@ def named_leaves(x: Inputs, name: str = "x") -> dict[str, Tensor]:
 
 
 def leaf_names(x: Inputs, name: str = "x") -> list[str]:
-    """How errors name each tensor of ``x``: ```x```, ```x`[0]`` or ```x`['input_ids']``."""
+    """How errors name each tensor of ``x``, e.g. "`x`", "`x`[0]" or "`x`['input_ids']"."""
     what = _what(name)
     if isinstance(x, Tensor):
         return [what]

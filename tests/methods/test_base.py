@@ -191,3 +191,15 @@ class _Unlabelled(_HuggingFaceItems):
         item = super().__getitem__(i)
         item["label"] = item.pop("labels")
         return item
+
+
+def test_validation_grid_search_takes_dict_inputs():
+    (x, y), (val, val_y) = token_data(), token_data(10, seed=4)
+    grid = torch.logspace(-2, 2, 5)
+    results = [
+        METHODS["exact"](net).fit((form(x), y)).select_prior_precision((form(val), val_y), grid)
+        for net, form in _variants().values()
+    ]
+    for result in results[1:]:
+        torch.testing.assert_close(torch.tensor(result["nll"]), torch.tensor(results[0]["nll"]))
+        assert result["prior_precision"] == results[0]["prior_precision"]
