@@ -66,3 +66,65 @@ def transformer_classifier(seed: int = 0) -> nn.Module:
             return self.head(self.encoder(x).mean(1))
 
     return Classifier()
+
+
+# ---------------------------------------------------------------- inputs as Hugging Face has them
+TOKENS, LENGTH = 6, 4
+
+
+class TokenCore(nn.Module):
+    """Mean-pools embedded token ids under a mask, appends dense features, classifies (C = 3)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(TOKENS, 3)
+        self.head = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3))
+
+    def forward(self, input_ids, attention_mask, extra):
+        mask = attention_mask.to(self.embed.weight.dtype)[..., None]
+        pooled = (self.embed(input_ids) * mask).sum(1) / mask.sum(1)
+        return self.head(torch.cat([pooled, extra], dim=-1))
+
+
+class KeywordInputs(nn.Module):
+    """``model(**x)`` (or ``model(*x)``) with ``input_ids``, ``attention_mask``, ``extra``."""
+
+    def __init__(self, core: TokenCore, wrap=None):
+        super().__init__()
+        self.core, self.wrap = core, wrap or (lambda out: out)
+
+    def forward(self, input_ids, attention_mask, extra):
+        return self.wrap(self.core(input_ids, attention_mask, extra))
+
+
+class PackedInputs(nn.Module):
+    """The same network on one tensor ``[N, 2L + 2]``: ids, mask and extra side by side."""
+
+    def __init__(self, core: TokenCore):
+        super().__init__()
+        self.core = core
+
+    def forward(self, x):
+        ids, mask, extra = x[:, :LENGTH].long(), x[:, LENGTH : 2 * LENGTH], x[:, 2 * LENGTH :]
+        return self.core(ids, mask, extra)
+
+
+def token_core(seed: int = 0) -> TokenCore:
+    torch.manual_seed(seed)
+    return TokenCore()
+
+
+def token_data(n: int = 24, seed: int = 1) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Dict inputs (integer ids, a padding mask whose first token is always kept) and labels."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, TOKENS, (n, LENGTH), generator=gen)
+    mask = (torch.rand(n, LENGTH, generator=gen) < 0.7).to(torch.get_default_dtype())
+    mask[:, 0] = 1.0
+    extra = torch.randn(n, 2, generator=gen).to(torch.get_default_dtype())
+    y = torch.randint(0, 3, (n,), generator=gen)
+    return {"input_ids": ids, "attention_mask": mask, "extra": extra}, y
+
+
+def packed(x: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The dict inputs of :func:`token_data` as :class:`PackedInputs` takes them."""
+    return torch.cat([x["input_ids"].to(x["extra"].dtype), x["attention_mask"], x["extra"]], -1)

@@ -11,6 +11,7 @@ from torch.utils.data import (
 )
 
 from linearised_laplace import Data
+from linearised_laplace.persistence import digest
 
 
 class _Pairs(Dataset):
@@ -110,3 +111,58 @@ def test_a_sampler_with_replacement_is_refused():
     sampler = RandomSampler(range(10), replacement=True, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="repeated index"):
         Data(_loader(sampler=sampler))
+
+
+class _TupleItems(Dataset):
+    """Items ``((a, b), y)``: the default collate makes the inputs a list."""
+
+    def __init__(self, n):
+        self.a, self.b, self.y = torch.randn(n, 2), torch.randn(n, 3), torch.arange(n)
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return (self.a[i], self.b[i]), self.y[i]
+
+
+def test_tuple_and_dict_inputs_are_indexed_per_tensor():
+    items = _TupleItems(7)
+    pairs = {"a": items.a, "b": items.b}
+    for data, form in (
+        (Data(items, batch_size=3), tuple),
+        (Data(((items.a, items.b), items.y), batch_size=3), tuple),
+        (Data(([items.a, items.b], items.y), batch_size=3), tuple),
+        (Data((pairs, items.y), batch_size=3), dict),
+    ):
+        batches = list(data.batches(torch.tensor([6, 0, 3, 1])))
+        assert [len(idx) for idx, _, _ in batches] == [3, 1]
+        for idx, x, y in batches:
+            assert isinstance(x, form) and torch.equal(y, idx)
+            a, b = x.values() if form is dict else x
+            assert torch.equal(a, items.a[idx]) and torch.equal(b, items.b[idx])
+        assert data.fingerprint() == data.fingerprint()
+    assert Data((pairs, items.y)).fingerprint() != Data((items.a, items.y)).fingerprint()
+
+
+def test_tensor_inputs_keep_their_fingerprint():
+    x, y = torch.arange(6.0).reshape(3, 2), torch.arange(3)
+    assert Data((x, y)).fingerprint()["points"] == digest({"x": x, "y": y})
+
+
+@pytest.mark.parametrize(
+    ("source", "error", "match"),
+    [
+        (
+            ({"a": torch.zeros(3, 2), "b": torch.zeros(4)}, torch.zeros(3)),
+            ValueError,
+            "same number",
+        ),
+        (({"a": torch.zeros(3, 2)}, torch.zeros(4)), ValueError, "same number of rows"),
+        (({"a": [1, 2, 3]}, torch.zeros(3)), TypeError, r"X. must be a Tensor.*holding \{'a'"),
+        (({}, torch.zeros(3)), TypeError, "empty"),
+    ],
+)
+def test_bad_tree_sources_raise(source, error, match):
+    with pytest.raises(error, match=match):
+        Data(source)

@@ -5,12 +5,18 @@ import torch
 from torch import nn
 
 from linearised_laplace import Linearisation, reference
+from linearised_laplace.linearisation import lacks_forward_ad
 
 from .cases import (
+    KeywordInputs,
+    PackedInputs,
     classification_data,
     cnn,
     image_data,
     mlp,
+    packed,
+    token_core,
+    token_data,
     transformer_classifier,
     warm_batchnorm,
 )
@@ -124,6 +130,15 @@ def test_snapshot_of_parameters_is_private():
     torch.testing.assert_close(lin.forward(x), before)
 
 
+class _Returns(nn.Module):
+    def __init__(self, output):
+        super().__init__()
+        self.output, self.linear = output, nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.output
+
+
 @pytest.mark.parametrize(
     ("net", "x", "error", "match"),
     [
@@ -134,7 +149,13 @@ def test_snapshot_of_parameters_is_private():
             ValueError,
             r"shape \[N, C\]",
         ),
-        (nn.LSTM(3, 2), torch.randn(4, 1, 3), TypeError, "must return a Tensor"),
+        (
+            nn.LSTM(3, 2),
+            torch.randn(4, 1, 3),
+            ValueError,
+            r"shape \[N, C\] = \[4, C\], got \[4, 1, 2\]",
+        ),
+        (_Returns(None), torch.randn(4, 3), TypeError, "must return a Tensor .* got NoneType"),
     ],
 )
 def test_bad_outputs_and_inputs_raise(net, x, error, match):
@@ -189,3 +210,137 @@ def test_auto_takes_the_jacobian_path_for_c_tangents_or_more_and_it_matches_jacr
     built.clear()
     lin.jvp(x.clone(), v)
     assert not built  # too large: the tangents go through JVPs
+
+
+# ---------------------------------------------------------------- tuple and dict inputs
+@pytest.mark.parametrize("batching", ["loop", "vmap", "auto", "jacobian"])
+@pytest.mark.parametrize("form", ["tuple", "dict"])
+def test_tuple_and_dict_input_products_match_jacrev(form, batching):
+    core = token_core()
+    x, _ = token_data(7)
+    tree = tuple(x.values()) if form == "tuple" else x
+    lin = Linearisation(KeywordInputs(core), tangent_batching=batching)
+    jac = reference.jacobian(PackedInputs(core), packed(x))  # jacrev on the tensor-input twin
+    _check_tree_products(KeywordInputs(core), tree, lin, jac)
+
+
+def _check_tree_products(net, x, lin, jac, rtol=1e-10):
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(3, lin.n_params, generator=gen)
+    u = torch.randn(3, *jac.shape[:2], generator=gen)
+    close = {"rtol": rtol, "atol": rtol * 1e-2}
+    f0, jv = lin.jvp(x, v)
+    torch.testing.assert_close(f0, net.eval()(**x) if isinstance(x, dict) else net.eval()(*x))
+    torch.testing.assert_close(jv, torch.einsum("ncd,kd->knc", jac, v), **close)
+    torch.testing.assert_close(lin.vjp(x, u), torch.einsum("ncd,knc->kd", jac, u), **close)
+    per_example = lin.per_example_vjp(x, u[0])
+    torch.testing.assert_close(per_example, torch.einsum("ncd,nc->nd", jac, u[0]), **close)
+    torch.testing.assert_close(lin.to_dense(x), jac, **close)
+    torch.testing.assert_close(lin.linearised_forward(x, v, chunk=2), f0 + jv, **close)
+
+
+class _TanhWithoutJvp(torch.autograd.Function):
+    """``tanh`` with a backward but no forward-mode derivative (like fused attention on CPU)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return x.tanh()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return grad * (1 - y * y)
+
+
+class _ReraisedAs(nn.Module):
+    """Re-raises the forward-AD error as its own, as a library wrapping attention might."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, **x):
+        try:
+            return self.net(**x)
+        except NotImplementedError as err:
+            raise RuntimeError("attention kernel failed") from err
+
+
+def _without_jvp(core):
+    core.head[1] = _Apply(_TanhWithoutJvp.apply)
+    return core
+
+
+class _Apply(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+@pytest.mark.parametrize("reraised", [False, True])
+def test_dict_input_model_without_forward_ad_falls_back_to_double_vjp(reraised):
+    core = _without_jvp(token_core())
+    x, _ = token_data(6)
+    net = _ReraisedAs(KeywordInputs(core)) if reraised else KeywordInputs(core)
+    lin = Linearisation(net)
+    with pytest.warns(UserWarning, match="does not support forward-mode AD"):
+        lin.jvp(x, torch.randn(1, lin.n_params))
+    assert lin.forward_ad is False
+    reference_core = token_core()  # the same weights, with the ordinary tanh
+    jac = reference.jacobian(PackedInputs(reference_core), packed(x))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*forward-mode AD")  # warned once only
+        _check_tree_products(net, x, lin, jac)
+
+
+@pytest.mark.parametrize(
+    ("message", "lacks"),
+    [
+        (
+            "Trying to use forward AD with _scaled_dot_product_flash_attention_for_cpu that does "
+            "not support it because it has not been implemented yet.",
+            True,
+        ),
+        (
+            "You must implement the jvp function for custom autograd.Function to use it with "
+            "forward mode AD.",
+            True,
+        ),
+        ("jvp is not implemented for this operator", True),
+        ("mat1 and mat2 shapes cannot be multiplied (4x3 and 5x2)", False),
+        ("derivative for aten::grid_sampler_2d_backward is not implemented", False),
+        ("The size of tensor a (3) must match the size of tensor b (4)", False),
+    ],
+)
+def test_only_errors_of_missing_forward_ad_count_as_such(message, lacks):
+    assert lacks_forward_ad(NotImplementedError(message)) is lacks
+    try:
+        try:
+            raise NotImplementedError(message)
+        except NotImplementedError as err:
+            raise RuntimeError("the model's own wrapper failed") from err
+    except RuntimeError as wrapped:
+        assert lacks_forward_ad(wrapped) is lacks
+
+
+def test_other_errors_in_forward_ad_are_raised():
+    class _JvpFails(_TanhWithoutJvp):
+        @staticmethod
+        def jvp(ctx, tangent):
+            raise RuntimeError("The size of tensor a (3) must match the size of tensor b (4)")
+
+    core = token_core()
+    core.head[1] = _Apply(_JvpFails.apply)
+    lin = Linearisation(KeywordInputs(core))
+    x, _ = token_data(6)
+    with pytest.raises(RuntimeError, match="must match the size"):
+        lin.jvp(x, torch.randn(1, lin.n_params))

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import (
     DataLoader,
+    Dataset,
     IterableDataset,
     RandomSampler,
     TensorDataset,
@@ -77,6 +78,16 @@ def fit_reg(data) -> Callable[[SimpleNamespace], object]:
 class Stream(IterableDataset):
     def __iter__(self):
         yield from zip(inputs(), labels(), strict=True)
+
+
+class Unlabelled(Dataset):
+    """Hugging Face-style dict items whose targets are under "label", not "labels"."""
+
+    def __len__(self):
+        return N
+
+    def __getitem__(self, i):
+        return {"inputs": X[i], "label": Y[i]}
 
 
 def flip_payload_byte(source: Path, target: Path) -> Path:
@@ -170,6 +181,7 @@ CASES = [
     Case("loader-distributed-sampler", fit_cls(DataLoader(DS, sampler=DistributedSampler(DS, num_replicas=1, rank=0))), "DistributedSampler", ValueError),
     Case("loader-iterable-dataset", fit_cls(DataLoader(Stream(), batch_size=8)), "Iterable", TypeError),
     Case("data-float64-inputs", fit_cls((X.double(), Y)), "float64", TypeError),
+    Case("data-dict-items-without-labels", fit_cls(DataLoader(Unlabelled(), batch_size=8)), "'labels'", TypeError),
     # ------------------------------------------------------------------ predictions
     Case("predict-before-fit", lambda c: sampled()(X), r"fit\(", lla.NotFittedError),
     Case("samples-before-fit", lambda c: sampled().posterior_samples, r"fit\(", lla.NotFittedError),
@@ -180,6 +192,9 @@ CASES = [
     Case("predict-nan", lambda c: c.sampled(NAN_X), "`x`", ValueError),
     Case("predict-float64", lambda c: c.sampled(X.double()), "`x`", TypeError),
     Case("predict-list", lambda c: c.sampled(X.tolist()), "`x`", TypeError),
+    Case("predict-dict-for-tensor-model", lambda c: c.sampled({"inputs": X}), "cannot take `x`.*'inputs'", TypeError),
+    Case("predict-tuple-rows-differ", lambda c: c.sampled((X, X[:3])), "same N rows", ValueError),
+    Case("predict-dict-of-text", lambda c: c.sampled({"text": ["a", "b"]}), "`x`.*not tensors", TypeError),
     Case("predict-link-approx-typo", lambda c: c.sampled(X, link_approx="laplace"), "`link_approx`", ValueError),
     Case("predict-more-samples-than-drawn", lambda c: c.sampled.predictive_samples(X, n_samples=99), "n_samples", ValueError),
     Case("predict-n-samples-zero", lambda c: c.sampled.predictive_samples(X, n_samples=0), "`n_samples`", ValueError),

@@ -76,13 +76,8 @@ def check_finite(name: str, tensor: Tensor) -> None:
         )
 
 
-def check_output(output: object, n_inputs: int) -> Tensor:
-    """Check that a network returned a ``[N, C]`` tensor for ``N`` inputs."""
-    if not isinstance(output, Tensor):
-        raise TypeError(
-            f"The model must return a Tensor of shape [N, C], got {type(output).__name__}. "
-            "Wrap the model so that its forward returns the logits or regression outputs only."
-        )
+def check_output(output: Tensor, n_inputs: int) -> Tensor:
+    """Check that a network's outputs (:func:`~linearised_laplace.inputs.logits`) are ``[N, C]``."""
     if output.ndim != 2 or output.shape[0] != n_inputs:
         raise ValueError(
             f"The model must return outputs of shape [N, C] = [{n_inputs}, C], "

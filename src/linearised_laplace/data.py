@@ -6,6 +6,8 @@ by the library's seed rather than by global random state. The user's loader is n
 its sampler is honoured: a loader whose sampler draws a subset (``SubsetRandomSampler``, a custom
 sampler or batch sampler) contributes exactly the points it yields, each once, re-indexed
 ``0..n-1`` in increasing dataset order (:func:`sampled_indices`).
+Inputs may be a tensor, a tuple or a dict of tensors (:mod:`linearised_laplace.inputs`), and a
+dataset may yield Hugging Face dict items whose ``"labels"`` are the targets.
 Under ``torch.distributed`` each global batch is split over the ranks
 (:mod:`linearised_laplace.distributed`); sums over data points are then completed by
 :meth:`Data.all_reduce`.
@@ -13,7 +15,7 @@ Under ``torch.distributed`` each global batch is split over the ranks
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch import Tensor
@@ -30,10 +32,12 @@ from torch.utils.data import (
 )
 from torch.utils.data.distributed import DistributedSampler
 
+from . import inputs as trees
 from .distributed import Shard
+from .inputs import Inputs
 from .persistence import digest
 
-Batch = tuple[Tensor, Tensor, Tensor]  # (indices [b], inputs [b, ...], targets [b, ...])
+Batch = tuple[Tensor, Inputs, Tensor]  # (indices [b], inputs [b, ...], targets [b, ...])
 
 
 def sampled_indices(loader: DataLoader) -> list[int] | None:
@@ -78,13 +82,27 @@ def sampled_indices(loader: DataLoader) -> list[int] | None:
     return unique
 
 
+class InputsDataset(Dataset):
+    """Inputs ``x`` (a tensor, a tuple or a dict of tensors, ``N`` rows each) and targets ``y``."""
+
+    def __init__(self, x: Inputs, y: Tensor):
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return self.y.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[Inputs, Tensor]:
+        return trees.take(self.x, index), self.y[index]
+
+
 class Data:
     """A map-style dataset of ``(x, y)`` pairs, iterated in batches with their indices.
 
     Args:
         source: A ``DataLoader`` (its dataset, batch size, collate function and the points its
-            sampler yields are used), a map-style ``Dataset`` yielding ``(x, y)``, or a pair of
-            tensors ``(X, Y)``.
+            sampler yields are used), a map-style ``Dataset`` yielding ``(x, y)`` or Hugging
+            Face dicts with ``"labels"``, or a pair ``(X, Y)`` of inputs (a tensor, a tuple or a
+            dict of tensors) and a target tensor, all with ``N`` rows.
         batch_size: Batch size; defaults to the loader's, else 128. Under ``torch.distributed``
             this is the global batch, split over the ranks.
 
@@ -111,13 +129,20 @@ class Data:
             source = source.dataset if indices is None else Subset(source.dataset, indices)
         elif isinstance(source, tuple) and len(source) == 2:
             x, y = source
-            if not (isinstance(x, Tensor) and isinstance(y, Tensor)):
-                raise TypeError("A data tuple must hold two tensors (X, Y).")
-            if x.shape[0] != y.shape[0]:
-                raise ValueError(
-                    f"X and Y must have the same number of rows, got {x.shape[0]} and {y.shape[0]}."
+            if not (isinstance(x, Tensor | tuple | list | Mapping) and isinstance(y, Tensor)):
+                raise TypeError(
+                    "A data tuple must hold two tensors (X, Y), or inputs X as a tuple or dict of "
+                    f"tensors and targets Y a tensor; got ({type(x).__name__}, {type(y).__name__})."
                 )
-            source = TensorDataset(x, y)
+            x = trees.as_tree(x, "X")
+            rows = {t.shape[0] if t.ndim else None for t in trees.leaves(x)}
+            if rows != {y.shape[0] if y.ndim else None}:
+                got = x.shape[0] if isinstance(x, Tensor) and x.ndim else trees.describe(x)
+                raise ValueError(
+                    f"X and Y must have the same number of rows, got {got} and "
+                    f"{y.shape[0] if y.ndim else 'a 0-d Y'}."
+                )
+            source = TensorDataset(x, y) if isinstance(x, Tensor) else InputsDataset(x, y)
         if isinstance(source, IterableDataset) or not isinstance(source, Dataset):
             raise TypeError(
                 "Training data must be a DataLoader over a map-style Dataset, a Dataset, or a pair "
@@ -181,7 +206,8 @@ class Data:
             return self._fingerprint
         idx = torch.linspace(0, self.n - 1, min(n_points, self.n)).round().long().unique()
         x, y = self._fetch(idx)
-        return {"n": self.n, "batch_size": self.batch_size, "points": digest({"x": x, "y": y})}
+        points = digest({**trees.named_leaves(x, "x"), "y": y})
+        return {"n": self.n, "batch_size": self.batch_size, "points": points}
 
     def indexed(self, targets: Tensor) -> Data:
         """These data with each input replaced by its index ``i`` (for a held feature matrix).
@@ -201,22 +227,19 @@ class Data:
         """A random permutation of the data indices."""
         return torch.randperm(self.n, generator=generator)
 
-    def subset(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+    def subset(self, indices: Tensor) -> tuple[Inputs, Tensor]:
         """Inputs and targets of the given data points."""
         return self._fetch(indices.reshape(-1).long())
 
-    def _fetch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+    def _fetch(self, idx: Tensor) -> tuple[Inputs, Tensor]:
         dataset = self.dataset
         if isinstance(dataset, Subset):
             idx, dataset = self._subset_index[idx], dataset.dataset
         if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
             x, y = dataset.tensors
             return x[idx], y[idx]
+        if isinstance(dataset, InputsDataset):
+            return trees.take(dataset.x, idx), dataset.y[idx]
         collate = self._collate or torch.utils.data.default_collate
-        batch = collate([dataset[i] for i in idx.tolist()])
-        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-            raise TypeError(
-                f"Each data item must be a pair (x, y); the dataset yields {type(batch).__name__} "
-                "batches. Return (input, target) from the dataset's __getitem__."
-            )
-        return batch[0], batch[1]
+        x, y = trees.split_batch(collate([dataset[i] for i in idx.tolist()]))
+        return trees.as_tree(x, "the training inputs"), y

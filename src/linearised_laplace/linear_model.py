@@ -18,9 +18,11 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
+from . import inputs as trees
 from ._checks import check_finite, check_sample_budget
 from .data import Data
 from .features import FeatureOperator, MatrixFeatures
+from .inputs import Inputs
 from .likelihoods import Gaussian, Likelihood
 from .linalg import add_gram, symmetrise_upper
 from .priors import Prior
@@ -74,11 +76,12 @@ class LinearGaussianModel:
         """``diag(A)``: ``[D]``, in the features' dtype."""
         return self.prior.diag(self.features.dtype, self.features.device)
 
-    def check_batch(self, x: Tensor, y: Tensor, f0: Tensor) -> None:
+    def check_batch(self, x: Inputs, y: Tensor, f0: Tensor) -> None:
         """Validate one training batch against the model's outputs ``f0``."""
-        if len(x) == 0:  # a rank's empty share of a small last batch
+        if trees.batch_size(x) == 0:  # a rank's empty share of a small last batch
             return
-        check_finite("The training inputs", x)
+        for leaf in trees.leaves(x):
+            check_finite("The training inputs", leaf)
         check_finite("The training targets", y)
         self.likelihood.check_targets(f0, y.to(f0.device))
 

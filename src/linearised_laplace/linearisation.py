@@ -23,47 +23,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vjp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from . import inputs as trees
 from ._checks import check_finite, check_output
 from .features import FeatureOperator, Pullback
+from .inputs import Inputs, as_inputs
 from .parameters import ParameterSpec, select_parameters
 
 TangentBatching = Literal["auto", "loop", "vmap", "jacobian"]
 BATCHINGS = ("auto", "loop", "vmap", "jacobian")
 JACOBIAN_BYTES = 256 * 2**20
 """Largest per-batch Jacobian ``[N, C, D]`` that the ``"jacobian"`` path builds."""
-
-
-def as_inputs(x: object, dtype: torch.dtype, name: str = "x") -> Tensor:
-    """Network inputs as a batched tensor.
-
-    A numpy array is converted, a floating tensor must have the network's ``dtype``, and a 0-d
-    tensor is refused. ``name`` names the inputs in errors (an argument, or e.g. "the
-    train_loader's inputs").
-    """
-    what = f"`{name}`" if name.isidentifier() else name.capitalize()
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
-    if not isinstance(x, Tensor):
-        raise TypeError(
-            f"{what} must be a Tensor [N, ...] (or a numpy array), got {type(x).__name__}."
-        )
-    if x.ndim == 0:
-        raise ValueError(
-            f"{what} must be batched, [N, ...] with one row per example; got a 0-d tensor. "
-            "Reshape one example with one feature to [1, 1]."
-        )
-    if x.is_floating_point() and x.dtype != dtype:
-        raise TypeError(
-            f"{what} are {x.dtype} but the network's parameters are {dtype}: convert the inputs "
-            f"with .to({dtype}) (or convert the network before building the method)."
-        )
-    return x
 
 
 def model_state(model: nn.Module) -> dict[str, Tensor]:
@@ -86,16 +60,35 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             m.training = flag
 
 
-def _lacks_forward_ad(err: Exception) -> bool:
-    text = str(err).lower()
-    return "forward ad" in text or "forward-mode" in text or "forward mode" in text
+def lacks_forward_ad(err: BaseException) -> bool:
+    """Whether ``err``, or an error it was raised from, says forward-mode AD is not implemented.
+
+    Torch's own messages name forward AD ("Trying to use forward AD with
+    _scaled_dot_product_flash_attention_for_cpu that does not support it", "You must implement
+    the jvp function for custom autograd.Function to use it with forward mode AD"); a model
+    that re-raises such an error as its own keeps it as the cause.
+    """
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        text = str(err).lower()
+        if any(word in text for word in ("forward ad", "forward-mode", "forward mode")):
+            return True
+        if "jvp" in text and any(word in text for word in ("not implemented", "must implement")):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 class Linearisation(FeatureOperator):
     """The tangent linear model of a network at its current parameters ``θ*``.
 
     Args:
-        model: The trained network; it must map a batch ``x`` ``[N, ...]`` to outputs ``[N, C]``.
+        model: The trained network; it must map a batch ``x`` to outputs ``[N, C]``. ``x`` is a
+            tensor ``[N, ...]`` (``model(x)``), a tuple of them (``model(*x)``) or a dict of them
+            (``model(**x)``), every tensor with ``N`` rows (:mod:`~linearised_laplace.inputs`);
+            the outputs may also be the first element of a tuple or dict, a dict's ``"logits"``
+            or a ``ModelOutput``'s ``.logits``.
         parameters: Which parameters to linearise (see
             :func:`~linearised_laplace.parameters.select_parameters`): ``"all"`` trainable ones
             (default), ``"last_layer"``, names or ``fnmatch`` patterns, or flat indices.
@@ -183,46 +176,58 @@ class Linearisation(FeatureOperator):
         self.theta_star = self.selection.flatten(self._theta)
         self._cached = None
 
-    def _call(self, theta: dict[str, Tensor], x: Tensor) -> Tensor:
+    def _call(self, theta: dict[str, Tensor], x: Inputs) -> Tensor:
+        args, kwargs = trees.arguments(x)
         with eval_mode(self.model):
-            out = functional_call(self.model, {**theta, **self._frozen}, (x,))
-        return check_output(out, x.shape[0])
+            out = functional_call(self.model, {**theta, **self._frozen}, args, kwargs)
+        return check_output(trees.logits(out), trees.batch_size(x))
 
-    def _inputs(self, x: Tensor) -> Tensor:
-        return as_inputs(x, self.dtype).to(self.device)
+    def _inputs(self, x: Inputs) -> Inputs:
+        return trees.to(as_inputs(x, self.dtype), self.device)
 
-    def check_inputs(self, x: Tensor, name: str = "x") -> Tensor:
-        """Validate prediction inputs ``x`` ``[N, ...]``; returns them as a tensor on the device.
+    def check_inputs(self, x: Inputs, name: str = "x") -> Inputs:
+        """Validate prediction inputs ``x``; returns them in normal form on the device.
 
-        Beyond :func:`as_inputs`: the values must be finite, and the network must accept one of
-        them (a raw torch error, e.g. of a wrong feature width, becomes a ``ValueError``).
+        ``x`` is a tensor ``[N, ...]``, a tuple or a dict of them (see :func:`as_inputs`). Beyond
+        :func:`as_inputs`: the values must be finite, and the network must accept one example
+        (a raw torch error, e.g. of a wrong feature width, becomes a ``ValueError``).
         """
         x = as_inputs(x, self.dtype, name)
         what = f"`{name}`" if name.isidentifier() else name
-        check_finite(f"The inputs {what}" if name.isidentifier() else what.capitalize(), x)
-        x = x.to(self.device)
+        for label, leaf in zip(trees.leaf_names(x, name), trees.leaves(x), strict=True):
+            check_finite(f"The inputs {label}" if name.isidentifier() else label, leaf)
+        x = trees.to(x, self.device)
         try:
-            self.forward(x[:1])
+            self.forward(trees.take(x, slice(0, 1)))
         except RuntimeError as err:
+            single = isinstance(x, Tensor) and x.ndim == 1
             raise ValueError(
-                f"The network cannot take {what} of shape {list(x.shape)} ({x.dtype}): "
+                f"The network cannot take {what} of shape {trees.describe(x)}: "
                 f"{str(err).splitlines()[0]}. Pass inputs shaped like the training inputs "
                 "[N, ...], one row per example"
-                + (f" ({name}[None] for a single example)." if x.ndim == 1 else ".")
+                + (f" ({name}[None] for a single example)." if single else ".")
+            ) from err
+        except trees.OutputTypeError:
+            raise
+        except TypeError as err:  # e.g. a keyword the model's forward does not take
+            raise TypeError(
+                f"The network cannot take {what} {trees.describe(x)}: "
+                f"{str(err).splitlines()[0]}. Pass inputs with the structure of the training "
+                "inputs: a tensor for model(x), a tuple for model(*x), a dict for model(**x)."
             ) from err
         return x
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Inputs) -> Tensor:
         """The network's outputs ``f(x; θ*)``: ``[N, C]``."""
         x = self._inputs(x)
-        if len(x) == 0:  # a rank's empty share of a batch
+        if trees.batch_size(x) == 0:  # a rank's empty share of a batch
             return self._empty_outputs()
         with torch.no_grad():
             out = self._call(self._theta, x)
         self._outputs = out.shape[-1]
         return out
 
-    def evaluate(self, x: Tensor, theta: Tensor) -> Tensor:
+    def evaluate(self, x: Inputs, theta: Tensor) -> Tensor:
         """The network ``f(x; θ)`` at other values ``θ`` ``[D]`` of the linearised parameters: ``[N, C]``.
 
         Not linearised, and differentiable in ``θ``.
@@ -230,10 +235,10 @@ class Linearisation(FeatureOperator):
         delta = self.selection.unflatten(theta - self.theta_star)
         return self._call({n: self._theta[n] + d for n, d in delta.items()}, self._inputs(x))
 
-    def jvp(self, x: Tensor, tangents: Tensor) -> tuple[Tensor, Tensor]:
+    def jvp(self, x: Inputs, tangents: Tensor) -> tuple[Tensor, Tensor]:
         """``f(x; θ*)`` ``[N, C]`` and ``J(x) v_k`` ``[K, N, C]`` for tangents ``[K, D]``."""
         x = self._inputs(x)
-        if tangents.shape[0] == 0 or len(x) == 0:
+        if tangents.shape[0] == 0 or trees.batch_size(x) == 0:
             out = self.forward(x)
             return out, out.new_zeros(tangents.shape[0], *out.shape)
         if self._use_jacobian(x, tangents.shape[0]):
@@ -245,7 +250,7 @@ class Linearisation(FeatureOperator):
                 self.forward_ad = True
                 return result
             except (NotImplementedError, RuntimeError) as err:
-                if self.forward_ad or not _lacks_forward_ad(err):
+                if self.forward_ad or not lacks_forward_ad(err):
                     raise
                 warnings.warn(
                     f"The model does not support forward-mode AD ({str(err).splitlines()[0]}); "
@@ -255,7 +260,7 @@ class Linearisation(FeatureOperator):
                 self.forward_ad = False
         return self._jvp_double_vjp(x, tangents)
 
-    def _jvp_forward(self, x: Tensor, tangents: Tensor) -> tuple[Tensor, Tensor]:
+    def _jvp_forward(self, x: Inputs, tangents: Tensor) -> tuple[Tensor, Tensor]:
         def f(theta: dict[str, Tensor]) -> Tensor:
             return self._call(theta, x)
 
@@ -272,13 +277,13 @@ class Linearisation(FeatureOperator):
         ]
         return outs[0][0], torch.stack([o[1] for o in outs])
 
-    def _fastest_batching(self, x: Tensor, tangents: Tensor) -> str:
+    def _fastest_batching(self, x: Inputs, tangents: Tensor) -> str:
         """``"loop"`` or ``"vmap"``, whichever pushes tangents through faster (best of 2).
 
         Timed on at most 8 tangents and 128 inputs, so that the choice costs little even on the
         first call of a large predictive.
         """
-        x, tangents = x[:128], tangents[:8]
+        x, tangents = trees.take(x, slice(0, 128)), tangents[:8]
         seconds = {}
         for mode in ("loop", "vmap"):
             self.batching = mode
@@ -292,8 +297,8 @@ class Linearisation(FeatureOperator):
                     if mode == "loop":  # not a batching problem: let `jvp` handle it
                         raise
                     break  # a model vmap cannot batch
-                if x.is_cuda:
-                    torch.cuda.synchronize(x.device)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
                 seconds[mode] = min(seconds[mode], time.perf_counter() - start)
         return min(seconds, key=seconds.get)
 
@@ -306,18 +311,18 @@ class Linearisation(FeatureOperator):
             )
         return torch.zeros(0, self._outputs, dtype=self.dtype, device=self.device)
 
-    def _n_outputs(self, x: Tensor) -> int:
+    def _n_outputs(self, x: Inputs) -> int:
         if self._outputs is None:
-            self._outputs = self.forward(x[:1]).shape[-1]
+            self._outputs = self.forward(trees.take(x, slice(0, 1))).shape[-1]
         return self._outputs
 
-    def _may_use_jacobian(self, x: Tensor) -> bool:
+    def _may_use_jacobian(self, x: Inputs) -> bool:
         if self.tangent_batching != "auto":
             return self.tangent_batching == "jacobian"
-        size = len(x) * self._n_outputs(x) * self.n_params * self.dtype.itemsize
+        size = trees.batch_size(x) * self._n_outputs(x) * self.n_params * self.dtype.itemsize
         return size <= JACOBIAN_BYTES
 
-    def _use_jacobian(self, x: Tensor, n_tangents: int) -> bool:
+    def _use_jacobian(self, x: Inputs, n_tangents: int) -> bool:
         """Whether ``J(x) V`` goes through the batch's Jacobian: forced, or (auto) ``K ≥ C``.
 
         A rule of sizes rather than of timings, so that results never depend on the machine's
@@ -328,23 +333,26 @@ class Linearisation(FeatureOperator):
             return True
         return n_tangents >= max(2, self._n_outputs(x)) and self._may_use_jacobian(x)
 
-    def _is_cached(self, x: Tensor) -> bool:
-        # the cache holds x itself, so no other tensor can reuse its memory while it is there
+    def _is_cached(self, x: Inputs) -> bool:
+        # the cache holds x's tensors themselves, so no other tensor can reuse their memory
         if self._cached is None:
             return False
-        cached_x, version = self._cached[0]
-        return cached_x is x and version == x._version
+        cached, versions = self._cached[0]
+        now = trees.leaves(x)
+        same = len(now) == len(cached) and all(a is b for a, b in zip(now, cached, strict=False))
+        return same and versions == [t._version for t in now]
 
-    def _batch_jacobian(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _batch_jacobian(self, x: Inputs) -> tuple[Tensor, Tensor]:
         """``f(x; θ*)`` and ``J(x)`` ``[N, C, D]``, kept for the next call on the same batch."""
         if not self._is_cached(x):
             self._cached = None  # free the last batch's first
             out = self.forward(x)
             jac = self.to_dense(x)
-            self._cached = ((x, x._version), out, jac)
+            now = trees.leaves(x)
+            self._cached = ((now, [t._version for t in now]), out, jac)
         return self._cached[1], self._cached[2]
 
-    def _jvp_double_vjp(self, x: Tensor, tangents: Tensor) -> tuple[Tensor, Tensor]:
+    def _jvp_double_vjp(self, x: Inputs, tangents: Tensor) -> tuple[Tensor, Tensor]:
         # u ↦ J(x)ᵀu is linear, so its VJP with cotangent v is J(x) v. The math attention kernel
         # is differentiable twice, unlike the fused CPU kernels.
         with sdpa_kernel(SDPBackend.MATH):
@@ -356,7 +364,7 @@ class Linearisation(FeatureOperator):
             ]
         return out.detach(), torch.stack(jv).detach()
 
-    def pullback(self, x: Tensor) -> tuple[Tensor, Pullback]:
+    def pullback(self, x: Inputs) -> tuple[Tensor, Pullback]:
         """``f(x; θ*)`` and the map ``u ↦ J(x)ᵀ u`` from ``[K, N, C]`` to ``[K, D]``.
 
         Where the ``"jacobian"`` path may pay off, the reverse pass is set up only for calls with
@@ -376,7 +384,7 @@ class Linearisation(FeatureOperator):
 
         return out, fn
 
-    def _reverse_pullback(self, x: Tensor) -> tuple[Tensor, Pullback]:
+    def _reverse_pullback(self, x: Inputs) -> tuple[Tensor, Pullback]:
         out, vjp_fn = vjp(lambda theta: self._call(theta, x), self._theta)
         flatten = self.selection.flatten
 
@@ -390,14 +398,15 @@ class Linearisation(FeatureOperator):
 
         return out.detach(), fn
 
-    def per_example_vjp(self, x: Tensor, cotangents: Tensor) -> Tensor:
+    def per_example_vjp(self, x: Inputs, cotangents: Tensor) -> Tensor:
         """``J(x_i)ᵀ u_i`` for each point of the batch: ``[N, C] → [N, D]``."""
         x = self._inputs(x)
-        if len(x) == 0:
+        n = trees.batch_size(x)
+        if n == 0:
             return cotangents.new_zeros(0, self.n_params)
 
-        def single(xi: Tensor, ui: Tensor) -> Tensor:
-            _, fn = vjp(lambda theta: self._call(theta, xi[None]), self._theta)
+        def single(xi: Inputs, ui: Tensor) -> Tensor:
+            _, fn = vjp(lambda theta: self._call(theta, trees.take(xi, None)), self._theta)
             return self.selection.flatten(fn(ui[None])[0])
 
         with sdpa_kernel(SDPBackend.MATH):  # fused attention kernels have no batching rules
@@ -406,32 +415,32 @@ class Linearisation(FeatureOperator):
                     return vmap(single)(x, cotangents)
                 except (NotImplementedError, RuntimeError):
                     self._per_example_vmap = False
-            return torch.stack([single(xi, ui) for xi, ui in zip(x, cotangents, strict=True)])
+            return torch.stack([single(trees.take(x, i), cotangents[i]) for i in range(n)])
 
-    def linearised_forward(self, x: Tensor, tangents: Tensor, chunk: int = 512) -> Tensor:
+    def linearised_forward(self, x: Inputs, tangents: Tensor, chunk: int = 512) -> Tensor:
         """``f(x; θ*) + J(x) v_k`` for tangents ``[K, D]``: ``[K, N, C]``.
 
         Inputs go through ``chunk`` at a time: a batched JVP holds ``K`` copies of the
         activations, which for a whole test set can exceed memory.
         """
         parts = []
-        for inputs in x.split(chunk):
+        for inputs in trees.split(self._inputs(x), chunk):
             out, jv = self.jvp(inputs, tangents)
             parts.append(out + jv)
         return torch.cat(parts, dim=1)
 
-    def to_dense(self, x: Tensor) -> Tensor:
+    def to_dense(self, x: Inputs) -> Tensor:
         """The Jacobian ``J(x)``: ``[N, C, D]``, as per-example ``torch.func.jacrev`` under ``vmap``.
 
         Differentiating each example separately costs ``O(N C)`` backward passes of one example,
         where ``jacrev`` of the whole batch would cost ``O(N C)`` passes of the whole batch.
         """
         x = self._inputs(x)
-        if len(x) == 0:
+        if trees.batch_size(x) == 0:
             return self._empty_outputs().new_zeros(0, self._outputs, self.n_params)
 
-        def single(xi: Tensor) -> dict[str, Tensor]:
-            return jacrev(lambda theta: self._call(theta, xi[None])[0])(self._theta)
+        def single(xi: Inputs) -> dict[str, Tensor]:
+            return jacrev(lambda theta: self._call(theta, trees.take(xi, None))[0])(self._theta)
 
         with sdpa_kernel(SDPBackend.MATH):
             if self._per_example_vmap:

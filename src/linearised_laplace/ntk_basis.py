@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from . import inputs as trees
 from . import persistence
 from ._checks import check_positive_int, check_sample_budget
 from .data import Data
@@ -125,8 +126,8 @@ def nystrom_basis(
     generator = seeded_generator(seed, "nystrom")
     points = data.random_order(generator)[:n_points].sort().values
     x, _ = data.subset(points)
-    batches = x.split(data.batch_size)
-    n_outputs = features.forward(x[:1]).shape[-1]
+    batches = trees.split(x, data.batch_size)
+    n_outputs = features.forward(trees.take(x, slice(0, 1))).shape[-1]
 
     def vjp(w: Tensor) -> Tensor:  # [k, M·C] ↦ Φ_Mᵀ w: [k, D]
         w = w.reshape(w.shape[0], -1, n_outputs).to(features.dtype)

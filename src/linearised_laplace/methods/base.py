@@ -24,16 +24,17 @@ from ..coordinates import Coordinates
 from ..data import Data
 from ..em import EMState, check_em_settings, run_em, run_fingerprint
 from ..exceptions import NotFittedError
+from ..inputs import Inputs, as_inputs
 from ..likelihoods import Categorical, Gaussian, Likelihood, make_likelihood
 from ..linear_model import FEATURE_MEMORY_GIB, LinearGaussianModel
-from ..linearisation import Linearisation, TangentBatching, as_inputs
+from ..linearisation import Linearisation, TangentBatching
 from ..mean import MeanMode, mean_mode
 from ..parameters import ParameterSpec
 from ..posteriors import Posterior
 from ..priors import make_prior
 
 LikelihoodSpec = Literal["classification", "regression"] | Likelihood
-TrainingData = DataLoader | tuple[Tensor, Tensor]
+TrainingData = DataLoader | tuple[Inputs, Tensor]
 __all__ = ["Laplace", "LikelihoodSpec", "TrainingData"]
 
 
@@ -41,7 +42,11 @@ class Laplace:
     """Linearised Laplace in given coordinates with a given posterior.
 
     Args:
-        model: Trained network mapping ``x`` ``[N, ...]`` to outputs ``[N, C]``. It is never modified.
+        model: Trained network mapping ``x`` to outputs ``[N, C]``; it is never modified. ``x`` is
+            a tensor ``[N, ...]`` (``model(x)``), a tuple of tensors (``model(*x)``) or a dict of
+            them (``model(**x)``, e.g. a Hugging Face batch), ``N`` rows each. The outputs may be
+            a tensor, a tuple or list (its first element), a dict (its ``"logits"``, else its first
+            value) or a ``ModelOutput`` (its ``.logits``): :mod:`~linearised_laplace.inputs`.
         likelihood: ``"classification"`` (softmax over ``C`` logits), ``"regression"`` (Gaussian),
             or a :class:`~linearised_laplace.likelihoods.Likelihood`.
         posterior: A :class:`~linearised_laplace.posteriors.DensePosterior` or
@@ -181,8 +186,10 @@ class Laplace:
 
         Args:
             train_loader: Training data yielding ``(x, y)``: a DataLoader over a map-style dataset,
-                or a pair of tensors. Classification ``y`` are integer labels ``[N]``; regression
-                ``y`` is ``[N, C]`` (or ``[N]`` when ``C = 1``).
+                or a pair ``(x, y)``; ``x`` as the model takes it (a tensor, a tuple or a dict of
+                tensors). A dataset may yield Hugging Face dicts: their ``"labels"`` are ``y``
+                and are not passed to the model. Classification ``y`` are integer labels ``[N]``;
+                regression ``y`` is ``[N, C]`` (or ``[N]`` when ``C = 1``).
         """
         self.posterior.fit(self._fit_model(train_loader), self.n_samples, self.seed, self.progress)
         return self
@@ -201,24 +208,32 @@ class Laplace:
         more = self.posterior.extra_samples(n_samples - len(stored), self.seed)
         return torch.cat([stored, self.coordinates.to_parameters(more.to(stored.dtype))])
 
-    def predictive_samples(self, x: Tensor, n_samples: int | None = None) -> Tensor:
-        r"""Function samples ``f(x; θ*) + J(x) ζ_s``: ``[S, N, C]``."""
+    def predictive_samples(self, x: Inputs, n_samples: int | None = None) -> Tensor:
+        r"""Function samples ``f(x; θ*) + J(x) ζ_s``: ``[S, N, C]``.
+
+        ``x``: ``N`` inputs as the model takes them (a tensor ``[N, ...]``, a tuple or a dict of
+        tensors with ``N`` rows each), as in :meth:`__call__`.
+        """
         samples = self.sample(n_samples)
         return self.linearisation.linearised_forward(self.linearisation.check_inputs(x), samples)
 
-    def functional_variance(self, x: Tensor) -> Tensor:
+    def functional_variance(self, x: Inputs) -> Tensor:
         r"""Posterior covariance of ``f(x)`` per input, ``J(x) Σ J(x)ᵀ``: ``[N, C, C]``.
 
         Exact for a dense posterior; the sample estimate ``(1/S) Σ_s (J ζ_s)(J ζ_s)ᵀ`` otherwise.
+        ``x`` as in :meth:`__call__`.
         """
         self.check_fitted()
         features = self.coordinates.transform(self.linearisation)
         return self.posterior.functional_variance(features, self.linearisation.check_inputs(x))
 
     def __call__(
-        self, x: Tensor, link_approx: Literal["mc", "probit"] = "mc"
+        self, x: Inputs, link_approx: Literal["mc", "probit"] = "mc"
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """The predictive at inputs ``x`` ``[N, ...]`` (a tensor or numpy array, the network's dtype).
+        """The predictive at ``N`` inputs ``x``, in the network's dtype.
+
+        ``x`` is what the model takes: a tensor ``[N, ...]`` (or numpy array), a tuple of them
+        (``model(*x)``) or a dict of them (``model(**x)``), each with ``N`` rows.
 
         ``link_approx`` (classification): ``"mc"`` averages ``softmax(f_s(x))`` over the samples;
         ``"probit"`` is MacKay's ``softmax(f(x; θ*) / (1 + π σ²/8)^{1/2})``, ``σ²`` the functional
