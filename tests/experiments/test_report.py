@@ -1,6 +1,6 @@
 import math
 
-from linearised_laplace.experiments.report import mean_and_error, write_seed_report
+from linearised_laplace.experiments.report import fidelity, mean_and_error, write_seed_report
 
 
 def _report(seed: int, nll: dict[str, float]) -> dict:
@@ -31,3 +31,15 @@ def test_seed_report_averages_each_method_and_drops_partial_ones(tmp_path):
     assert f"| κ = 2 | {mean_and_error([-3.0, -5.0, -4.0])} |" in text
     assert f"| map | {mean_and_error([0.9] * 3)} | {mean_and_error([0.3, 0.5, 0.4])} |" in text
     assert "sampled" not in text.split("## Table 1")[1]
+
+
+def test_fidelity_compares_each_sampled_row_with_its_exact_twin():
+    def row(method, alpha, nll):
+        return {"method": method, "prior_precision": [alpha], "NLL": nll, "logit variance": 2.0}
+
+    done = [row("sampled", 3.0, 0.5), row("exact", 2.0, 0.4), row("sampled-lastlayer", 1.0, 0.3)]
+    text = "\n".join(fidelity(done))
+    assert "`sampled` against `exact`" in text and "lastlayer" not in text  # no exact twin
+    assert "| α (EM) | 3 | 2 | 0.5 |" in text and "| NLL | 0.5 | 0.4 | 0.25 |" in text
+    assert "| logit variance | 2 | 2 | 0 |" in text
+    assert fidelity(done[2:]) == []

@@ -64,6 +64,7 @@ def write_report(report: dict, out: Path) -> None:
     lines.append(
         table([[a] + [r["rotated"][a]["NLL"] for r in done] for a in angles], ["angle", *names])
     )
+    lines += fidelity(done)
     if report.get("skipped"):
         lines += ["", f"Skipped (laplace-torch not installed): {', '.join(report['skipped'])}."]
     for r in failed:
@@ -73,6 +74,34 @@ def write_report(report: dict, out: Path) -> None:
         _figure5(done, out / "figure5.png")
         _figure6(done, out / "figure6.png")
         _reliability(done, out / "reliability.png")
+
+
+FIDELITY = ("logit variance", "NLL", *(f"joint LL κ={k}" for k in range(1, 6)), "ECE")
+PAIRS = (("sampled", "exact"), ("sampled-lastlayer", "exact-lastlayer"))
+
+
+def fidelity(done: list[dict]) -> list[str]:
+    """Sampled against exact LLA on the same network: EM's ``α`` and the scores, side by side.
+
+    Both fit the same linear model from the same noise seed, so they differ by the solvers' errors
+    (samples and mean) and the sampled γ estimate only; a table for each pair present.
+    """
+    by_name = {r["method"]: r for r in done}
+    lines = []
+    for sampled, exact in PAIRS:
+        if sampled not in by_name or exact not in by_name:
+            continue
+        a, b = by_name[sampled], by_name[exact]
+        a, b = {"α (EM)": a["prior_precision"][0], **a}, {"α (EM)": b["prior_precision"][0], **b}
+        keys = [k for k in ("α (EM)", *FIDELITY) if k in a and k in b]
+        rows = [[k, a[k], b[k], a[k] / b[k] - 1] for k in keys]
+        lines += [
+            "",
+            f"## Fidelity: `{sampled}` against `{exact}` on the same network",
+            "",
+            table(rows, ["", sampled, exact, "relative difference"]),
+        ]
+    return lines
 
 
 def mean_and_error(values: list[float]) -> str:
