@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from .. import persistence
-from .._checks import check_memory_gib, check_positive_int, check_seed
+from .._checks import check_finite, check_memory_gib, check_positive, check_positive_int, check_seed
 from ..coordinates import Coordinates
 from ..data import Data
 from ..em import EMState, check_em_settings, run_em, run_fingerprint
@@ -35,6 +35,7 @@ from ..priors import make_prior
 
 LikelihoodSpec = Literal["classification", "regression"] | Likelihood
 TrainingData = DataLoader | tuple[Inputs, Tensor]
+PRIOR_METHODS = ("em", "gridsearch")
 __all__ = ["Laplace", "LikelihoodSpec", "TrainingData"]
 
 
@@ -181,6 +182,22 @@ class Laplace:
                 f"This {type(self).__name__} is not fitted yet; call `.fit(train_loader)` first."
             )
 
+    def _fitted_data(self, what: str) -> Posterior:
+        """The posterior, checked to hold the fit's training data at the model's current weights."""
+        self.check_fitted()
+        if self.posterior.model is None:
+            raise NotFittedError(
+                f"`{what}` needs the training data: call `.fit(train_loader)` (a loaded posterior "
+                "does not keep its data)."
+            )
+        changed = self.linearisation.changed()
+        if changed is not None:
+            raise ValueError(
+                f"`{what}` uses the fit at the model's former weights, but the model's {changed} "
+                "changed since. Call `.fit(train_loader)` again to linearise at the new weights."
+            )
+        return self.posterior
+
     def fit(self, train_loader: TrainingData) -> Laplace:
         """Infer the posterior at the current hyperparameters; returns ``self``.
 
@@ -253,22 +270,66 @@ class Laplace:
             return torch.softmax(kappa * self.linearisation.forward(x), dim=-1)
         raise ValueError(f"`link_approx` must be 'mc' or 'probit', got {link_approx!r}.")
 
+    def select_prior_precision(self, val_loader: TrainingData, grid: Tensor | None = None) -> dict:
+        r"""Choose ``α`` on a grid by the validation negative log-likelihood, then refit at it.
+
+        The alternative to EM that the ELLA paper and laplace-torch's ``gridsearch`` use; the
+        prior becomes isotropic. Classification is scored with the probit predictive, regression
+        with the Gaussian predictive including the noise. A dense posterior refactorises the
+        ``P × P`` posterior per grid point (cheap for subnetworks and Nyström bases); a sampled one
+        re-solves its samples per grid point from the same noise, warm-started, and scores the
+        sample covariance of ``f``. Call :meth:`fit` first.
+
+        Args:
+            val_loader: Validation data, as for :meth:`fit`.
+            grid: Candidate precisions (default ``10^{-4} … 10^{4}``, 21 points).
+
+        Returns:
+            ``{"grid": [...], "nll": [...], "prior_precision": best}``.
+        """
+        fit = self._fitted_data("select_prior_precision")
+        grid = check_positive(
+            "grid", torch.logspace(-4, 4, 21, dtype=torch.float64) if grid is None else grid
+        )
+        val = Data(val_loader)
+        x, y = val.subset(torch.arange(len(val)))
+        x = self.linearisation.check_inputs(x, "the val_loader's inputs")
+        check_finite("The val_loader targets", y)
+        features = self.coordinates.transform(self.linearisation)
+        f0 = features.forward(x).to(torch.float64)
+        try:
+            self.likelihood.check_targets(f0, y.to(f0.device))
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"The val_loader targets do not fit the model: {err}") from err
+        sigma = self.likelihood.sigma if isinstance(self.likelihood, Gaussian) else None
+        scores = fit.grid_search(features, x, f0, y, sigma, grid, self.seed, self.progress)
+        best = float(grid[int(torch.tensor(scores).argmin())])
+        self.prior = self.prior.with_precision(best)
+        return {"grid": grid.tolist(), "nll": scores, "prior_precision": best}
+
     def optimize_prior_precision(
         self,
         train_loader: TrainingData,
         max_iter: int = 10,
         tol: float = 1e-2,
         *,
+        method: Literal["em", "gridsearch"] = "em",
+        val_loader: TrainingData | None = None,
+        grid: Tensor | None = None,
         mean: str = "tangent",
         update_sigma: bool = False,
         checkpoint: str | Path | None = None,
         **options,
-    ) -> list[dict]:
+    ) -> list[dict] | dict:
         r"""Learn the prior precision by MacKay EM, ``α_g = γ_g / ‖θ̄_g‖²``, then refit at the result.
 
         Each step solves for the linear model's mean ``θ̄`` (warm-started) and the effective
         dimension ``γ`` (exact for a dense posterior; for a sampled one estimated from
         warm-started samples whose noise is kept and rescaled across steps).
+
+        ``method="gridsearch"`` (laplace-torch's name) instead fits at the current prior and runs
+        :meth:`select_prior_precision` on ``val_loader`` over ``grid``; the EM settings do not
+        apply to it.
 
         Args:
             train_loader: Training data, as for :meth:`fit`.
@@ -282,11 +343,33 @@ class Laplace:
             **options: A sampled posterior's ``gamma``: ``"function"`` (``(1/K) Σ_k ‖Jζ_k‖²_B``;
                 default) or ``"weight"`` estimator, and ``n_em_samples``: ``K`` per E-step
                 (default 8; the final draw uses ``n_samples``).
+            method: ``"em"`` (default) or ``"gridsearch"``.
+            val_loader: Validation data, as for :meth:`fit` (``"gridsearch"`` only, required).
+            grid: Candidate precisions for ``"gridsearch"`` (see :meth:`select_prior_precision`).
 
         Returns:
-            The history, one dict per step (step 0 is the start): ``prior_precision``, ``gamma``,
-            ``mean_norm_sq``, ``sigma_noise``, ``seconds``. Also kept as ``em_history``.
+            EM: the history, one dict per step (step 0 is the start): ``prior_precision``,
+            ``gamma``, ``mean_norm_sq``, ``sigma_noise``, ``seconds``, also kept as
+            ``em_history``. Grid search: the dict of :meth:`select_prior_precision`.
         """
+        if method not in PRIOR_METHODS:
+            raise ValueError(f"`method` must be one of {PRIOR_METHODS}, got {method!r}.")
+        if method == "gridsearch":
+            if val_loader is None:
+                raise ValueError(
+                    "method='gridsearch' scores each α on validation data: pass "
+                    "`val_loader=(x_val, y_val)` (or a DataLoader)."
+                )
+            em_only = {"update_sigma": update_sigma, "checkpoint": checkpoint}
+            unused = [name for name, value in em_only.items() if value] + list(options)
+            if unused:
+                raise ValueError(f"{unused} apply to method='em' only, not to 'gridsearch'.")
+            return self.fit(train_loader).select_prior_precision(val_loader, grid)
+        if val_loader is not None or grid is not None:
+            raise ValueError(
+                "`val_loader` and `grid` are for method='gridsearch'; EM learns α from the "
+                "training data alone."
+            )
         check_em_settings(max_iter, tol)
         if update_sigma and not isinstance(self.likelihood, Gaussian):
             raise ValueError("`update_sigma=True` needs a regression (Gaussian) likelihood.")

@@ -89,11 +89,14 @@ class DensePosterior:
         step = exact_e_step(model, ggn, mode, anchor, seed, self.solver_of_mean(progress))
         return Expectation(step, refit, estimated=False)
 
-    def validation_nll(
-        self, jac: Tensor, f0: Tensor, y: Tensor, sigma, grid: Tensor
+    def grid_search(
+        self, features, x, f0: Tensor, y: Tensor, sigma, grid: Tensor, seed: int, progress
     ) -> list[float]:
-        """:func:`~linearised_laplace.metrics.grid_nll` of the fitted GGN."""
-        return grid_nll(self.ggn, jac, f0, y, sigma, grid)
+        """:func:`~linearised_laplace.metrics.grid_nll` of the fitted GGN; refits at the best."""
+        scores = grid_nll(self.ggn, features.to_dense(x).double(), f0, y, sigma, grid)
+        best = self.model.prior.with_precision(grid[int(torch.tensor(scores).argmin())])
+        self.fit(self.model.with_prior(best), len(self.samples), seed, progress, self.ggn)
+        return scores
 
     def log_evidence(self, precision: Tensor, sigma: float, mode, anchor, seed: int, progress):
         """:func:`~linearised_laplace.em.log_evidence` of the fit at these hyperparameters."""

@@ -7,12 +7,15 @@ samples' noise across steps, rescaled to each ``σ``, and warm-starts every solv
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor
 
 from .._checks import check_positive_int
 from ..em import Expectation, check_gamma, sampled_e_step
 from ..likelihoods import Gaussian
 from ..mean import solve_mean
+from ..metrics import linearised_nll
 from ..solvers.auto import (
     check_sharding,
     check_solver,
@@ -32,6 +35,8 @@ class SampledPosterior:
 
     Attributes:
         samples: ``[S, P]`` samples; ``solve_info``: the last solve's diagnostics.
+        model, noise: The linear model of the last fit and its samples' noise (``None`` after a
+            load), kept so that the samples can be re-solved at other priors.
     """
 
     def __init__(self, solver="auto", mean_solver=None, space: str = "auto", strict: bool = False):
@@ -39,9 +44,10 @@ class SampledPosterior:
         self.strict = bool(strict)
         self.mean_solver = Newton() if mean_solver is None else mean_solver
         self.samples, self.solve_info = None, None
+        self.forget()
 
     def forget(self) -> None:  # noqa: D102
-        self.samples = None
+        self.samples = self.model = self.noise = None
 
     def check_parallel(self) -> None:
         """The dual space is not sharded over ranks."""
@@ -50,8 +56,36 @@ class SampledPosterior:
     def fit(self, model, n_samples: int, seed: int, progress, warm=None, sketch=None) -> None:
         """Draw ``n_samples``, warm-started from ``warm`` (samples of the same noise)."""
         choice = choose_solver(model, self.solver, self.space)
-        result = draw_samples(model, choice, n_samples, seed, self.strict, warm, sketch, progress)
+        result, self.noise = draw_samples(
+            model, choice, n_samples, seed, self.strict, warm, sketch, progress
+        )
+        self.model, self.samples, self.solve_info = model, result.samples, result.info
+
+    def grid_search(
+        self, features, x, f0: Tensor, y: Tensor, sigma, grid: Tensor, seed: int, progress
+    ) -> list[float]:
+        r"""Validation NLL of the samples re-solved at each isotropic ``α``; keeps the best.
+
+        The fit's noise is kept and rescaled to each ``α`` (``A θ_0 + u``), not redrawn, and each
+        solve is warm-started from the last, so the scores differ by ``α`` alone. The predictive
+        is :func:`~linearised_laplace.metrics.linearised_nll` with the sample covariance
+        ``(1/S) Σ_s (J ζ_s)(J ζ_s)ᵀ``.
+        """
+        choice = choose_solver(self.model, self.solver, self.space)
+        scores, warm, best = [], None, None
+        for alpha in grid:
+            model = self.model.with_prior(self.model.prior.with_precision(alpha))
+            result, warm = solve_samples(
+                model, self.noise, choice, warm, seed, self.strict, progress
+            )
+            _, jz = features.jvp(x, result.samples)
+            half = jz.permute(1, 2, 0).double() / math.sqrt(len(result.samples))
+            scores.append(linearised_nll(f0, half, y, sigma))
+            if best is None or scores[-1] < min(scores[:-1]):
+                best = model, result
+        (self.model, result) = best
         self.samples, self.solve_info = result.samples, result.info
+        return scores
 
     def extra_samples(self, count: int, seed: int) -> Tensor:
         """Raises: a sampled posterior has only the samples it was fitted with."""

@@ -1,0 +1,121 @@
+"""laplace-torch parity (issue 19, item 1): each feature against the dense oracle (float64)."""
+
+import pytest
+import torch
+
+import linearised_laplace as lla
+
+from ..cases import classification_data, mlp, regression_data
+
+QUIET = {"progress": False}
+GRID = [0.01, 0.1, 1.0, 10.0, 100.0]
+SIGMA = 0.3
+
+
+def _data(task, n, seed):
+    """Regression targets ``net(x) + 0.45 ε`` at σ = 0.3: the validation optimum is interior."""
+    if task == "classification":
+        return classification_data(n, seed=seed)
+    x, _ = regression_data(n, seed=seed)
+    f = mlp(n_out=2)(x).detach()
+    return x, f + 0.45 * torch.randn(f.shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _setup(task):
+    net = mlp(n_out=2 if task == "regression" else 3)
+    kw = {"sigma_noise": SIGMA} if task == "regression" else {}
+    return net, kw, _data(task, 20, seed=1), _data(task, 30, seed=7)
+
+
+def _exact_validation_nll(la, val):
+    """What select_prior_precision scores: the probit or the Gaussian predictive's mean NLL."""
+    x, y = val
+    if isinstance(la.likelihood, lla.Categorical):
+        probs = la(x, link_approx="probit")
+        return float(-probs[torch.arange(len(y)), y].log().mean())
+    mean, cov = la(x)
+    cov = cov + SIGMA**2 * torch.eye(cov.shape[-1])
+    return float(-torch.distributions.MultivariateNormal(mean, cov).log_prob(y).mean())
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_grid_search_picks_the_validation_optimal_alpha(task):
+    net, kw, train, val = _setup(task)
+    brute = []
+    for alpha in GRID:
+        la = lla.ExactLaplace(net, task, prior_precision=alpha, n_samples=2, **kw, **QUIET)
+        brute.append(_exact_validation_nll(la.fit(train), val))
+    exact = lla.ExactLaplace(net, task, n_samples=2, **kw, **QUIET).fit(train)
+    result = exact.select_prior_precision(val, grid=GRID)
+    torch.testing.assert_close(torch.tensor(result["nll"]), torch.tensor(brute))
+    best = int(torch.tensor(brute).argmin())
+    assert result["prior_precision"] == GRID[best] == float(exact.prior_precision)
+    if task == "regression":
+        assert 0 < best < len(GRID) - 1  # an interior optimum: the test can tell
+
+
+@pytest.mark.parametrize("space", ["primal", "dual"])
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_sampled_grid_search_picks_the_exact_alpha_from_kept_noise(task, space):
+    net, kw, train, val = _setup(task)
+    kw.update(n_samples=3000, seed=2, **QUIET)
+    exact = lla.ExactLaplace(net, task, **kw).fit(train)
+    sampled = lla.SampledLaplace(net, task, solver=lla.Cholesky(), space=space, **kw).fit(train)
+    picked = sampled.select_prior_precision(val, grid=GRID)
+    reference = exact.select_prior_precision(val, grid=GRID)
+    assert picked["prior_precision"] == reference["prior_precision"]
+    # 3000 samples: the sample covariance of f is within a few per cent of the exact one
+    torch.testing.assert_close(
+        torch.tensor(picked["nll"]), torch.tensor(reference["nll"]), rtol=0.02, atol=0.0
+    )
+    # the noise is kept, rescaled: the samples at the chosen α are a fresh fit's at that α
+    best = picked["prior_precision"]
+    fresh = lla.SampledLaplace(
+        net, task, solver=lla.Cholesky(), space=space, **{**kw, "prior_precision": best}
+    ).fit(train)
+    torch.testing.assert_close(sampled.posterior_samples, fresh.posterior_samples)
+    torch.testing.assert_close(sampled.posterior_samples, exact.posterior_samples)
+    assert float(sampled.prior_precision) == best
+
+
+def test_sampled_grid_search_warm_starts_an_iterative_solver():
+    net, _, train, val = _setup("classification")
+    kw = {"n_samples": 6, "seed": 2, **QUIET}
+    cg = lla.SampledLaplace(net, solver=lla.CG(rtol=1e-12), space="primal", **kw).fit(train)
+    exact = lla.ExactLaplace(net, **kw).fit(train)
+    picked = cg.select_prior_precision(val, grid=GRID)
+    exact.select_prior_precision(val, grid=[picked["prior_precision"]])
+    torch.testing.assert_close(cg.posterior_samples, exact.posterior_samples)
+
+
+@pytest.mark.parametrize("method", ["exact", "sampled"])
+def test_optimize_prior_precision_gridsearch_is_select_prior_precision(method):
+    net, _, train, val = _setup("classification")
+    make = {
+        "exact": lambda: lla.ExactLaplace(net, n_samples=3, **QUIET),
+        "sampled": lambda: lla.SampledLaplace(net, n_samples=3, solver=lla.Cholesky(), **QUIET),
+    }[method]
+    result = make().optimize_prior_precision(train, method="gridsearch", val_loader=val, grid=GRID)
+    expected = make().fit(train).select_prior_precision(val, grid=GRID)
+    assert result == expected
+    history = make().optimize_prior_precision(train, method="em", max_iter=2, tol=10.0)
+    assert isinstance(history, list) and "gamma" in history[-1]
+
+
+def test_optimize_prior_precision_method_errors():
+    net, _, train, _ = _setup("classification")
+    la = lla.SampledLaplace(net, n_samples=2, **QUIET)
+    with pytest.raises(ValueError, match="gridsearch.*pass `val_loader="):
+        la.optimize_prior_precision(train, method="gridsearch")
+    with pytest.raises(ValueError, match=r"`method` must be one of \('em', 'gridsearch'\)"):
+        la.optimize_prior_precision(train, method="marglik")
+    with pytest.raises(ValueError, match="for method='gridsearch'; EM learns"):
+        la.optimize_prior_precision(train, val_loader=train)
+    with pytest.raises(
+        ValueError, match=r"\['update_sigma', 'n_em_samples'\] apply to method='em'"
+    ):
+        la.optimize_prior_precision(
+            train, method="gridsearch", val_loader=train, update_sigma=True, n_em_samples=4
+        )
+    with pytest.raises(lla.NotFittedError, match=r"fit\("):
+        la.select_prior_precision(train)
