@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import linearised_laplace as lla
+from linearised_laplace import reference
 
 from ..cases import classification_data, mlp, regression_data
 
@@ -119,3 +120,41 @@ def test_optimize_prior_precision_method_errors():
         )
     with pytest.raises(lla.NotFittedError, match=r"fit\("):
         la.select_prior_precision(train)
+
+
+def _oracle_covariance(net, x_train, likelihood, alpha, x):
+    """``J_a Σ J_bᵀ`` ``[N, C, N, C]`` from reference.jacobian and the dense posterior covariance."""
+    jac = reference.jacobian(net, x_train)
+    hess = likelihood.hessian(net(x_train).detach())
+    alpha = torch.full((jac.shape[-1],), alpha)
+    cov = torch.linalg.inv(reference.posterior_precision(jac, hess, alpha))
+    jac_x = reference.jacobian(net, x)
+    return torch.einsum("acd,de,bfe->acbf", jac_x, cov, jac_x)
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_functional_covariance_is_the_dense_joint_covariance(task):
+    net, kw, train, _ = _setup(task)
+    la = lla.ExactLaplace(net, task, prior_precision=2.0, n_samples=2, **kw, **QUIET).fit(train)
+    x = torch.randn(4, 3)
+    joint = la.functional_covariance(x)
+    assert joint.shape == (4, la.model[-1].out_features, 4, la.model[-1].out_features)
+    torch.testing.assert_close(joint, _oracle_covariance(net, train[0], la.likelihood, 2.0, x))
+    blocks = torch.stack([joint[a, :, a, :] for a in range(4)])
+    torch.testing.assert_close(blocks, la.functional_variance(x))
+    assert float(joint[0, :, 1, :].abs().max()) > 1e-3  # the off-diagonal blocks are not zero
+
+
+def test_sampled_functional_covariance_is_within_its_monte_carlo_error():
+    # R2: E‖Σ̂ − Σ‖²_F = (tr(Σ)² + ‖Σ‖²_F)/S for S zero-mean Gaussian samples; allow 3× that.
+    net, _, train, _ = _setup("classification")
+    n_samples, x = 2000, torch.randn(4, 3)
+    kw = {"prior_precision": 2.0, "n_samples": n_samples, "seed": 4, **QUIET}
+    sampled = lla.SampledLaplace(net, solver=lla.Cholesky(), **kw).fit(train)
+    estimate = sampled.functional_covariance(x)
+    exact = lla.ExactLaplace(net, **kw).fit(train).functional_covariance(x).reshape(12, 12)
+    mc_error = float(((torch.trace(exact) ** 2 / exact.norm() ** 2 + 1) / n_samples).sqrt())
+    relative = float((estimate.reshape(12, 12) - exact).norm() / exact.norm())
+    assert mc_error / 10 < relative < 3 * mc_error  # an estimate, and a good one
+    blocks = torch.stack([estimate[a, :, a, :] for a in range(4)])
+    torch.testing.assert_close(blocks, sampled.functional_variance(x))

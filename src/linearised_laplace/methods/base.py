@@ -234,15 +234,30 @@ class Laplace:
         samples = self.sample(n_samples)
         return self.linearisation.linearised_forward(self.linearisation.check_inputs(x), samples)
 
+    def _functional_factor(self, x: Inputs) -> Tensor:
+        self.check_fitted()
+        features = self.coordinates.transform(self.linearisation)
+        return self.posterior.functional_factor(features, self.linearisation.check_inputs(x))
+
     def functional_variance(self, x: Inputs) -> Tensor:
         r"""Posterior covariance of ``f(x)`` per input, ``J(x) Σ J(x)ᵀ``: ``[N, C, C]``.
 
         Exact for a dense posterior; the sample estimate ``(1/S) Σ_s (J ζ_s)(J ζ_s)ᵀ`` otherwise.
         ``x`` as in :meth:`__call__`.
         """
-        self.check_fitted()
-        features = self.coordinates.transform(self.linearisation)
-        return self.posterior.functional_variance(features, self.linearisation.check_inputs(x))
+        half = self._functional_factor(x)
+        return (half @ half.transpose(1, 2)).to(self.linearisation.dtype)
+
+    def functional_covariance(self, x: Inputs) -> Tensor:
+        r"""Joint posterior covariance of ``f`` over the batch, ``J(x_a) Σ J(x_b)ᵀ``: ``[N, C, N, C]``.
+
+        laplace-torch's ``joint=True``. Exact for a dense posterior; the sample estimate
+        ``(1/S) Σ_s (J(x_a) ζ_s)(J(x_b) ζ_s)ᵀ`` otherwise. Its diagonal blocks ``[a, :, a, :]``
+        are :meth:`functional_variance`; ``.reshape(N·C, N·C)`` gives the matrix. ``x`` as in
+        :meth:`__call__`.
+        """
+        half = self._functional_factor(x)
+        return torch.einsum("acr,bdr->acbd", half, half).to(self.linearisation.dtype)
 
     def __call__(
         self, x: Inputs, link_approx: Literal["mc", "probit"] = "mc"

@@ -25,8 +25,8 @@ class Posterior(Protocol):
     def expectation(self, model, mode, anchor, seed, progress, **options) -> Expectation:
         """The E-step (and the refit at the end) of EM on ``model``."""
 
-    def functional_variance(self, features, x: Tensor) -> Tensor:
-        """``J(x) Σ J(x)ᵀ`` ``[N, C, C]`` for ``features`` ``J`` in the coordinates."""
+    def functional_factor(self, features, x: Tensor) -> Tensor:
+        """``G`` ``[N, C, R]`` with ``G_a G_bᵀ = J(x_a) Σ J(x_b)ᵀ`` for ``features`` ``J``."""
 
     def grid_search(self, features, x, f0, y, sigma, grid: Tensor, seed: int, progress) -> list:
         """Validation NLL of ``f0 + J(x) ζ`` per isotropic precision in ``grid``; refit at the best."""

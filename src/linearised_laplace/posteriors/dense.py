@@ -67,10 +67,9 @@ class DensePosterior:
         """``H^{-1}`` ``[P, P]`` (float64)."""
         return torch.cholesky_inverse(self.factor)
 
-    def functional_variance(self, features, x: Tensor) -> Tensor:
-        """``J(x) H^{-1} J(x)ᵀ`` ``[N, C, C]`` for features ``J`` in the posterior's coordinates."""
-        half = whiten(self.factor, features.to_dense(x).to(torch.float64))
-        return (half @ half.transpose(1, 2)).to(features.dtype)
+    def functional_factor(self, features, x: Tensor) -> Tensor:
+        """``J(x) R^{-1}`` ``[N, C, P]`` (float64): its Gram is ``J(x) H^{-1} J(x)ᵀ``, exactly."""
+        return whiten(self.factor, features.to_dense(x).to(torch.float64))
 
     def solver_of_mean(self, progress):
         """``(problem, init, preconditioner, seed) ↦ θ̄`` by the mean solver."""

@@ -30,6 +30,11 @@ from ..solvers.dual import dual_mean
 from ..solvers.newton import Newton
 
 
+def sample_factor(jz: Tensor) -> Tensor:
+    r"""``[S, N, C] → [N, C, S]``, ``G = (J ζ_s)_s / √S``: ``G_a G_bᵀ = (1/S) Σ_s (J_a ζ_s)(J_b ζ_s)ᵀ``."""
+    return jz.permute(1, 2, 0) / math.sqrt(jz.shape[0])
+
+
 class SampledPosterior:
     """Samples by a chosen (or the automatic) solver; see :class:`~linearised_laplace.SampledLaplace`.
 
@@ -78,8 +83,7 @@ class SampledPosterior:
             result, warm = solve_samples(
                 model, self.noise, choice, warm, seed, self.strict, progress
             )
-            _, jz = features.jvp(x, result.samples)
-            half = jz.permute(1, 2, 0).double() / math.sqrt(len(result.samples))
+            half = sample_factor(features.jvp(x, result.samples)[1]).double()
             scores.append(linearised_nll(f0, half, y, sigma))
             if best is None or scores[-1] < min(scores[:-1]):
                 best = model, result
@@ -95,10 +99,9 @@ class SampledPosterior:
             f"Construct with n_samples={drawn + count} and fit again."
         )
 
-    def functional_variance(self, features, x: Tensor) -> Tensor:
-        r"""``(1/S) Σ_s (J(x) ζ_s)(J(x) ζ_s)ᵀ`` (the mean is known to be 0): ``[N, C, C]``."""
-        _, jz = features.jvp(x, self.samples)
-        return (jz[..., :, None] * jz[..., None, :]).mean(0)
+    def functional_factor(self, features, x: Tensor) -> Tensor:
+        """:func:`sample_factor` of ``J(x) ζ_s``: the sample covariance of ``f`` (mean known 0)."""
+        return sample_factor(features.jvp(x, self.samples)[1])
 
     def solver_of_mean(self, progress):
         """``(problem, init, preconditioner, seed) ↦ θ̄`` (dual and Gaussian: in closed form)."""
