@@ -158,3 +158,40 @@ def test_sampled_functional_covariance_is_within_its_monte_carlo_error():
     assert mc_error / 10 < relative < 3 * mc_error  # an estimate, and a good one
     blocks = torch.stack([estimate[a, :, a, :] for a in range(4)])
     torch.testing.assert_close(blocks, sampled.functional_variance(x))
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        lambda *a, **kw: lla.ExactLaplace(*a, **kw),
+        lambda *a, **kw: lla.SampledLaplace(*a, solver=lla.Cholesky(), **kw),
+        lambda *a, **kw: lla.SampledLaplace(*a, tangent_batching="vmap", **kw),
+        lambda *a, **kw: lla.ExactLaplace(*a, parameters="last_layer", g_prior=True, **kw),
+    ],
+    ids=["exact", "sampled", "sampled-vmap", "exact-g-prior-last-layer"],
+)
+def test_enable_backprop_gradients_match_finite_differences(method):
+    net, _, train, _ = _setup("classification")
+    la = method(net, prior_precision=0.5, n_samples=5, enable_backprop=True, **QUIET).fit(train)
+    x = torch.randn(2, 3, requires_grad=True)
+    for predictive in (
+        la.linearisation.forward,
+        la.functional_variance,
+        la.functional_covariance,
+        la.predictive_samples,
+        lambda x: la(x, link_approx="probit"),
+        lambda x: la(x, link_approx="mc"),
+    ):
+        assert torch.autograd.gradcheck(predictive, (x,))
+    regression = method(mlp(n_out=2), "regression", n_samples=3, enable_backprop=True, **QUIET)
+    regression.fit(_data("regression", 20, seed=1))
+    assert torch.autograd.gradcheck(lambda x: regression(x), (x,))
+    assert not any(p.grad is not None for p in net.parameters())  # the network is left alone
+
+
+def test_the_dense_predictive_is_detached_without_enable_backprop():
+    net, _, train, _ = _setup("classification")
+    la = lla.ExactLaplace(net, n_samples=2, **QUIET).fit(train)
+    x = torch.randn(2, 3, requires_grad=True)
+    assert not la(x, link_approx="probit").requires_grad
+    assert not la.functional_covariance(x).requires_grad

@@ -69,6 +69,9 @@ class Laplace:
         feature_memory_gib: Hold the training features ``Φ`` ``[n, C, P]`` while they fit in this
             many GiB (``0``: never), making every later data pass a matrix product.
         progress: Progress bars on long passes (``None``: only on a terminal).
+        enable_backprop: Make the predictive differentiable in ``x`` (laplace-torch's keyword):
+            ``__call__``, ``predictive_samples``, ``functional_variance`` and
+            ``functional_covariance`` keep the autograd graph to inputs that require grad.
 
     Attributes:
         coordinates: The :class:`~linearised_laplace.coordinates.Coordinates`; ``posterior``: the
@@ -93,10 +96,15 @@ class Laplace:
         tangent_batching: TangentBatching = "auto",
         feature_memory_gib: float = FEATURE_MEMORY_GIB,
         progress: bool | None = None,
+        enable_backprop: bool = False,
     ):
         self.likelihood = make_likelihood(likelihood, sigma_noise)
         lin = Linearisation(
-            model, parameters, exclude_norm=exclude_norm, tangent_batching=tangent_batching
+            model,
+            parameters,
+            exclude_norm=exclude_norm,
+            tangent_batching=tangent_batching,
+            enable_backprop=enable_backprop,
         )
         self.prior = make_prior(prior_precision, lin.selection.group_ids, lin.selection.names)
         self.n_samples = check_positive_int("n_samples", n_samples)
