@@ -195,3 +195,44 @@ def test_the_dense_predictive_is_detached_without_enable_backprop():
     x = torch.randn(2, 3, requires_grad=True)
     assert not la(x, link_approx="probit").requires_grad
     assert not la.functional_covariance(x).requires_grad
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        lambda *a, **kw: lla.ExactLaplace(*a, **kw),
+        lambda *a, **kw: lla.SampledLaplace(*a, solver=lla.CG(rtol=1e-12), space="primal", **kw),
+        lambda *a, **kw: lla.SampledLaplace(*a, solver=lla.SGD(n_epochs=3), **kw),
+        lambda *a, **kw: lla.ExactLaplace(*a, g_prior=True, **kw),
+    ],
+    ids=["exact", "sampled-cg", "sampled-sgd", "exact-g-prior"],
+)
+@pytest.mark.parametrize("task", ["classification", "regression"])
+@pytest.mark.filterwarnings("ignore:sgd did not converge")  # both runs equally inexact
+def test_a_constant_diagonal_prior_is_the_scalar_prior(task, method):
+    net, kw, train, _ = _setup(task)
+    kw.update(n_samples=3, seed=5, **QUIET)
+    d = sum(p.numel() for p in net.parameters())
+    scalar = method(net, task, prior_precision=2.0, **kw).fit(train)
+    diagonal = method(net, task, prior_precision=torch.full((d,), 2.0), **kw).fit(train)
+    assert diagonal.prior_precision.shape == (d,)
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(diagonal.posterior_samples, scalar.posterior_samples)
+    torch.testing.assert_close(diagonal.functional_variance(x), scalar.functional_variance(x))
+
+
+def test_a_diagonal_prior_gives_the_dense_posterior_and_is_refused_by_em():
+    net, _, train, val = _setup("classification")
+    d = sum(p.numel() for p in net.parameters())
+    alpha = torch.linspace(0.5, 5.0, d)
+    la = lla.ExactLaplace(net, prior_precision=alpha, n_samples=2, **QUIET).fit(train)
+    jac = reference.jacobian(net, train[0])
+    hess = la.likelihood.hessian(net(train[0]).detach())
+    expected = torch.linalg.inv(reference.posterior_precision(jac, hess, alpha))
+    torch.testing.assert_close(la.posterior_covariance, expected)
+    with pytest.raises(ValueError, match=r"EM does not learn a per-weight \[D\] prior"):
+        la.optimize_prior_precision(train)
+    with pytest.raises(ValueError, match=r"or one per parameter \(38\), got 37 values"):
+        lla.SampledLaplace(net, prior_precision=alpha[1:])
+    result = la.optimize_prior_precision(train, method="gridsearch", val_loader=val, grid=GRID)
+    assert la.prior_precision.tolist() == [result["prior_precision"]]  # isotropic again

@@ -54,7 +54,8 @@ class Laplace:
             :class:`~linearised_laplace.posteriors.SampledPosterior`.
         coordinates: Keywords of :class:`~linearised_laplace.coordinates.Coordinates` (``ranking``,
             ``basis``, ``output_map``).
-        prior_precision: ``α > 0``, or one value per linearised parameter tensor (layerwise).
+        prior_precision: ``α > 0``, one value per linearised parameter tensor (layerwise), or
+            ``[D]``, one per linearised weight (diagonal; not learnt by EM).
         sigma_noise: Gaussian noise standard deviation (regression only).
         n_samples: Posterior samples ``S`` drawn by ``fit``.
         seed: Seeds every random draw; equal seeds give equal samples.
@@ -128,7 +129,7 @@ class Laplace:
 
     @property
     def prior_precision(self) -> Tensor:
-        """``[G]`` prior precision: one value (isotropic) or one per parameter tensor."""
+        """Prior precision: ``[1]`` (isotropic), ``[G]`` per parameter tensor or ``[D]`` per weight."""
         return self.prior.precision.clone()
 
     @property
@@ -392,6 +393,13 @@ class Laplace:
             raise ValueError(
                 "`val_loader` and `grid` are for method='gridsearch'; EM learns α from the "
                 "training data alone."
+            )
+        if self.prior.is_diagonal:
+            raise ValueError(
+                "EM does not learn a per-weight [D] prior precision: MacKay's update "
+                "α_d = γ_d / θ̄_d² rests on one weight each and is unstable (a weight near 0 sends "
+                "its α to infinity). Start from one value or one per parameter tensor, or use "
+                "method='gridsearch'."
             )
         check_em_settings(max_iter, tol)
         if update_sigma and not isinstance(self.likelihood, Gaussian):
