@@ -236,3 +236,19 @@ def test_a_diagonal_prior_gives_the_dense_posterior_and_is_refused_by_em():
         lla.SampledLaplace(net, prior_precision=alpha[1:])
     result = la.optimize_prior_precision(train, method="gridsearch", val_loader=val, grid=GRID)
     assert la.prior_precision.tolist() == [result["prior_precision"]]  # isotropic again
+
+
+def test_predictive_samples_beyond_the_fitted_ones():
+    net, _, train, _ = _setup("classification")
+    kw = {"prior_precision": 2.0, "n_samples": 3, **QUIET}
+    exact = lla.ExactLaplace(net, **kw).fit(train)
+    x = torch.randn(4, 3)
+    more = exact.predictive_samples(x, n_samples=7)
+    torch.testing.assert_close(more[:3], exact.predictive_samples(x))
+    torch.testing.assert_close(more[:2], exact.predictive_samples(x, n_samples=2))
+    torch.testing.assert_close(more, exact.predictive_samples(x, n_samples=9)[:7])  # one stream
+    new = more[3:].flatten(1)
+    assert float(torch.cdist(new, more[:3].flatten(1)).min()) > 1e-3  # new draws, not repeats
+    sampled = lla.SampledLaplace(net, **kw).fit(train)
+    with pytest.raises(ValueError, match=r"Only 3 posterior samples .* n_samples=7 and fit again"):
+        sampled.predictive_samples(x, n_samples=7)

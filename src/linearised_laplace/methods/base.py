@@ -238,7 +238,10 @@ class Laplace:
         r"""Function samples ``f(x; θ*) + J(x) ζ_s``: ``[S, N, C]``.
 
         ``x``: ``N`` inputs as the model takes them (a tensor ``[N, ...]``, a tuple or a dict of
-        tensors with ``N`` rows each), as in :meth:`__call__`.
+        tensors with ``N`` rows each), as in :meth:`__call__`. ``n_samples`` (as in :meth:`sample`):
+        the first ones of the fitted samples (all by default); more than were fitted are exact new
+        draws for a dense posterior (from a stream of their own, the same on every call), and a
+        ``ValueError`` for a sampled one (construct it with more ``n_samples``).
         """
         samples = self.sample(n_samples)
         return self.linearisation.linearised_forward(self.linearisation.check_inputs(x), samples)
