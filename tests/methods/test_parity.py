@@ -79,7 +79,7 @@ def test_sampled_grid_search_picks_the_exact_alpha_from_kept_noise(task, space):
     assert float(sampled.prior_precision) == best
 
 
-def test_sampled_grid_search_warm_starts_an_iterative_solver():
+def test_sampled_grid_search_with_warm_started_cg_ends_at_the_exact_samples():
     net, _, train, val = _setup("classification")
     kw = {"n_samples": 6, "seed": 2, **QUIET}
     cg = lla.SampledLaplace(net, solver=lla.CG(rtol=1e-12), space="primal", **kw).fit(train)

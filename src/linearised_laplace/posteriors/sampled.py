@@ -40,8 +40,8 @@ class SampledPosterior:
 
     Attributes:
         samples: ``[S, P]`` samples; ``solve_info``: the last solve's diagnostics.
-        model, noise: The linear model of the last fit and its samples' noise (``None`` after a
-            load), kept so that the samples can be re-solved at other priors.
+        model: The linear model of the last fit (``None`` after a load), kept so that the
+            samples can be re-solved at other priors.
     """
 
     def __init__(self, solver="auto", mean_solver=None, space: str = "auto", strict: bool = False):
@@ -52,7 +52,7 @@ class SampledPosterior:
         self.forget()
 
     def forget(self) -> None:  # noqa: D102
-        self.samples = self.model = self.noise = None
+        self.samples = self.model = None
 
     def check_parallel(self) -> None:
         """The dual space is not sharded over ranks."""
@@ -61,9 +61,7 @@ class SampledPosterior:
     def fit(self, model, n_samples: int, seed: int, progress, warm=None, sketch=None) -> None:
         """Draw ``n_samples``, warm-started from ``warm`` (samples of the same noise)."""
         choice = choose_solver(model, self.solver, self.space)
-        result, self.noise = draw_samples(
-            model, choice, n_samples, seed, self.strict, warm, sketch, progress
-        )
+        result = draw_samples(model, choice, n_samples, seed, self.strict, warm, sketch, progress)
         self.model, self.samples, self.solve_info = model, result.samples, result.info
 
     def grid_search(
@@ -71,18 +69,20 @@ class SampledPosterior:
     ) -> list[float]:
         r"""Validation NLL of the samples re-solved at each isotropic ``α``; keeps the best.
 
-        The fit's noise is kept and rescaled to each ``α`` (``A θ_0 + u``), not redrawn, and each
-        solve is warm-started from the last, so the scores differ by ``α`` alone. The predictive
-        is :func:`~linearised_laplace.metrics.linearised_nll` with the sample covariance
+        The fit's noise (``ξ``, ``u``: a pure function of ``seed``, rebuilt in one data pass
+        rather than held beside the samples) is rescaled to each ``α`` (``A θ_0 + u``), not
+        redrawn, and each solve is warm-started from the last (a primal one first from the fitted
+        samples), so the scores differ by ``α`` alone. The predictive is
+        :func:`~linearised_laplace.metrics.linearised_nll` with the sample covariance
         ``(1/S) Σ_s (J ζ_s)(J ζ_s)ᵀ``.
         """
         choice = choose_solver(self.model, self.solver, self.space)
-        scores, warm, best = [], None, None
+        noise = choice_noise(self.model, choice, len(self.samples), seed, progress=progress)
+        warm = self.samples if choice.space == "primal" else None
+        scores, best = [], None
         for alpha in grid:
             model = self.model.with_prior(self.model.prior.with_precision(alpha))
-            result, warm = solve_samples(
-                model, self.noise, choice, warm, seed, self.strict, progress
-            )
+            result, warm = solve_samples(model, noise, choice, warm, seed, self.strict, progress)
             half = sample_factor(features.jvp(x, result.samples)[1]).double()
             scores.append(linearised_nll(f0, half, y, sigma))
             if best is None or scores[-1] < min(scores[:-1]):

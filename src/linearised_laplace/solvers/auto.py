@@ -172,18 +172,17 @@ def draw_samples(
     warm: Tensor | None = None,
     sketch: LowRank | None = None,
     progress: bool | None = None,
-) -> tuple[SolveResult, PosteriorNoise]:
-    """``n_samples`` samples of ``seed``'s noise, and that noise (to re-solve at other priors).
+) -> SolveResult:
+    """``n_samples`` samples of ``seed``'s noise; ``warm``: samples of the same noise to start from.
 
-    ``warm``: samples of the same noise to start from. Samples share noise by index, so the first
-    rows of a primal solve warm-start exactly.
+    Samples share noise by index, so the first rows of a primal solve warm-start exactly.
     """
     noise = choice_noise(model, choice, n_samples, seed, sketch, progress)
     init = None
     if warm is not None and choice.space == "primal":
         init = noise.theta0(model.prior_diag()).clone()
         init[: len(warm)] = warm[: len(init)]
-    return solve_samples(model, noise, choice, init, seed, strict, progress)[0], noise
+    return solve_samples(model, noise, choice, init, seed, strict, progress)[0]
 
 
 def check_sharding(solver: SGD | SDD | CG | Cholesky | None, space: str) -> None:
