@@ -362,6 +362,9 @@ class Laplace:
             train_loader: Training data, as for :meth:`fit`.
             max_iter: EM steps at most.
             tol: Stop when every ``|Δ log α|`` (and ``|Δ log σ|``) falls below this.
+            method: ``"em"`` (default) or ``"gridsearch"``.
+            val_loader: Validation data, as for :meth:`fit` (``"gridsearch"`` only, required).
+            grid: Candidate precisions for ``"gridsearch"`` (see :meth:`select_prior_precision`).
             mean: ``"tangent"`` (the linear model's mode with outputs ``J w``; default),
                 ``"affine"`` (outputs ``f(x; θ*) + J(w − θ*)``) or ``"network"`` (use ``θ*``).
             update_sigma: Also learn the Gaussian noise (regression).
@@ -370,9 +373,6 @@ class Laplace:
             **options: A sampled posterior's ``gamma``: ``"function"`` (``(1/K) Σ_k ‖Jζ_k‖²_B``;
                 default) or ``"weight"`` estimator, and ``n_em_samples``: ``K`` per E-step
                 (default 8; the final draw uses ``n_samples``).
-            method: ``"em"`` (default) or ``"gridsearch"``.
-            val_loader: Validation data, as for :meth:`fit` (``"gridsearch"`` only, required).
-            grid: Candidate precisions for ``"gridsearch"`` (see :meth:`select_prior_precision`).
 
         Returns:
             EM: the history, one dict per step (step 0 is the start): ``prior_precision``,
