@@ -91,6 +91,7 @@ class Coordinates:
                 indices,
                 exclude_norm=self.ranking.exclude_norm,
                 tangent_batching=lin.tangent_batching,
+                enable_backprop=lin.enable_backprop,
             )
             self.ranking = None
         if self.g_prior and self.scale is None:

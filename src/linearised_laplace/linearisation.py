@@ -100,6 +100,9 @@ class Linearisation(FeatureOperator):
             on up to 8 of them and 128 inputs of its batch and keeps the faster (which one wins
             depends on the network and the hardware); calls with at least ``C`` tangents take
             the ``"jacobian"`` path where the batch's Jacobian fits in :data:`JACOBIAN_BYTES`.
+        enable_backprop: Keep the autograd graph to the inputs in ``forward``, ``jvp`` and
+            ``to_dense``, so that predictions are differentiable in ``x`` (laplace-torch's
+            ``enable_backprop``). Never to the parameters, which stay detached.
 
     Attributes:
         selection: The linearised parameters.
@@ -113,6 +116,7 @@ class Linearisation(FeatureOperator):
         *,
         exclude_norm: bool = False,
         tangent_batching: TangentBatching = "auto",
+        enable_backprop: bool = False,
     ):
         if tangent_batching not in BATCHINGS:
             raise ValueError(
@@ -122,6 +126,7 @@ class Linearisation(FeatureOperator):
         self.selection = select_parameters(model, parameters, exclude_norm=exclude_norm)
         self.model = model
         self.tangent_batching = tangent_batching
+        self.enable_backprop = bool(enable_backprop)
         self.batching: str | None = {"auto": None, "jacobian": "loop"}.get(
             tangent_batching, tangent_batching
         )
@@ -222,7 +227,7 @@ class Linearisation(FeatureOperator):
         x = self._inputs(x)
         if trees.batch_size(x) == 0:  # a rank's empty share of a batch
             return self._empty_outputs()
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.enable_backprop and torch.is_grad_enabled()):
             out = self._call(self._theta, x)
         self._outputs = out.shape[-1]
         return out
@@ -348,6 +353,8 @@ class Linearisation(FeatureOperator):
             self._cached = None  # free the last batch's first
             out = self.forward(x)
             jac = self.to_dense(x)
+            if jac.requires_grad:  # a graph to the inputs is not reusable across backward passes
+                return out, jac
             now = trees.leaves(x)
             self._cached = ((now, [t._version for t in now]), out, jac)
         return self._cached[1], self._cached[2]
@@ -362,7 +369,7 @@ class Linearisation(FeatureOperator):
             jv = [
                 vjp_of_vjp({n: t[k] for n, t in trees.items()})[0] for k in range(tangents.shape[0])
             ]
-        return out.detach(), torch.stack(jv).detach()
+        return self._detached(out), self._detached(torch.stack(jv))
 
     def pullback(self, x: Inputs) -> tuple[Tensor, Pullback]:
         """``f(x; θ*)`` and the map ``u ↦ J(x)ᵀ u`` from ``[K, N, C]`` to ``[K, D]``.
@@ -445,8 +452,12 @@ class Linearisation(FeatureOperator):
         with sdpa_kernel(SDPBackend.MATH):
             if self._per_example_vmap:
                 try:
-                    return self.selection.flatten(vmap(single)(x), n_lead=2).detach()
+                    return self._detached(self.selection.flatten(vmap(single)(x), n_lead=2))
                 except (NotImplementedError, RuntimeError):
                     self._per_example_vmap = False
             jac = jacrev(lambda theta: self._call(theta, x))(self._theta)
-        return self.selection.flatten(jac, n_lead=2).detach()
+        return self._detached(self.selection.flatten(jac, n_lead=2))
+
+    def _detached(self, t: Tensor) -> Tensor:
+        """``t`` cut from the graph, unless it may carry gradients to the inputs."""
+        return t if self.enable_backprop else t.detach()

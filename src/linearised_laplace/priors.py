@@ -1,7 +1,8 @@
 r"""Gaussian priors ``θ ~ N(0, A^{-1})`` with diagonal precision ``A``.
 
-``A`` is isotropic (``α I``) or has one precision per parameter group (``⊕_g α_g I_{d_g}``, the
-"layerwise" prior of laplace-torch, with one group per parameter tensor).
+``A`` is isotropic (``α I``), has one precision per parameter group (``⊕_g α_g I_{d_g}``, the
+"layerwise" prior of laplace-torch, with one group per parameter tensor), or is diagonal, one
+precision per weight (``diag(α_1, …, α_D)``, laplace-torch's ``[D]`` prior precision).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ class Prior:
     """A zero-mean Gaussian prior with diagonal precision.
 
     Attributes:
-        precision: ``[G]`` precision per group (float64); ``G = 1`` is isotropic.
+        precision: ``[1]`` (isotropic), ``[G]`` per group or ``[D]`` per coordinate (float64).
         group_ids: ``[D]`` group of each coordinate.
         group_names: Name of each group (parameter tensor).
     """
@@ -35,8 +36,16 @@ class Prior:
         return self.precision.numel() == 1
 
     @property
+    def is_diagonal(self) -> bool:
+        """Whether each coordinate has its own precision (and the groups are not the tensors)."""
+        d = self.group_ids.numel()
+        return self.precision.numel() == d != len(self.group_names) and d > 1
+
+    @property
     def groups(self) -> Tensor:
         """``[D]`` index into ``precision`` of each coordinate (all 0 when isotropic)."""
+        if self.is_diagonal:
+            return torch.arange(self.group_ids.numel(), device=self.group_ids.device)
         return torch.zeros_like(self.group_ids) if self.is_isotropic else self.group_ids
 
     def diag(
@@ -53,10 +62,11 @@ class Prior:
 def make_prior(
     precision: float | Sequence[float] | Tensor, group_ids: Tensor, group_names: Sequence[str]
 ) -> Prior:
-    """Build a prior from one precision, or one per group.
+    """Build a prior from one precision, one per group, or one per coordinate.
 
     Args:
-        precision: A positive float (isotropic) or ``G`` positive values, one per group.
+        precision: A positive float (isotropic), ``G`` positive values, one per group, or ``D``,
+            one per coordinate (diagonal).
         group_ids: ``[D]`` group index of each coordinate.
         group_names: The ``G`` group names, used in error messages.
 
@@ -64,14 +74,14 @@ def make_prior(
         The prior.
 
     Raises:
-        ValueError: A precision is not positive, or the number of values is neither 1 nor ``G``.
+        ValueError: A precision is not positive, or the number of values is not 1, ``G`` or ``D``.
     """
     values = check_positive("prior_precision", precision)
-    n_groups = len(group_names)
-    if values.numel() not in (1, n_groups):
+    n_groups, n_params = len(group_names), group_ids.numel()
+    if values.numel() not in (1, n_groups, n_params):
         shown = ", ".join(group_names[:6]) + (", ..." if n_groups > 6 else "")
         raise ValueError(
-            f"`prior_precision` must be one value or one per parameter group ({n_groups}: {shown}), "
-            f"got {values.numel()} values."
+            f"`prior_precision` must be one value, one per parameter group ({n_groups}: {shown}) "
+            f"or one per parameter ({n_params}), got {values.numel()} values."
         )
     return Prior(values, group_ids.long(), tuple(group_names))

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from .. import persistence
-from .._checks import check_memory_gib, check_positive_int, check_seed
+from .._checks import check_finite, check_memory_gib, check_positive, check_positive_int, check_seed
 from ..coordinates import Coordinates
 from ..data import Data
 from ..em import EMState, check_em_settings, run_em, run_fingerprint
@@ -35,6 +35,7 @@ from ..priors import make_prior
 
 LikelihoodSpec = Literal["classification", "regression"] | Likelihood
 TrainingData = DataLoader | tuple[Inputs, Tensor]
+PRIOR_METHODS = ("em", "gridsearch")
 __all__ = ["Laplace", "LikelihoodSpec", "TrainingData"]
 
 
@@ -53,7 +54,8 @@ class Laplace:
             :class:`~linearised_laplace.posteriors.SampledPosterior`.
         coordinates: Keywords of :class:`~linearised_laplace.coordinates.Coordinates` (``ranking``,
             ``basis``, ``output_map``).
-        prior_precision: ``α > 0``, or one value per linearised parameter tensor (layerwise).
+        prior_precision: ``α > 0``, one value per linearised parameter tensor (layerwise), or
+            ``[D]``, one per linearised weight (diagonal; not learnt by EM).
         sigma_noise: Gaussian noise standard deviation (regression only).
         n_samples: Posterior samples ``S`` drawn by ``fit``.
         seed: Seeds every random draw; equal seeds give equal samples.
@@ -68,6 +70,9 @@ class Laplace:
         feature_memory_gib: Hold the training features ``Φ`` ``[n, C, P]`` while they fit in this
             many GiB (``0``: never), making every later data pass a matrix product.
         progress: Progress bars on long passes (``None``: only on a terminal).
+        enable_backprop: Make the predictive differentiable in ``x`` (laplace-torch's keyword):
+            ``__call__``, ``predictive_samples``, ``functional_variance`` and
+            ``functional_covariance`` keep the autograd graph to inputs that require grad.
 
     Attributes:
         coordinates: The :class:`~linearised_laplace.coordinates.Coordinates`; ``posterior``: the
@@ -92,10 +97,15 @@ class Laplace:
         tangent_batching: TangentBatching = "auto",
         feature_memory_gib: float = FEATURE_MEMORY_GIB,
         progress: bool | None = None,
+        enable_backprop: bool = False,
     ):
         self.likelihood = make_likelihood(likelihood, sigma_noise)
         lin = Linearisation(
-            model, parameters, exclude_norm=exclude_norm, tangent_batching=tangent_batching
+            model,
+            parameters,
+            exclude_norm=exclude_norm,
+            tangent_batching=tangent_batching,
+            enable_backprop=enable_backprop,
         )
         self.prior = make_prior(prior_precision, lin.selection.group_ids, lin.selection.names)
         self.n_samples = check_positive_int("n_samples", n_samples)
@@ -119,7 +129,7 @@ class Laplace:
 
     @property
     def prior_precision(self) -> Tensor:
-        """``[G]`` prior precision: one value (isotropic) or one per parameter tensor."""
+        """Prior precision: ``[1]`` (isotropic), ``[G]`` per parameter tensor or ``[D]`` per weight."""
         return self.prior.precision.clone()
 
     @property
@@ -181,6 +191,22 @@ class Laplace:
                 f"This {type(self).__name__} is not fitted yet; call `.fit(train_loader)` first."
             )
 
+    def _fitted_data(self, what: str) -> Posterior:
+        """The posterior, checked to hold the fit's training data at the model's current weights."""
+        self.check_fitted()
+        if self.posterior.model is None:
+            raise NotFittedError(
+                f"`{what}` needs the training data: call `.fit(train_loader)` (a loaded posterior "
+                "does not keep its data)."
+            )
+        changed = self.linearisation.changed()
+        if changed is not None:
+            raise ValueError(
+                f"`{what}` uses the fit at the model's former weights, but the model's {changed} "
+                "changed since. Call `.fit(train_loader)` again to linearise at the new weights."
+            )
+        return self.posterior
+
     def fit(self, train_loader: TrainingData) -> Laplace:
         """Infer the posterior at the current hyperparameters; returns ``self``.
 
@@ -212,10 +238,18 @@ class Laplace:
         r"""Function samples ``f(x; θ*) + J(x) ζ_s``: ``[S, N, C]``.
 
         ``x``: ``N`` inputs as the model takes them (a tensor ``[N, ...]``, a tuple or a dict of
-        tensors with ``N`` rows each), as in :meth:`__call__`.
+        tensors with ``N`` rows each), as in :meth:`__call__`. ``n_samples`` (as in :meth:`sample`):
+        the first ones of the fitted samples (all by default); more than were fitted are exact new
+        draws for a dense posterior (from a stream of their own, the same on every call), and a
+        ``ValueError`` for a sampled one (construct it with more ``n_samples``).
         """
         samples = self.sample(n_samples)
         return self.linearisation.linearised_forward(self.linearisation.check_inputs(x), samples)
+
+    def _functional_factor(self, x: Inputs) -> Tensor:
+        self.check_fitted()
+        features = self.coordinates.transform(self.linearisation)
+        return self.posterior.functional_factor(features, self.linearisation.check_inputs(x))
 
     def functional_variance(self, x: Inputs) -> Tensor:
         r"""Posterior covariance of ``f(x)`` per input, ``J(x) Σ J(x)ᵀ``: ``[N, C, C]``.
@@ -223,9 +257,19 @@ class Laplace:
         Exact for a dense posterior; the sample estimate ``(1/S) Σ_s (J ζ_s)(J ζ_s)ᵀ`` otherwise.
         ``x`` as in :meth:`__call__`.
         """
-        self.check_fitted()
-        features = self.coordinates.transform(self.linearisation)
-        return self.posterior.functional_variance(features, self.linearisation.check_inputs(x))
+        half = self._functional_factor(x)
+        return (half @ half.transpose(1, 2)).to(self.linearisation.dtype)
+
+    def functional_covariance(self, x: Inputs) -> Tensor:
+        r"""Joint posterior covariance of ``f`` over the batch, ``J(x_a) Σ J(x_b)ᵀ``: ``[N, C, N, C]``.
+
+        laplace-torch's ``joint=True``. Exact for a dense posterior; the sample estimate
+        ``(1/S) Σ_s (J(x_a) ζ_s)(J(x_b) ζ_s)ᵀ`` otherwise. Its diagonal blocks ``[a, :, a, :]``
+        are :meth:`functional_variance`; ``.reshape(N·C, N·C)`` gives the matrix. ``x`` as in
+        :meth:`__call__`.
+        """
+        half = self._functional_factor(x)
+        return torch.einsum("acr,bdr->acbd", half, half).to(self.linearisation.dtype)
 
     def __call__(
         self, x: Inputs, link_approx: Literal["mc", "probit"] = "mc"
@@ -253,27 +297,74 @@ class Laplace:
             return torch.softmax(kappa * self.linearisation.forward(x), dim=-1)
         raise ValueError(f"`link_approx` must be 'mc' or 'probit', got {link_approx!r}.")
 
+    def select_prior_precision(self, val_loader: TrainingData, grid: Tensor | None = None) -> dict:
+        r"""Choose ``α`` on a grid by the validation negative log-likelihood, then refit at it.
+
+        The alternative to EM that the ELLA paper and laplace-torch's ``gridsearch`` use; the
+        prior becomes isotropic. Classification is scored with the probit predictive, regression
+        with the Gaussian predictive including the noise. A dense posterior refactorises the
+        ``P × P`` posterior per grid point (cheap for subnetworks and Nyström bases); a sampled one
+        re-solves its samples per grid point from the same noise, warm-started, and scores the
+        sample covariance of ``f``. Call :meth:`fit` first.
+
+        Args:
+            val_loader: Validation data, as for :meth:`fit`.
+            grid: Candidate precisions (default ``10^{-4} … 10^{4}``, 21 points).
+
+        Returns:
+            ``{"grid": [...], "nll": [...], "prior_precision": best}``.
+        """
+        fit = self._fitted_data("select_prior_precision")
+        grid = check_positive(
+            "grid", torch.logspace(-4, 4, 21, dtype=torch.float64) if grid is None else grid
+        )
+        val = Data(val_loader)
+        x, y = val.subset(torch.arange(len(val)))
+        x = self.linearisation.check_inputs(x, "the val_loader's inputs")
+        check_finite("The val_loader targets", y)
+        features = self.coordinates.transform(self.linearisation)
+        f0 = features.forward(x).to(torch.float64)
+        try:
+            self.likelihood.check_targets(f0, y.to(f0.device))
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"The val_loader targets do not fit the model: {err}") from err
+        sigma = self.likelihood.sigma if isinstance(self.likelihood, Gaussian) else None
+        scores = fit.grid_search(features, x, f0, y, sigma, grid, self.seed, self.progress)
+        best = float(grid[int(torch.tensor(scores).argmin())])
+        self.prior = self.prior.with_precision(best)
+        return {"grid": grid.tolist(), "nll": scores, "prior_precision": best}
+
     def optimize_prior_precision(
         self,
         train_loader: TrainingData,
         max_iter: int = 10,
         tol: float = 1e-2,
         *,
+        method: Literal["em", "gridsearch"] = "em",
+        val_loader: TrainingData | None = None,
+        grid: Tensor | None = None,
         mean: str = "tangent",
         update_sigma: bool = False,
         checkpoint: str | Path | None = None,
         **options,
-    ) -> list[dict]:
+    ) -> list[dict] | dict:
         r"""Learn the prior precision by MacKay EM, ``α_g = γ_g / ‖θ̄_g‖²``, then refit at the result.
 
         Each step solves for the linear model's mean ``θ̄`` (warm-started) and the effective
         dimension ``γ`` (exact for a dense posterior; for a sampled one estimated from
         warm-started samples whose noise is kept and rescaled across steps).
 
+        ``method="gridsearch"`` (laplace-torch's name) instead fits at the current prior and runs
+        :meth:`select_prior_precision` on ``val_loader`` over ``grid``; the EM settings do not
+        apply to it.
+
         Args:
             train_loader: Training data, as for :meth:`fit`.
             max_iter: EM steps at most.
             tol: Stop when every ``|Δ log α|`` (and ``|Δ log σ|``) falls below this.
+            method: ``"em"`` (default) or ``"gridsearch"``.
+            val_loader: Validation data, as for :meth:`fit` (``"gridsearch"`` only, required).
+            grid: Candidate precisions for ``"gridsearch"`` (see :meth:`select_prior_precision`).
             mean: ``"tangent"`` (the linear model's mode with outputs ``J w``; default),
                 ``"affine"`` (outputs ``f(x; θ*) + J(w − θ*)``) or ``"network"`` (use ``θ*``).
             update_sigma: Also learn the Gaussian noise (regression).
@@ -284,9 +375,35 @@ class Laplace:
                 (default 8; the final draw uses ``n_samples``).
 
         Returns:
-            The history, one dict per step (step 0 is the start): ``prior_precision``, ``gamma``,
-            ``mean_norm_sq``, ``sigma_noise``, ``seconds``. Also kept as ``em_history``.
+            EM: the history, one dict per step (step 0 is the start): ``prior_precision``,
+            ``gamma``, ``mean_norm_sq``, ``sigma_noise``, ``seconds``, also kept as
+            ``em_history``. Grid search: the dict of :meth:`select_prior_precision`.
         """
+        if method not in PRIOR_METHODS:
+            raise ValueError(f"`method` must be one of {PRIOR_METHODS}, got {method!r}.")
+        if method == "gridsearch":
+            if val_loader is None:
+                raise ValueError(
+                    "method='gridsearch' scores each α on validation data: pass "
+                    "`val_loader=(x_val, y_val)` (or a DataLoader)."
+                )
+            em_only = {"update_sigma": update_sigma, "checkpoint": checkpoint}
+            unused = [name for name, value in em_only.items() if value] + list(options)
+            if unused:
+                raise ValueError(f"{unused} apply to method='em' only, not to 'gridsearch'.")
+            return self.fit(train_loader).select_prior_precision(val_loader, grid)
+        if val_loader is not None or grid is not None:
+            raise ValueError(
+                "`val_loader` and `grid` are for method='gridsearch'; EM learns α from the "
+                "training data alone."
+            )
+        if self.prior.is_diagonal:
+            raise ValueError(
+                "EM does not learn a per-weight [D] prior precision: MacKay's update "
+                "α_d = γ_d / θ̄_d² rests on one weight each and is unstable (a weight near 0 sends "
+                "its α to infinity). Start from one value or one per parameter tensor, or use "
+                "method='gridsearch'."
+            )
         check_em_settings(max_iter, tol)
         if update_sigma and not isinstance(self.likelihood, Gaussian):
             raise ValueError("`update_sigma=True` needs a regression (Gaussian) likelihood.")

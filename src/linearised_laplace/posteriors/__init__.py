@@ -12,10 +12,12 @@ from .sampled import SampledPosterior
 class Posterior(Protocol):
     """What :class:`~linearised_laplace.methods.base.Laplace` asks of a backend.
 
-    ``samples`` ``[S, P]`` are in the coordinates' frame (``None`` until fitted).
+    ``samples`` ``[S, P]`` are in the coordinates' frame (``None`` until fitted); ``model`` is the
+    linear model of the last fit (``None`` after a load).
     """
 
     samples: Tensor | None
+    model: object | None
 
     def fit(self, model, n_samples: int, seed: int, progress) -> None:
         """Infer the posterior of the linear model ``model`` and draw ``n_samples``."""
@@ -23,8 +25,11 @@ class Posterior(Protocol):
     def expectation(self, model, mode, anchor, seed, progress, **options) -> Expectation:
         """The E-step (and the refit at the end) of EM on ``model``."""
 
-    def functional_variance(self, features, x: Tensor) -> Tensor:
-        """``J(x) Σ J(x)ᵀ`` ``[N, C, C]`` for ``features`` ``J`` in the coordinates."""
+    def functional_factor(self, features, x: Tensor) -> Tensor:
+        """``G`` ``[N, C, R]`` with ``G_a G_bᵀ = J(x_a) Σ J(x_b)ᵀ`` for ``features`` ``J``."""
+
+    def grid_search(self, features, x, f0, y, sigma, grid: Tensor, seed: int, progress) -> list:
+        """Validation NLL of ``f0 + J(x) ζ`` per isotropic precision in ``grid``; refit at the best."""
 
     def extra_samples(self, count: int, seed: int) -> Tensor:
         """``count`` samples beyond the stored ones (or raise)."""

@@ -67,10 +67,9 @@ class DensePosterior:
         """``H^{-1}`` ``[P, P]`` (float64)."""
         return torch.cholesky_inverse(self.factor)
 
-    def functional_variance(self, features, x: Tensor) -> Tensor:
-        """``J(x) H^{-1} J(x)ᵀ`` ``[N, C, C]`` for features ``J`` in the posterior's coordinates."""
-        half = whiten(self.factor, features.to_dense(x).to(torch.float64))
-        return (half @ half.transpose(1, 2)).to(features.dtype)
+    def functional_factor(self, features, x: Tensor) -> Tensor:
+        """``J(x) R^{-1}`` ``[N, C, P]`` (float64): its Gram is ``J(x) H^{-1} J(x)ᵀ``, exactly."""
+        return whiten(self.factor, features.to_dense(x).to(torch.float64))
 
     def solver_of_mean(self, progress):
         """``(problem, init, preconditioner, seed) ↦ θ̄`` by the mean solver."""
@@ -89,11 +88,14 @@ class DensePosterior:
         step = exact_e_step(model, ggn, mode, anchor, seed, self.solver_of_mean(progress))
         return Expectation(step, refit, estimated=False)
 
-    def validation_nll(
-        self, jac: Tensor, f0: Tensor, y: Tensor, sigma, grid: Tensor
+    def grid_search(
+        self, features, x, f0: Tensor, y: Tensor, sigma, grid: Tensor, seed: int, progress
     ) -> list[float]:
-        """:func:`~linearised_laplace.metrics.grid_nll` of the fitted GGN."""
-        return grid_nll(self.ggn, jac, f0, y, sigma, grid)
+        """:func:`~linearised_laplace.metrics.grid_nll` of the fitted GGN; refits at the best."""
+        scores = grid_nll(self.ggn, features.to_dense(x).double(), f0, y, sigma, grid)
+        best = self.model.prior.with_precision(grid[int(torch.tensor(scores).argmin())])
+        self.fit(self.model.with_prior(best), len(self.samples), seed, progress, self.ggn)
+        return scores
 
     def log_evidence(self, precision: Tensor, sigma: float, mode, anchor, seed: int, progress):
         """:func:`~linearised_laplace.em.log_evidence` of the fit at these hyperparameters."""
