@@ -235,6 +235,7 @@ class EMState:
 def exact_e_step(
     model: LinearGaussianModel,
     ggn: Tensor,
+    eigenvalues: Tensor | None,
     mode: MeanMode,
     anchor: Tensor,
     seed: int,
@@ -242,9 +243,8 @@ def exact_e_step(
 ) -> Callable[[EMState], EStep]:
     """The exact E-step on the dense GGN ``ggn`` of ``model``: ``θ̄`` by ``solve``, exact ``γ``.
 
-    For an isotropic prior ``γ`` comes from one eigendecomposition of ``M``, else from ``H^{-1}``.
+    ``γ`` comes from ``M``'s ``eigenvalues`` if given (an isotropic prior), else from ``H^{-1}``.
     """
-    eigenvalues = torch.linalg.eigvalsh(ggn).clamp_min(0) if model.prior.is_isotropic else None
 
     def step(state: EMState) -> EStep:
         current, ratio = model.at(state.precision, state.sigma)

@@ -136,3 +136,33 @@ def test_a_loaders_subset_sampler_fits_that_subset():
     full = lla.ExactLaplace(net, "regression", **kw).fit((x, y))
     torch.testing.assert_close(sub.posterior_covariance, ref.posterior_covariance)
     assert not torch.allclose(sub.posterior_covariance, full.posterior_covariance)
+
+
+def test_ggn_cache_is_reused_only_for_the_same_model(tmp_path, monkeypatch):
+    net = mlp()
+    x, y = classification_data(30)
+    cache = tmp_path / "ggn.safetensors"
+
+    def exact(data, **kw):
+        la = lla.ExactLaplace(net, prior_precision=1.0, n_samples=3, progress=False, **kw)
+        la.optimize_prior_precision(data, max_iter=3)
+        return la
+
+    plain = exact((x, y))
+    cached = exact((x, y), ggn_cache=cache)
+    assert cache.exists()
+    torch.testing.assert_close(cached.prior_precision, plain.prior_precision)
+    torch.testing.assert_close(cached.sample(), plain.sample())
+
+    def refuse(*_):
+        raise AssertionError("the cached GGN was rebuilt")
+
+    with monkeypatch.context() as patch:  # the same model: M and its eigenvalues come from the file
+        patch.setattr(lla.LinearGaussianModel, "dense_ggn", refuse)
+        patch.setattr(torch.linalg, "eigvalsh", refuse)
+        again = exact((x, y), ggn_cache=cache)
+    torch.testing.assert_close(again.sample(), plain.sample())
+    other = exact((x[:20], y[:20]), ggn_cache=cache)  # other data: rebuilt, not reused
+    torch.testing.assert_close(other.sample(), exact((x[:20], y[:20])).sample())
+    cache.write_bytes(cache.read_bytes()[:100])  # a damaged file is rebuilt too
+    torch.testing.assert_close(exact((x, y), ggn_cache=cache).sample(), plain.sample())

@@ -6,6 +6,8 @@ The oracle against which every approximation is checked. Costs ``O(n C D²)`` to
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import Tensor
 
 from ..mean import mean_mode
@@ -23,13 +25,22 @@ class ExactLaplace(Laplace):
     (for an isotropic prior from one eigendecomposition of the GGN).
 
     ``mean_solver``: for the linear model's mean, a :class:`~linearised_laplace.solvers.newton.Newton`;
-    the other keywords are those of :class:`~linearised_laplace.methods.base.Laplace`.
+    ``ggn_cache``: a file that keeps the dense GGN and its eigenvalues between runs (see
+    :class:`~linearised_laplace.posteriors.dense.DensePosterior`); the other keywords are those of
+    :class:`~linearised_laplace.methods.base.Laplace`.
     """
 
     def __init__(
-        self, model, likelihood="classification", *, mean_solver: Newton | None = None, **kwargs
+        self,
+        model,
+        likelihood="classification",
+        *,
+        mean_solver: Newton | None = None,
+        ggn_cache: str | Path | None = None,
+        **kwargs,
     ):
-        super().__init__(model, likelihood, posterior=DensePosterior(mean_solver), **kwargs)
+        posterior = DensePosterior(mean_solver, ggn_cache)
+        super().__init__(model, likelihood, posterior=posterior, **kwargs)
         check_dense(self.coordinates.dim, type(self).__name__)
 
     @property

@@ -6,9 +6,12 @@ exact MacKay EM, and the evidence and a validation grid search refactorise ``H``
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor
 
+from .. import persistence
 from .._checks import check_sample_budget
 from ..em import Expectation, exact_e_step, log_evidence
 from ..mean import solve_mean
@@ -32,19 +35,52 @@ def _scaled(ggn: Tensor, ratio: float) -> Tensor:
     return ggn if ratio == 1 else ggn * ratio**2
 
 
+GGN_KIND = "dense-ggn"
+
+
+def ggn_key(model) -> dict:
+    """What fixes a linear model's GGN: its data, likelihood and features (those of its first batch).
+
+    The first batch's features ``Φ`` (in the posterior's coordinates) change with the network's
+    weights, the linearised parameters and the coordinates (g-prior scale, basis).
+    """
+    _, x, _ = next(iter(model.data.batches()))
+    first = model.features.to_dense(x)
+    return {
+        "data": model.data.fingerprint(),
+        "likelihood": repr(model.likelihood),
+        "features": persistence.digest({"first batch": first}),
+    }
+
+
+def read_ggn(path: Path, key: dict) -> dict[str, Tensor]:
+    """The tensors cached in ``path`` for ``key`` (``{}`` if none, or another model's)."""
+    if not path.exists():
+        return {}
+    try:
+        tensors, meta = persistence.read(path)
+    except ValueError:  # damaged or foreign: rebuilt and overwritten
+        return {}
+    return dict(tensors) if meta.get("kind") == GGN_KIND and meta.get("key") == key else {}
+
+
 class DensePosterior:
     """Exact samples, (co)variances, EM and evidence from ``R``.
 
     Args:
         mean_solver: For the linear model's mean (default ``Newton(rtol=1e-10)``).
+        ggn_cache: A file that keeps ``M`` (and, after EM, its eigenvalues) between runs: read
+            when it holds this model's (same data, likelihood and features), else built and
+            written. For a large ``D``, where building ``M`` is most of the work.
 
     Attributes:
         model, ggn: The linear model of the last fit and its GGN ``M`` (``None`` after a load).
         factor: ``R`` ``[P, P]`` (float64); ``samples``: ``[S, P]``.
     """
 
-    def __init__(self, mean_solver: Newton | None = None):
+    def __init__(self, mean_solver: Newton | None = None, ggn_cache: str | Path | None = None):
         self.mean_solver = Newton(rtol=1e-10) if mean_solver is None else mean_solver
+        self.ggn_cache = None if ggn_cache is None else persistence.check_writable(ggn_cache)
         self.forget()
 
     def forget(self) -> None:  # noqa: D102
@@ -52,8 +88,26 @@ class DensePosterior:
 
     def fit(self, model, n_samples: int, seed: int, progress, ggn: Tensor | None = None) -> None:
         """Factorise ``H`` (``ggn``: ``M``, if already built) and draw ``n_samples`` samples."""
-        self.model, self.ggn = model, model.dense_ggn() if ggn is None else ggn
+        self.model, self.ggn = model, self.dense_ggn(model)[0] if ggn is None else ggn
         self.factor, self.samples = exact_samples(model, self.ggn, n_samples, seed, progress)
+
+    def dense_ggn(self, model, eigenvalues: bool = False) -> tuple[Tensor, Tensor | None]:
+        """``M`` of ``model`` and, if asked, its eigenvalues (clamped at 0), from the cache if set."""
+        if self.ggn_cache is None:
+            ggn = model.dense_ggn()
+            return ggn, torch.linalg.eigvalsh(ggn).clamp_min(0) if eigenvalues else None
+        key = ggn_key(model)
+        cached = read_ggn(self.ggn_cache, key)
+        missing = "ggn" not in cached or (eigenvalues and "eigenvalues" not in cached)
+        if "ggn" not in cached:
+            cached = {"ggn": model.dense_ggn()}
+        if eigenvalues and "eigenvalues" not in cached:
+            cached["eigenvalues"] = torch.linalg.eigvalsh(cached["ggn"]).clamp_min(0)
+        if missing:
+            persistence.write(self.ggn_cache, cached, {"kind": GGN_KIND, "key": key})
+        device = model.features.device
+        values = cached["eigenvalues"].to(device) if eigenvalues else None
+        return cached["ggn"].to(device), values
 
     def extra_samples(self, count: int, seed: int) -> Tensor:
         """``count`` more exact samples ``R^{-T} ξ`` (float64), from their own stream."""
@@ -79,13 +133,14 @@ class DensePosterior:
 
     def expectation(self, model, mode, anchor: Tensor, seed: int, progress) -> Expectation:
         """Exact MacKay EM (:func:`~linearised_laplace.em.exact_e_step`), refit at the end."""
-        ggn = model.dense_ggn()
+        ggn, eigenvalues = self.dense_ggn(model, eigenvalues=model.prior.is_isotropic)
 
         def refit(state, n_samples: int) -> None:
             current, ratio = model.at(state.precision, state.sigma)
             self.fit(current, n_samples, seed, progress, _scaled(ggn, ratio))
 
-        step = exact_e_step(model, ggn, mode, anchor, seed, self.solver_of_mean(progress))
+        solve = self.solver_of_mean(progress)
+        step = exact_e_step(model, ggn, eigenvalues, mode, anchor, seed, solve)
         return Expectation(step, refit, estimated=False)
 
     def grid_search(
