@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[experiments,test,pinned]"
+	echo "torch==2.13.0" > $(VENV)/torch-constraint.txt
+	$(PY) -m pip install --quiet -c $(VENV)/torch-constraint.txt -e ".[experiments,test,pinned,hf]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -51,17 +52,15 @@ benchmarks: $(STAMP) data
 	$(PY) benchmarks/siblings.py
 	$(PY) benchmarks/scaling.py
 
-# Optional peers for the benchmarks: laplace-torch 0.3 next to the CPU torch, and transformers
-# (the ResNet-18 scaling case). Three packages need
+# Optional peers for the benchmarks: laplace-torch 0.3 next to the CPU torch (transformers, for
+# the ResNet-18 scaling case and the LoRA benchmark, comes with the hf extra). Three packages need
 # --no-deps because they declare torchvision, which does not import with this torch (and makes
 # torchmetrics, hence laplace, fail to import when present).
 peers: $(STAMP)
-	echo "torch==2.13.0" > $(VENV)/torch-constraint.txt
 	$(PY) -m pip install --quiet -c $(VENV)/torch-constraint.txt --no-deps \
 		laplace-torch==0.3 backpack-for-pytorch==1.7.1 curvlinops-for-pytorch==3.0.1
 	$(PY) -m pip install --quiet -c $(VENV)/torch-constraint.txt asdfghjkl==0.1a4 opt-einsum==3.4.0 \
 		torchmetrics==1.9.0 einops==0.8.2 unfoldNd==0.2.3 einconv==0.1.0 linear_operator==0.6.1
-	$(PY) -m pip install --quiet -c $(VENV)/torch-constraint.txt transformers==5.24.0
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,8 +1,9 @@
 """The lla command: the demo and the benchmarks.
 
 ``lla demo`` runs the main job on embedded data (digits, a small CNN, every method that fits) in a
-few minutes; ``lla benchmark classification`` runs the full comparison and ``lla benchmark
-tomography`` the linearised deep image prior (the seed paper's Table 3). Every command has
+few minutes; ``lla benchmark classification`` runs the full comparison, ``lla benchmark
+tomography`` the linearised deep image prior (the seed paper's Table 3) and ``lla benchmark lora``
+Bayesian LoRA adapters on a small Hugging Face BERT (the ``[hf]`` extra). Every command has
 ``--help``. Mistakes (a missing data set, an unknown name, an unwritable folder) print one line
 saying what to do, not a traceback.
 """
@@ -14,7 +15,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .experiments import peers
+from .experiments import lora, peers
 from .experiments.classification import (
     CORE_METHODS,
     DATASETS,
@@ -145,6 +146,33 @@ def tomography(args: argparse.Namespace) -> None:
     print(f"\nTable: {settings.out}/results.md; figures: reconstruction.png, calibration.png")
 
 
+def lora_benchmark(args: argparse.Namespace) -> None:
+    """The Bayesian LoRA benchmark on a small BERT."""
+    if args.smoke:
+        settings = lora.LoraSettings.smoke_test(args.out)
+    else:
+        settings = lora.LoraSettings(
+            out=args.out, n_train=args.n_train, n_samples=args.n_samples, seed=args.seed
+        )
+    if args.methods:
+        settings = replace(settings, methods=tuple(args.methods))
+    _prepare_output(settings.out)
+    report = lora.run(settings, progress=True)
+    print(f"\n{'method':22s} {'set':16s} {'acc':>7s} {'NLL':>8s} {'joint κ=5':>10s} {'ECE':>7s}")
+    for r in report["results"]:
+        if "error" in r:
+            print(f"{r['method']:22s} did not run: {r['error']}")
+            continue
+        for name, m in r["test sets"].items():
+            print(
+                f"{r['method']:22s} {name:16s} {m['accuracy']:7.4f} {m['NLL']:8.4f} "
+                f"{m['joint LL κ=5']:10.4f} {m['ECE']:7.4f}"
+            )
+    if report["skipped"]:
+        print(f"\nskipped (laplace-torch is not installed): {', '.join(report['skipped'])}")
+    print(f"\nTable: {settings.out}/results.md; JSON: {settings.out}/results.json")
+
+
 def parser() -> argparse.ArgumentParser:
     """The ``lla`` argument parser."""
     root = argparse.ArgumentParser(prog="lla", description=__doc__.splitlines()[0])
@@ -221,6 +249,19 @@ def parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (for tests)")
     t.set_defaults(func=tomography)
+    defaults = lora.LoraSettings()
+    b = bench.add_parser("lora", help="Bayesian LoRA adapters on a small BERT (the [hf] extra)")
+    b.add_argument(
+        "--methods", nargs="+", metavar="METHOD", help=f"subset of: {', '.join(lora.METHODS)}"
+    )
+    b.add_argument("--out", default=defaults.out, help=f"output folder (default: {defaults.out})")
+    b.add_argument("--n-train", type=int, default=defaults.n_train, help="fine-tuning sequences")
+    b.add_argument(
+        "--n-samples", type=int, default=defaults.n_samples, help="samples per predictive"
+    )
+    b.add_argument("--seed", type=int, default=defaults.seed, help="seeds data, training, samples")
+    b.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (for tests)")
+    b.set_defaults(func=lora_benchmark)
     return root
 
 
@@ -229,7 +270,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, MemoryError) as err:
+    except (
+        ValueError,
+        FileNotFoundError,
+        PermissionError,
+        IsADirectoryError,
+        MemoryError,
+        ImportError,
+    ) as err:
         print(f"lla: error: {err}", file=sys.stderr)
         return 2
     return 0

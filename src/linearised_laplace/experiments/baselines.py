@@ -1,6 +1,6 @@
 """Non-Laplace baselines that produce function samples: deep ensembles and MC dropout.
 
-Both return logits ``[S, N, C]``, so that they are scored exactly like the Laplace methods'
+Both return logits ``[S, N, C]`` (of models that may return a ``ModelOutput``), so that they are scored exactly like the Laplace methods'
 ``predictive_samples`` (a deep ensemble's members play the role of posterior samples).
 """
 
@@ -11,13 +11,14 @@ import copy
 import torch
 from torch import Tensor, nn
 
+from ..inputs import logits
 from ..linearisation import eval_mode
 
 
 def ensemble_samples(models: list[nn.Module], x: Tensor) -> Tensor:
     """Logits of every member: ``[M, N, C]``."""
     with torch.no_grad():
-        return torch.stack([m.eval()(x) for m in models])
+        return torch.stack([logits(m.eval()(x)) for m in models])
 
 
 def mc_dropout_samples(model: nn.Module, x: Tensor, n_samples: int, seed: int = 0) -> Tensor:
@@ -38,5 +39,5 @@ def mc_dropout_samples(model: nn.Module, x: Tensor, n_samples: int, seed: int = 
         for m in dropouts:
             m.training = True
         for _ in range(n_samples):
-            samples.append(net(x))
+            samples.append(logits(net(x)))
     return torch.stack(samples)

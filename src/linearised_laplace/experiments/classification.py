@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import resource
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -34,7 +33,7 @@ from .baselines import ensemble_samples, mc_dropout_samples
 from .datasets import ImageData, digits, fashion_mnist, out_of_distribution, rotate
 from .models import ARCHITECTURES, build
 from .training import TrainConfig, train_map
-from .workers import failure, use_idle_cores
+from .workers import run_worker, use_idle_cores
 
 CORE_METHODS = ("map", "ensemble", "mc-dropout", "sampled", "exact", "subnetwork", "nystrom")
 OUR_METHODS = CORE_METHODS + ("sampled-lastlayer", "exact-lastlayer")
@@ -218,8 +217,16 @@ def build_predictor(
         la = NystromLaplace(net, n_points=min(s.nystrom_points, len(data.train[0])), **kw)
         la.fit(data.train).select_prior_precision(data.val)
         return la.predictive_samples, {"prior_precision": la.prior_precision.tolist()}
-    em = {"n_em_samples": s.em_samples} if isinstance(la, SampledLaplace) else {}
-    history = la.optimize_prior_precision(data.train, max_iter=s.em_steps, **em)
+    return fit_by_em(la, data.train, s.em_steps, s.em_samples)
+
+
+def fit_by_em(la, train, em_steps: int, em_samples: int) -> tuple[Predictor, dict]:
+    """Learn ``la``'s prior precision by EM on ``train``; its predictive samples and EM's record.
+
+    ``la``: a Laplace method; ``em_samples``: samples per E-step of a sampled one.
+    """
+    em = {"n_em_samples": em_samples} if isinstance(la, SampledLaplace) else {}
+    history = la.optimize_prior_precision(train, max_iter=em_steps, **em)
     info = {"em_history": history, "prior_precision": la.prior_precision.tolist()}
     info["linearised weights"] = la.coordinates.dim
     if isinstance(la, SampledLaplace):
@@ -372,20 +379,7 @@ def run_seeds(settings: Settings, seeds: list[int], progress: bool | None = None
 
 
 def _run_worker(method: str, settings: Settings) -> dict:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "linearised_laplace.experiments.classification",
-            method,
-            json.dumps(asdict(settings)),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        return {"method": method, "error": failure(done)}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_worker("linearised_laplace.experiments.classification", method, asdict(settings))
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ laplace-torch 0.3's default (curvlinops) builds a full GGN from one GGN-vector p
 per batch, too slow for even a CNN's last layer. BackPACK
 only extends ``nn.Sequential`` stacks, so other networks (the ResNet) use ASDL, which has no KFAC
 for BatchNorm: there the KFAC methods are refused with a message naming the structures that run.
+Networks with frozen weights (LoRA) use curvlinops, as laplace-torch requires.
 """
 
 from __future__ import annotations
@@ -55,9 +56,15 @@ def _loader(data, batch_size: int = BATCH) -> DataLoader:
 
 
 def _backend(net: nn.Module, structure: str) -> type:
-    """BackPACK's GGN where BackPACK applies (a last layer, an ``nn.Sequential``), else ASDL's."""
-    from laplace.curvature import AsdlGGN, BackPackGGN
+    """BackPACK's GGN where BackPACK applies (a last layer, an ``nn.Sequential``), else ASDL's.
 
+    A network with frozen weights (LoRA adapters on a frozen model) gets curvlinops' GGN, the only
+    backend laplace-torch accepts for one.
+    """
+    from laplace.curvature import AsdlGGN, BackPackGGN, CurvlinopsGGN
+
+    if not all(p.requires_grad for p in net.parameters()):
+        return CurvlinopsGGN
     return BackPackGGN if structure == "lastlayer" or isinstance(net, nn.Sequential) else AsdlGGN
 
 

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from .. import persistence
 from .._checks import check_positive_int
 from .._progress import progress_bar
+from ..inputs import logits
 from ..seeds import seeded_generator
 
 
@@ -71,7 +72,9 @@ def train_map(
     """Train ``model`` in place on ``(x, y)`` by cross-entropy; returns the mean loss per epoch.
 
     Args:
-        model: The network (trained in place and left in evaluation mode).
+        model: The network (trained in place and left in evaluation mode); its outputs may be a
+            ``ModelOutput`` (its ``.logits``; :func:`~linearised_laplace.inputs.logits`). Only
+            parameters that require gradients change (e.g. a ``peft`` model's adapters).
         data: Inputs ``[N, ...]`` and integer labels ``[N]``.
         config: Settings.
         checkpoint: File to save to after every epoch and to resume from.
@@ -109,7 +112,7 @@ def train_map(
             total = 0.0
             for idx in order.split(config.batch_size):
                 optimiser.zero_grad()
-                loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+                loss = nn.functional.cross_entropy(logits(model(x[idx])), y[idx])
                 loss.backward()
                 optimiser.step()
                 total += float(loss.detach()) * len(idx)

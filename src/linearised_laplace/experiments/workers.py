@@ -1,10 +1,12 @@
-"""Benchmark worker processes: how many threads each takes, and the one-line reason one failed."""
+"""Benchmark worker processes: running one, how many threads it takes, and why it failed."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -56,3 +58,16 @@ def failure(done: subprocess.CompletedProcess) -> str:
         return f"killed by {name}{hint}"
     lines = (done.stderr or "").strip().splitlines()
     return lines[-1][:300] if lines else f"exit code {done.returncode}"
+
+
+def run_worker(module: str, method: str, settings: dict) -> dict:
+    """Run ``python -m module METHOD SETTINGS_JSON`` and return the JSON of its last stdout line.
+
+    A worker that fails returns ``{"method": method, "error": ...}`` (:func:`failure`) instead.
+    """
+    done = subprocess.run(
+        [sys.executable, "-m", module, method, json.dumps(settings)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        return {"method": method, "error": failure(done)}
+    return json.loads(done.stdout.strip().splitlines()[-1])
