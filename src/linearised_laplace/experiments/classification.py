@@ -150,6 +150,14 @@ def load_data(settings: Settings) -> ImageData:
     return data
 
 
+def network_tag(settings: Settings, seed: int, dropout: float = 0.0) -> str:
+    """The name of a trained network's files in ``out/checkpoints``."""
+    return (
+        f"{settings.dataset}-{settings.model}{settings.width}-n{settings.n_train}-e{settings.epochs}"
+        f"-d{dropout}-s{seed}"
+    ) + (f"-wd{settings.weight_decay:g}" if settings.weight_decay != WEIGHT_DECAY else "")
+
+
 def trained_model(
     settings: Settings, data: ImageData, seed: int, dropout: float = 0.0, cache: bool = True
 ) -> nn.Module:
@@ -159,10 +167,7 @@ def trained_model(
     """
     folder = Path(settings.out) / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
-    tag = (
-        f"{settings.dataset}-{settings.model}{settings.width}-n{settings.n_train}-e{settings.epochs}"
-        f"-d{dropout}-s{seed}"
-    ) + (f"-wd{settings.weight_decay:g}" if settings.weight_decay != WEIGHT_DECAY else "")
+    tag = network_tag(settings, seed, dropout)
     final = folder / f"{tag}.safetensors"
     torch.manual_seed(seed)
     size = {"hidden": 16 * settings.width} if settings.model == "mlp" else {"width": settings.width}
@@ -203,14 +208,15 @@ def build_predictor(
         return peers.laplace_torch_predictor(
             method, net, data.train, data.val, s.n_samples, s.subnetwork_size
         )
+    ggn_cache = Path(s.out) / "checkpoints" / f"{network_tag(s, s.seed)}-{method}-ggn.safetensors"
     if method.endswith("-lastlayer"):  # the same EM and g-prior on the last layer only
         method, kw = method.removesuffix("-lastlayer"), {**kw, "parameters": "last_layer"}
     if method == "sampled":
         mean_solver = None if s.mean_epochs is None else SGD(n_epochs=s.mean_epochs)
         solver = SGD(n_epochs=s.sampler_epochs)
         la = SampledLaplace(net, g_prior=True, solver=solver, mean_solver=mean_solver, **kw)
-    elif method == "exact":
-        la = ExactLaplace(net, g_prior=True, **kw)
+    elif method == "exact":  # its GGN (most of its cost) is kept for a rerun on the same network
+        la = ExactLaplace(net, g_prior=True, ggn_cache=ggn_cache, **kw)
     elif method == "subnetwork":
         la = SubnetworkLaplace(net, subnetwork="swag", n_params=s.subnetwork_size, **kw)
     else:  # nystrom, tuned on validation data as in the ELLA paper

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from .. import persistence
 from .._checks import check_sample_budget
+from ..distributed import is_main_process
 from ..em import Expectation, exact_e_step, log_evidence
 from ..mean import solve_mean
 from ..metrics import grid_nll
@@ -103,7 +104,7 @@ class DensePosterior:
             cached = {"ggn": model.dense_ggn()}
         if eigenvalues and "eigenvalues" not in cached:
             cached["eigenvalues"] = torch.linalg.eigvalsh(cached["ggn"]).clamp_min(0)
-        if missing:
+        if missing and is_main_process():
             persistence.write(self.ggn_cache, cached, {"kind": GGN_KIND, "key": key})
         device = model.features.device
         values = cached["eigenvalues"].to(device) if eigenvalues else None
