@@ -166,3 +166,26 @@ def test_ggn_cache_is_reused_only_for_the_same_model(tmp_path, monkeypatch):
     torch.testing.assert_close(other.sample(), exact((x[:20], y[:20])).sample())
     cache.write_bytes(cache.read_bytes()[:100])  # a damaged file is rebuilt too
     torch.testing.assert_close(exact((x, y), ggn_cache=cache).sample(), plain.sample())
+
+
+def test_ggn_cache_keeps_the_ggn_when_the_eigenvalues_are_interrupted(tmp_path, monkeypatch):
+    net = mlp()
+    data = classification_data(30)
+    cache = tmp_path / "ggn.safetensors"
+
+    def em():
+        la = lla.ExactLaplace(net, ggn_cache=cache, n_samples=2, progress=False)
+        return la.optimize_prior_precision(data, max_iter=2)
+
+    def interrupted(*_):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.linalg, "eigvalsh", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            em()
+    assert cache.exists()
+    with monkeypatch.context() as patch:  # the rerun starts from the saved GGN
+        patch.setattr(lla.LinearGaussianModel, "dense_ggn", interrupted)
+        resumed = em()
+    assert resumed[-1]["prior_precision"] == pytest.approx(em()[-1]["prior_precision"])

@@ -99,16 +99,19 @@ class DensePosterior:
             return ggn, torch.linalg.eigvalsh(ggn).clamp_min(0) if eigenvalues else None
         key = ggn_key(model)
         cached = read_ggn(self.ggn_cache, key)
-        missing = "ggn" not in cached or (eigenvalues and "eigenvalues" not in cached)
-        if "ggn" not in cached:
+        if "ggn" not in cached:  # written at once: the eigenvalues can take as long again
             cached = {"ggn": model.dense_ggn()}
+            self._write_cache(cached, key)
         if eigenvalues and "eigenvalues" not in cached:
             cached["eigenvalues"] = torch.linalg.eigvalsh(cached["ggn"]).clamp_min(0)
-        if missing and is_main_process():
-            persistence.write(self.ggn_cache, cached, {"kind": GGN_KIND, "key": key})
+            self._write_cache(cached, key)
         device = model.features.device
         values = cached["eigenvalues"].to(device) if eigenvalues else None
         return cached["ggn"].to(device), values
+
+    def _write_cache(self, tensors: dict[str, Tensor], key: dict) -> None:
+        if is_main_process():
+            persistence.write(self.ggn_cache, tensors, {"kind": GGN_KIND, "key": key})
 
     def extra_samples(self, count: int, seed: int) -> Tensor:
         """``count`` more exact samples ``R^{-T} ξ`` (float64), from their own stream."""
