@@ -264,3 +264,16 @@ def test_bad_em_settings_raise_before_any_work(kwargs, match):
     x, y = torch.randn(10, 3), torch.randint(0, 2, (10,))
     with pytest.raises(ValueError, match=match):
         la.optimize_prior_precision((x, y), **kwargs)
+
+
+def test_em_takes_full_steps_again_after_one_overshoot():
+    # A far start whose first update overshoots (as an unconverged first E-step does), then an
+    # update that no longer depends on α: the damping halved by the reversal must recover, or
+    # every later step would only halve the distance to α = 190.
+    def update(a):
+        return torch.where(a < 10, torch.full_like(a, 1e5), torch.full_like(a, 190.0))
+
+    final = _em_with_update(update, 1.0)
+    assert [h.get("damping") for h in final.history[1:4]] == [[1.0], [0.5], [1.0]]
+    assert final.converged and final.step == 4
+    assert float(final.precision) == pytest.approx(190.0, rel=1e-12)

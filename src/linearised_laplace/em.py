@@ -21,8 +21,8 @@ update ``α ← 1/‖θ̄‖² ∝ α²`` run away). For a Gaussian likelihood M
 ``σ² = ‖y − g(θ̄)‖² / (nC − γ)``.
 
 The loop is guarded against extreme priors (:func:`run_em`): each group's step in ``log α`` is
-damped, halving whenever it reverses direction (a two-cycle converges instead of oscillating),
-``α`` stays within :data:`PRECISION_RANGE`, a non-finite update or a failed factorisation ends the
+damped, halving whenever it reverses direction (a two-cycle converges instead of oscillating) and
+recovering while it keeps its direction, ``α`` stays within :data:`PRECISION_RANGE`, a non-finite update or a failed factorisation ends the
 run with a :class:`~linearised_laplace.DivergenceError`, and a run that stops at ``max_iter`` or at
 the bound warns with a :class:`~linearised_laplace.ConvergenceWarning`. Each history entry records
 its ``damping`` and whether the run had ``converged``.
@@ -328,8 +328,9 @@ def damped_step(
     """Move ``log α`` towards the MacKay update, damped and bounded.
 
     Each group's damping (1 at the start) halves when the proposed step reverses the direction of
-    the last step taken by more than a factor of 2, so a two-cycle of the update converges, while a
-    monotone approach (the usual case) takes full steps.
+    the last step taken by more than a factor of 2, so a two-cycle of the update converges, and
+    doubles (up to 1) when the step continues in the last one's direction, so that one overshoot
+    (a first step from a far start) does not slow every later step of a monotone approach.
 
     Args:
         current: ``[G]`` precision now.
@@ -343,7 +344,10 @@ def damped_step(
     damping = torch.tensor(history[-1].get("damping", [1.0] * len(step)), dtype=step.dtype)
     if len(history) >= 2:
         last = current.log() - torch.tensor(history[-2]["prior_precision"], dtype=step.dtype).log()
-        damping = torch.where((step * last < 0) & (step.abs() > math.log(2)), damping / 2, damping)
+        reverses = (step * last < 0) & (step.abs() > math.log(2))
+        continues = step * last > 0
+        damping = torch.where(reverses, damping / 2, damping)
+        damping = torch.where(continues, (2 * damping).clamp_max(1.0), damping)
     low, high = PRECISION_RANGE
     damped = (current.log() + damping * step).exp()
     precision = torch.where(damping == 1, proposed, damped).clamp(low, high)

@@ -208,31 +208,36 @@ def build_predictor(
         return peers.laplace_torch_predictor(
             method, net, data.train, data.val, s.n_samples, s.subnetwork_size
         )
-    ggn_cache = Path(s.out) / "checkpoints" / f"{network_tag(s, s.seed)}-{method}-ggn.safetensors"
+    stem = Path(s.out) / "checkpoints" / f"{network_tag(s, s.seed)}-{method}"
     if method.endswith("-lastlayer"):  # the same EM and g-prior on the last layer only
         method, kw = method.removesuffix("-lastlayer"), {**kw, "parameters": "last_layer"}
+    # sampled and exact share the mean's solver, so that they differ only in γ and the samples
+    mean_solver = None if s.mean_epochs is None else SGD(n_epochs=s.mean_epochs)
     if method == "sampled":
-        mean_solver = None if s.mean_epochs is None else SGD(n_epochs=s.mean_epochs)
         solver = SGD(n_epochs=s.sampler_epochs)
         la = SampledLaplace(net, g_prior=True, solver=solver, mean_solver=mean_solver, **kw)
     elif method == "exact":  # its GGN (most of its cost) is kept for a rerun on the same network
-        la = ExactLaplace(net, g_prior=True, ggn_cache=ggn_cache, **kw)
+        ggn_cache = f"{stem}-ggn.safetensors"
+        la = ExactLaplace(net, g_prior=True, mean_solver=mean_solver, ggn_cache=ggn_cache, **kw)
     elif method == "subnetwork":
         la = SubnetworkLaplace(net, subnetwork="swag", n_params=s.subnetwork_size, **kw)
     else:  # nystrom, tuned on validation data as in the ELLA paper
         la = NystromLaplace(net, n_points=min(s.nystrom_points, len(data.train[0])), **kw)
         la.fit(data.train).select_prior_precision(data.val)
         return la.predictive_samples, {"prior_precision": la.prior_precision.tolist()}
-    return fit_by_em(la, data.train, s.em_steps, s.em_samples)
+    return fit_by_em(la, data.train, s.em_steps, s.em_samples, f"{stem}-em.safetensors")
 
 
-def fit_by_em(la, train, em_steps: int, em_samples: int) -> tuple[Predictor, dict]:
+def fit_by_em(
+    la, train, em_steps: int, em_samples: int, checkpoint: str | None = None
+) -> tuple[Predictor, dict]:
     """Learn ``la``'s prior precision by EM on ``train``; its predictive samples and EM's record.
 
-    ``la``: a Laplace method; ``em_samples``: samples per E-step of a sampled one.
+    ``la``: a Laplace method; ``em_samples``: samples per E-step of a sampled one; ``checkpoint``:
+    EM's state after each step, resumed from by a rerun with the same settings.
     """
     em = {"n_em_samples": em_samples} if isinstance(la, SampledLaplace) else {}
-    history = la.optimize_prior_precision(train, max_iter=em_steps, **em)
+    history = la.optimize_prior_precision(train, max_iter=em_steps, checkpoint=checkpoint, **em)
     info = {"em_history": history, "prior_precision": la.prior_precision.tolist()}
     info["linearised weights"] = la.coordinates.dim
     if isinstance(la, SampledLaplace):

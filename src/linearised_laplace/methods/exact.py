@@ -13,6 +13,7 @@ from torch import Tensor
 from ..mean import mean_mode
 from ..posteriors.dense import DensePosterior, check_dense
 from ..solvers.newton import Newton
+from ..solvers.sgd import SGD
 from .base import Laplace
 
 
@@ -24,7 +25,8 @@ class ExactLaplace(Laplace):
     the two can be compared sample by sample. ``optimize_prior_precision`` runs exact MacKay EM
     (for an isotropic prior from one eigendecomposition of the GGN).
 
-    ``mean_solver``: for the linear model's mean, a :class:`~linearised_laplace.solvers.newton.Newton`;
+    ``mean_solver``: for the linear model's mean, a :class:`~linearised_laplace.solvers.newton.Newton`
+    (default) or :class:`~linearised_laplace.solvers.SGD` (for a network whose data passes are slow);
     ``ggn_cache``: a file that keeps the dense GGN and its eigenvalues between runs (see
     :class:`~linearised_laplace.posteriors.dense.DensePosterior`); the other keywords are those of
     :class:`~linearised_laplace.methods.base.Laplace`.
@@ -35,7 +37,7 @@ class ExactLaplace(Laplace):
         model,
         likelihood="classification",
         *,
-        mean_solver: Newton | None = None,
+        mean_solver: Newton | SGD | None = None,
         ggn_cache: str | Path | None = None,
         **kwargs,
     ):

@@ -20,6 +20,7 @@ from ..metrics import grid_nll
 from ..noise import NoiseSource
 from ..solvers.cholesky import exact_samples, whiten
 from ..solvers.newton import Newton
+from ..solvers.sgd import SGD
 
 
 def check_dense(dim: int, what: str) -> None:
@@ -69,7 +70,7 @@ class DensePosterior:
     """Exact samples, (co)variances, EM and evidence from ``R``.
 
     Args:
-        mean_solver: For the linear model's mean (default ``Newton(rtol=1e-10)``).
+        mean_solver: For the linear model's mean (default ``Newton(rtol=1e-10)``, or ``SGD``).
         ggn_cache: A file that keeps ``M`` (and, after EM, its eigenvalues) between runs: read
             when it holds this model's (same data, likelihood and features), else built and
             written. For a large ``D``, where building ``M`` is most of the work.
@@ -79,7 +80,9 @@ class DensePosterior:
         factor: ``R`` ``[P, P]`` (float64); ``samples``: ``[S, P]``.
     """
 
-    def __init__(self, mean_solver: Newton | None = None, ggn_cache: str | Path | None = None):
+    def __init__(
+        self, mean_solver: Newton | SGD | None = None, ggn_cache: str | Path | None = None
+    ):
         self.mean_solver = Newton(rtol=1e-10) if mean_solver is None else mean_solver
         self.ggn_cache = None if ggn_cache is None else persistence.check_writable(ggn_cache)
         self.forget()
