@@ -189,3 +189,17 @@ def test_ggn_cache_keeps_the_ggn_when_the_eigenvalues_are_interrupted(tmp_path, 
         patch.setattr(lla.LinearGaussianModel, "dense_ggn", interrupted)
         resumed = em()
     assert resumed[-1]["prior_precision"] == pytest.approx(em(cached=False)[-1]["prior_precision"])
+
+
+def test_em_with_an_sgd_mean_follows_newtons_path():
+    net = mlp(n_out=3)
+    data = classification_data(40)
+    alpha = {}
+    for epochs in (None, 400, 2):  # Newton; a converged SGD; an unconverged one (really used)
+        solver = None if epochs is None else lla.SGD(n_epochs=epochs, batch_size=40)
+        la = lla.ExactLaplace(net, prior_precision=1.0, mean_solver=solver, progress=False)
+        with pytest.warns(lla.ConvergenceWarning):
+            la.optimize_prior_precision(data, max_iter=8, tol=1e-9)
+        alpha[epochs] = float(la.prior_precision)
+    assert alpha[400] == pytest.approx(alpha[None], rel=2e-3)
+    assert abs(alpha[2] / alpha[None] - 1) > 1e-2
