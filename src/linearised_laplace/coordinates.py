@@ -144,6 +144,15 @@ class Coordinates:
         inv = 1 / self.scale.double()
         return inv[:, None] * precision * inv[None, :]
 
+    def prior_diag_to_parameters(self, diag: Tensor) -> Tensor:
+        """``diag(P^{-T} A P^{-1})`` ``[D]`` of the prior diagonal ``[P]``; only without a basis."""
+        if self.basis is not None or self.basis_spec is not None:
+            raise ValueError(
+                "The prior is isotropic in the Nyström basis and undefined outside it; use "
+                "`prior_precision` (the basis' one value) and `basis`."
+            )
+        return diag if self.scale is None else diag / self.scale.double() ** 2
+
     def anchor(self) -> Tensor:
         """The network's weights ``θ*`` in these coordinates."""
         theta = self.linearisation.theta_star

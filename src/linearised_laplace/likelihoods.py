@@ -183,19 +183,49 @@ class Categorical(Likelihood):
             )
 
 
-def make_likelihood(likelihood: str | Likelihood, sigma_noise: float = 1.0) -> Likelihood:
-    """Build a likelihood from ``"classification"``, ``"regression"`` or an instance."""
+def as_sigma_noise(value: float | Tensor) -> float:
+    """``σ`` from a positive number or a one-element tensor (0-d or ``[1]``), as laplace-torch takes it.
+
+    Raises ``ValueError`` otherwise (a string too, as laplace-torch does).
+    """
+    try:
+        sigma = check_positive("sigma_noise", value)
+    except TypeError as err:
+        raise ValueError(str(err)) from err
+    if sigma.numel() != 1 or getattr(value, "ndim", 0) > 1:
+        raise ValueError(
+            "`sigma_noise` must be one value (only homoscedastic noise is supported): a number, a "
+            f"0-d tensor or a tensor of shape [1]; got shape {list(torch.as_tensor(value).shape)}."
+        )
+    return float(sigma)
+
+
+def with_noise(likelihood: Likelihood, sigma: float) -> Likelihood:
+    """``likelihood`` at noise ``σ``: a Gaussian's ``σ`` replaced; any other only at ``σ = 1``."""
+    if isinstance(likelihood, Gaussian):
+        return Gaussian(sigma)
+    if sigma != 1.0:
+        raise ValueError(
+            f"`sigma_noise` applies to regression only; got sigma_noise={sigma:g} with a "
+            f"{likelihood.name} likelihood. Leave it at 1.0."
+        )
+    return likelihood
+
+
+def make_likelihood(likelihood: str | Likelihood, sigma_noise: float | Tensor = 1.0) -> Likelihood:
+    """Build a likelihood from ``"classification"``, ``"regression"`` or an instance.
+
+    A Gaussian instance keeps its own ``σ``; ``sigma_noise`` as in :func:`as_sigma_noise`.
+    """
+    sigma = as_sigma_noise(sigma_noise)
     if likelihood == "classification":
         likelihood = Categorical()
-    if isinstance(likelihood, Categorical) and sigma_noise != 1.0:
-        raise ValueError(
-            f"`sigma_noise` applies to regression only; got sigma_noise={sigma_noise} with a "
-            "classification likelihood. Leave it at 1.0."
-        )
-    if isinstance(likelihood, Likelihood):
+    if isinstance(likelihood, Gaussian):
         return likelihood
+    if isinstance(likelihood, Likelihood):
+        return with_noise(likelihood, sigma)
     if likelihood == "regression":
-        return Gaussian(sigma_noise)
+        return Gaussian(sigma)
     raise ValueError(
         f"`likelihood` must be 'classification', 'regression' or a Likelihood instance, "
         f"got {likelihood!r}."

@@ -5,11 +5,21 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import linearised_laplace as lla
+from linearised_laplace import reference
 
-from ..cases import KeywordInputs, PackedInputs, packed, token_core, token_data
+from ..cases import (
+    KeywordInputs,
+    PackedInputs,
+    classification_data,
+    mlp,
+    packed,
+    regression_data,
+    token_core,
+    token_data,
+)
 
 QUIET = {"progress": False}
 METHODS = {
@@ -203,3 +213,153 @@ def test_validation_grid_search_takes_dict_inputs():
     for result in results[1:]:
         torch.testing.assert_close(torch.tensor(result["nll"]), torch.tensor(results[0]["nll"]))
         assert result["prior_precision"] == results[0]["prior_precision"]
+
+
+# ---------------------------------------------- laplace-torch's σ setter, statistics, diagonal_output
+REGRESSION = {
+    "exact": lambda net, **kw: lla.ExactLaplace(net, "regression", **kw),
+    "subnetwork": lambda net, **kw: lla.SubnetworkLaplace(
+        net, "regression", subnetwork=torch.tensor([0, 4, 9, 17, 20, 26, 31]), **kw
+    ),
+    "nystrom": lambda net, **kw: lla.NystromLaplace(net, "regression", rank=6, **kw),
+}
+FIT = {"prior_precision": 0.7, "n_samples": 4, "seed": 2, **QUIET}
+
+
+def _fitted_outputs(la, x):
+    """What a fit yields, for comparing two fits: the predictive, the samples and the evidence."""
+    mean, var = la(x)
+    evidence = la.log_marginal_likelihood(mean="network")
+    return {"mean": mean, "var": var, "samples": la.sample(), "evidence": evidence}
+
+
+@pytest.mark.parametrize("method", REGRESSION)
+def test_setting_sigma_noise_refits_as_constructing_with_it(method):
+    net, (x, y) = mlp(n_out=2), regression_data(15)
+    build = REGRESSION[method]
+    la = build(net, sigma_noise=0.3, **FIT).fit((x, y))
+    before = la(x)[1]
+    la.sigma_noise = torch.tensor([0.72])
+    assert (la(x)[1].diagonal(dim1=1, dim2=2) > before.diagonal(dim1=1, dim2=2)).all()
+    expected = build(net, sigma_noise=0.72, **FIT).fit((x, y))
+    torch.testing.assert_close(la.sigma_noise, torch.tensor(0.72))
+    actual, wanted = _fitted_outputs(la, x), _fitted_outputs(expected, x)
+    for name in wanted:
+        torch.testing.assert_close(actual[name], wanted[name], **CLOSE, msg=name)
+
+
+NEEDS_FIT = {
+    "sampled": lambda net, **kw: lla.SampledLaplace(net, "regression", solver=lla.Cholesky(), **kw),
+    "g_prior": lambda net, **kw: lla.ExactLaplace(net, "regression", g_prior=True, **kw),
+    "loaded": lambda net, **kw: lla.ExactLaplace(net, "regression", **kw),
+}
+
+
+@pytest.mark.parametrize("kind", NEEDS_FIT)
+def test_setting_sigma_noise_asks_for_a_fit_where_it_cannot_refit(kind, tmp_path):
+    net, (x, y) = mlp(n_out=2), regression_data(15)
+    la = NEEDS_FIT[kind](net, sigma_noise=0.3, **FIT).fit((x, y))
+    if kind == "loaded":
+        la.save(tmp_path / "fit.safetensors")
+        la = lla.ExactLaplace.load(tmp_path / "fit.safetensors", net, progress=False)
+    la.sigma_noise = 0.3  # unchanged: the fit stays
+    la(x)
+    la.sigma_noise = 0.72
+    with pytest.raises(lla.NotFittedError, match=r"fitted at sigma_noise=0.3.*\.fit\("):
+        la(x)
+    expected = NEEDS_FIT[kind](net, sigma_noise=0.72, **FIT).fit((x, y))
+    torch.testing.assert_close(la.fit((x, y)).sample(), expected.sample(), **CLOSE)
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        ("1.2", "must be a positive number"),
+        (torch.ones(2), "only homoscedastic"),
+        (torch.ones(1, 1), "only homoscedastic"),
+        (-0.5, "finite and > 0"),
+        (float("nan"), "finite and > 0"),
+    ],
+)
+def test_sigma_noise_setter_rejects_what_is_not_one_positive_value(value, match):
+    la = lla.ExactLaplace(mlp(n_out=2), "regression", **FIT)
+    with pytest.raises(ValueError, match=match):
+        la.sigma_noise = value
+    with pytest.raises(ValueError, match=match):
+        lla.ExactLaplace(mlp(n_out=2), "regression", sigma_noise=value)
+    torch.testing.assert_close(la.sigma_noise, torch.tensor(1.0))
+
+
+def test_sigma_noise_setter_takes_laplace_torchs_forms_and_classification_only_one():
+    la = lla.ExactLaplace(mlp(n_out=2), "regression", **FIT)
+    for value in [2, 0.5, torch.tensor(0.25), torch.tensor([0.125])]:
+        la.sigma_noise = value
+        torch.testing.assert_close(la.sigma_noise, torch.tensor(float(value)))
+    net, (x, y) = mlp(), classification_data(12)
+    classifier = lla.ExactLaplace(net, **FIT).fit((x, y))
+    probs = classifier(x)
+    with pytest.raises(ValueError, match="regression only"):
+        classifier.sigma_noise = 1.2
+    classifier.sigma_noise = torch.tensor(1.0)
+    torch.testing.assert_close(classifier(x), probs)
+
+
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_training_statistics_are_the_fits_data_at_the_networks_outputs(task):
+    net = mlp(n_out=2 if task == "regression" else 3)
+    x, y = (regression_data if task == "regression" else classification_data)(14)
+    kw = {"sigma_noise": 0.3} if task == "regression" else {}
+    la = lla.SampledLaplace(net, task, solver=lla.Cholesky(), **kw, **FIT)
+    for name in ["n_data", "n_outputs", "log_likelihood"]:
+        with pytest.raises(lla.NotFittedError, match="not fitted"):
+            getattr(la, name)
+    la.fit(DataLoader(TensorDataset(x, y), batch_size=5))
+    f = net(x).detach()
+    assert (la.n_data, la.n_outputs) == (14, f.shape[1])
+    if task == "classification":
+        expected = torch.log_softmax(f, -1)[torch.arange(14), y].sum()
+    else:
+        expected = -0.5 * ((y - f) ** 2).sum() / 0.3**2 - 14 * 2 * torch.log(
+            torch.tensor(0.3 * (2 * torch.pi) ** 0.5)
+        )
+    torch.testing.assert_close(la.log_likelihood, expected)
+
+
+def test_prior_precision_diag_in_the_weights_coordinates():
+    net, (x, y) = mlp(), classification_data(12)
+    sizes = torch.tensor([15, 5, 15, 3])
+    scalar = lla.ExactLaplace(net, prior_precision=0.7, **QUIET)
+    torch.testing.assert_close(scalar.prior_precision_diag, torch.full((38,), 0.7))
+    layerwise = lla.ExactLaplace(net, prior_precision=[1.0, 2.0, 3.0, 4.0], **QUIET)
+    expected = torch.tensor([1.0, 2.0, 3.0, 4.0]).repeat_interleave(sizes)
+    torch.testing.assert_close(layerwise.prior_precision_diag, expected)
+    g_prior = lla.ExactLaplace(net, g_prior=True, prior_precision=0.7, n_samples=2, **QUIET)
+    with pytest.raises(lla.NotFittedError, match="g_prior=True"):
+        _ = g_prior.prior_precision_diag
+    g_prior.fit((x, y))
+    torch.testing.assert_close(g_prior.prior_precision_diag, 0.7 / g_prior.scale**2)
+    # the g-prior's posterior precision is that of this prior in the weights' coordinates
+    hessians = g_prior.likelihood.hessian(net(x).detach())
+    jac = reference.jacobian(net, x)
+    dense = reference.posterior_precision(jac, hessians, 0.7 / g_prior.scale**2)
+    torch.testing.assert_close(g_prior.posterior_precision, dense)
+    with pytest.raises(ValueError, match="Nyström basis"):
+        _ = lla.NystromLaplace(net, rank=4, **QUIET).prior_precision_diag
+
+
+@pytest.mark.parametrize("method", ["exact", "sampled"])
+def test_diagonal_output_is_the_covariances_diagonal(method):
+    net, (x, y) = mlp(n_out=2), regression_data(12)
+    la = (
+        lla.ExactLaplace(net, "regression", **FIT)
+        if method == "exact"
+        else lla.SampledLaplace(net, "regression", solver=lla.Cholesky(), **FIT)
+    ).fit((x, y))
+    mean, var = la(x[:5], diagonal_output=True)
+    full_mean, cov = la(x[:5])
+    assert var.shape == (5, 2) and cov.shape == (5, 2, 2)
+    torch.testing.assert_close(mean, full_mean, **CLOSE)
+    torch.testing.assert_close(var, cov.diagonal(dim1=1, dim2=2), **CLOSE)
+    classifier = lla.ExactLaplace(mlp(), **FIT).fit(classification_data(12))
+    with pytest.raises(ValueError, match="applies to regression"):
+        classifier(x, diagonal_output=True)

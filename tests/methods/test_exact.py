@@ -37,6 +37,18 @@ def test_covariance_and_functional_variance_match_dense_formulas(task):
         torch.testing.assert_close(probs.sum(1), torch.ones(5))
 
 
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_h_is_the_unit_noise_ggn_without_the_prior(task):
+    net = mlp(n_out=2 if task == "regression" else 3)
+    x, y = (classification_data if task == "classification" else regression_data)(20)
+    kw = {"sigma_noise": 0.5} if task == "regression" else {}
+    la = lla.ExactLaplace(net, task, prior_precision=[1.0, 2.0, 3.0, 4.0], **kw, progress=False)
+    la.fit((x, y))
+    unit = lla.Gaussian(1.0) if kw else la.likelihood
+    expected = reference.ggn(reference.jacobian(net, x), unit.hessian(net(x).detach()))
+    torch.testing.assert_close(la.H, expected)
+
+
 def test_layerwise_prior_and_last_layer():
     net = mlp()
     x, y = classification_data(20)

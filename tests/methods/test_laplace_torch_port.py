@@ -42,20 +42,31 @@ def test_full_laplace_functionality(lh):
     sigma = 0.3 if lh == "regression" else 1.0
     la = lla.ExactLaplace(model, lh, sigma_noise=sigma, prior_precision=0.7, n_samples=4)
     la.fit((x, y))
+    assert la.n_data == len(x)
+    assert la.n_outputs == 2
     f = model(x).detach()
     theta = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
     torch.testing.assert_close(la.linearisation.theta_star, theta)
-    # lml = log p(y|f) − ½ θᵀAθ + ½ log|A| − ½ log|H|, at θ* (laplace-torch's mean)
+    # the training log-likelihood at the network's outputs, following σ when it is set
     if lh == "classification":
         log_lik = Categorical(logits=f).log_prob(y).sum()
+        torch.testing.assert_close(la.log_likelihood, log_lik)
     else:
+        torch.testing.assert_close(la.log_likelihood, Normal(f, sigma).log_prob(y).sum())
+        la.sigma_noise = sigma = 0.72
         log_lik = Normal(f, sigma).log_prob(y).sum()
+        torch.testing.assert_close(la.log_likelihood, log_lik)
+    # lml = log p(y|f) − ½ θᵀAθ + ½ log|A| − ½ log|H|, at θ* (laplace-torch's mean)
+    prior = torch.diag(la.prior_precision_diag)
+    assert prior.shape == (len(theta), len(theta))
+    post = la.posterior_precision
+    lml = log_lik - 0.5 * theta @ prior @ theta + 0.5 * (prior.logdet() - post.logdet())
+    torch.testing.assert_close(la.log_marginal_likelihood(mean="network"), lml)
+    # laplace-torch's H: the loss' GGN at unit noise, posterior_precision = H / σ² + prior
+    torch.testing.assert_close(la.H / sigma**2 + prior, post)
     hessians = la.likelihood.hessian(f)
     jac, cov = _dense_cov(model, x, hessians, 0.7)
     torch.testing.assert_close(la.posterior_covariance, cov)
-    prior = torch.full_like(theta, 0.7)
-    lml = log_lik - 0.5 * (prior * theta**2).sum() + 0.5 * (prior.log().sum() + cov.logdet())
-    torch.testing.assert_close(la.log_marginal_likelihood(mean="network"), lml)
     # zero-mean deviations: θ* + sample has mean θ*
     samples = la.sample(20000)
     assert samples.shape == (20000, theta.numel())
@@ -79,6 +90,20 @@ def test_regression_glm_predictive():
     assert f_cov.reshape(20, 20).shape == (20, 20)
     torch.testing.assert_close(torch.einsum("bkbl->bkl", f_cov), f_var)
     torch.testing.assert_close(f_cov.reshape(20, 20), f_cov.reshape(20, 20).T)
+
+
+# laplace-torch: tests/test_lllaplace.py::test_reg_glm_predictive_correct_behavior (FullLLLaplace;
+# joint=True is functional_covariance, which has no diagonal_output)
+def test_regression_diagonal_output():
+    model = _model()
+    x, y = _reg_data()
+    la = lla.ExactLaplace(model, "regression", parameters="last_layer", n_samples=4).fit((x, y))
+    f_mean, f_var = la(x, diagonal_output=True)
+    assert f_var.shape == (10, 2)
+    f_mean, f_cov = la(x, diagonal_output=False)
+    assert f_cov.shape == (10, 2, 2)
+    torch.testing.assert_close(f_var, f_cov.diagonal(dim1=1, dim2=2))
+    assert la.functional_covariance(x).reshape(20, 20).shape == (20, 20)
 
 
 # laplace-torch: tests/test_baselaplace.py::test_classification_predictive (glm, mc and probit)
@@ -183,11 +208,14 @@ def test_subnetwork_marginal_likelihood():
 # laplace-torch: tests/test_baselaplace.py::test_laplace_init_noise
 def test_sigma_noise_init():
     model = _model()
-    for sigma in [1.2, torch.tensor(1.2)]:
+    for sigma in [1.2, torch.tensor(1.2), torch.tensor(1.2).reshape(-1)]:
         la = lla.ExactLaplace(model, "regression", sigma_noise=sigma)
         torch.testing.assert_close(la.sigma_noise, torch.tensor(1.2))
     with pytest.raises(ValueError):
         lla.ExactLaplace(model, "classification", sigma_noise=1.2)
+    for sigma in [torch.tensor(1.2).reshape(1, 1), "1.2"]:
+        with pytest.raises(ValueError):
+            lla.ExactLaplace(model, "regression", sigma_noise=sigma)
 
 
 # laplace-torch: tests/test_baselaplace.py::test_laplace_functionality (the sigma_noise part:

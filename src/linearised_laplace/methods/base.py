@@ -11,6 +11,7 @@ network's own outputs; the posterior enters through zero-mean samples or its cov
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -25,7 +26,14 @@ from ..data import Data
 from ..em import EMState, check_em_settings, run_em, run_fingerprint
 from ..exceptions import NotFittedError
 from ..inputs import Inputs, as_inputs
-from ..likelihoods import Categorical, Gaussian, Likelihood, make_likelihood
+from ..likelihoods import (
+    Categorical,
+    Gaussian,
+    Likelihood,
+    as_sigma_noise,
+    make_likelihood,
+    with_noise,
+)
 from ..linear_model import FEATURE_MEMORY_GIB, LinearGaussianModel
 from ..linearisation import Linearisation, TangentBatching
 from ..mean import MeanMode, mean_mode
@@ -36,7 +44,35 @@ from ..priors import make_prior
 LikelihoodSpec = Literal["classification", "regression"] | Likelihood
 TrainingData = DataLoader | tuple[Inputs, Tensor]
 PRIOR_METHODS = ("em", "gridsearch")
-__all__ = ["Laplace", "LikelihoodSpec", "TrainingData"]
+__all__ = ["Laplace", "LikelihoodSpec", "TrainingData", "TrainingFit"]
+
+
+@dataclass(frozen=True)
+class TrainingFit:
+    """What a fit saw of its training data, at the network's outputs ``f_i = f(x_i; θ*)``.
+
+    Attributes:
+        n_data: ``n``, training points; ``n_outputs``: ``C``, outputs the likelihood sees.
+        loss: laplace-torch's training loss: ``½ Σ_i ‖y_i − f_i‖²`` for a Gaussian (free of ``σ``),
+            else ``−Σ_i log p(y_i | f_i)``.
+    """
+
+    n_data: int
+    n_outputs: int
+    loss: float
+
+    @classmethod
+    def of(cls, model: LinearGaussianModel) -> TrainingFit:
+        """One pass over ``model``'s training data (the outputs only; summed over ranks)."""
+        loss = torch.zeros((), dtype=torch.float64, device=model.features.device)
+        for _, x, y in model.data.batches():
+            f = model.features.forward(x).to(torch.float64)
+            y = y.to(f.device)
+            if isinstance(model.likelihood, Gaussian):
+                loss += 0.5 * ((y.reshape(f.shape).to(f.dtype) - f) ** 2).sum()
+            else:
+                loss -= model.likelihood.log_prob(f, y).sum()
+        return cls(len(model.data), model.n_outputs, float(model.data.all_reduce(loss)))
 
 
 class Laplace:
@@ -56,7 +92,8 @@ class Laplace:
             ``basis``, ``output_map``).
         prior_precision: ``α > 0``, one value per linearised parameter tensor (layerwise), or
             ``[D]``, one per linearised weight (diagonal; not learnt by EM).
-        sigma_noise: Gaussian noise standard deviation (regression only).
+        sigma_noise: Gaussian noise standard deviation (regression only): a positive number or a
+            one-element tensor; settable after ``fit`` (see :attr:`sigma_noise`).
         n_samples: Posterior samples ``S`` drawn by ``fit``.
         seed: Seeds every random draw; equal seeds give equal samples.
         parameters: Which parameters to linearise: ``"all"``, ``"last_layer"``, names or patterns,
@@ -87,7 +124,7 @@ class Laplace:
         posterior: Posterior,
         coordinates: dict | None = None,
         prior_precision: float | list[float] | Tensor = 1.0,
-        sigma_noise: float = 1.0,
+        sigma_noise: float | Tensor = 1.0,
         n_samples: int = 64,
         seed: int = 0,
         parameters: ParameterSpec = "all",
@@ -121,6 +158,8 @@ class Laplace:
         self.coordinates.check_prior(self.prior)
         self.posterior = posterior
         self.em_history: list[dict] = []
+        self._training: TrainingFit | None = None
+        self._unfitted_reason: str | None = None
 
     linearisation = property(lambda self: self.coordinates.linearisation, doc="The linearisation.")
     model = property(lambda self: self.linearisation.model, doc="The network (never modified).")
@@ -133,9 +172,84 @@ class Laplace:
         return self.prior.precision.clone()
 
     @property
+    def prior_precision_diag(self) -> Tensor:
+        """``[D]`` float64 prior precision of each linearised weight, in the weights' coordinates.
+
+        ``α_g`` repeated over its tensor's weights; with the g-prior ``α_g / s_d²`` (the prior is on
+        ``θ_d / s_d``, so it needs a fit's scale ``s``). Undefined for a Nyström basis (the prior is
+        isotropic in it, degenerate outside).
+        """
+        if self.g_prior and self.scale is None:
+            raise NotFittedError(
+                "With g_prior=True a weight's prior precision is α/s², and the scale s comes from "
+                "the training data: call `.fit(train_loader)` first."
+            )
+        return self.coordinates.prior_diag_to_parameters(self.prior.diag())
+
+    @property
     def sigma_noise(self) -> Tensor:
-        """Gaussian noise standard deviation (1 for classification)."""
+        """Gaussian noise standard deviation (1 for classification): 0-d float64.
+
+        Settable, as in laplace-torch, to a positive number or a one-element tensor (a classification
+        likelihood takes only 1). A fitted exact-family posterior is refactorised from its GGN
+        (``M ∝ σ⁻²``) at once, as if constructed with that ``σ`` (a ranked subnetwork stays as
+        chosen); a sampled posterior, a loaded one and the g-prior (``s ∝ σ``) need
+        ``.fit(train_loader)`` again, and raise :class:`~linearised_laplace.NotFittedError` until.
+        """
         return torch.tensor(float(getattr(self.likelihood, "sigma", 1.0)), dtype=torch.float64)
+
+    @sigma_noise.setter
+    def sigma_noise(self, value: float | Tensor) -> None:
+        old = float(self.sigma_noise)
+        likelihood = with_noise(self.likelihood, as_sigma_noise(value))
+        if likelihood == self.likelihood:
+            return
+        self.likelihood = likelihood
+        if self.posterior.samples is None:
+            return
+        if self.g_prior or not self.posterior.at_noise(likelihood.sigma, self.seed, self.progress):
+            self.posterior.forget()
+            if self.g_prior:
+                self.coordinates.forget()
+            self._unfitted_reason = (
+                f"This {type(self).__name__} was fitted at sigma_noise={old:g}; its posterior "
+                f"depends on σ (B = I/σ²) and only a fit refits it at sigma_noise="
+                f"{likelihood.sigma:g}: call `.fit(train_loader)` again."
+            )
+
+    @property
+    def n_data(self) -> int:
+        """``n``, the training points the last fit saw."""
+        return self._training_fit("n_data").n_data
+
+    @property
+    def n_outputs(self) -> int:
+        """``C``, the outputs per point the likelihood sees (the network's, without an output map)."""
+        return self._training_fit("n_outputs").n_outputs
+
+    @property
+    def log_likelihood(self) -> Tensor:
+        """laplace-torch's ``log_likelihood``: ``Σ_i log p(y_i | f(x_i; θ*))`` on the training data.
+
+        0-d float64, at the current ``σ``: ``−½ ‖y − f‖² / σ² − n C log(σ √(2π))`` for regression,
+        ``Σ_i log softmax(f_i)_{y_i}`` for classification.
+        """
+        fit = self._training_fit("log_likelihood")
+        value = -fit.loss
+        if isinstance(self.likelihood, Gaussian):
+            sigma = self.likelihood.sigma
+            norm = fit.n_data * fit.n_outputs * math.log(sigma * math.sqrt(2 * math.pi))
+            value = value / sigma**2 - norm
+        return torch.tensor(value, dtype=torch.float64)
+
+    def _training_fit(self, what: str) -> TrainingFit:
+        self.check_fitted()
+        if self._training is None:
+            raise NotFittedError(
+                f"`{what}` is a statistic of the training data: call `.fit(train_loader)` (a "
+                "loaded posterior does not keep its data)."
+            )
+        return self._training
 
     @property
     def posterior_samples(self) -> Tensor:
@@ -150,6 +264,7 @@ class Laplace:
         coordinates take from the data (a ranked subnetwork, the g-prior scale, a Nyström basis)
         the first time.
         """
+        self._unfitted_reason = None
         if self.linearisation.changed() is not None:
             self.linearisation.refresh()
             self.coordinates.forget()
@@ -170,7 +285,9 @@ class Laplace:
         return LinearGaussianModel(self.coordinates.features(), self.likelihood, self.prior, data)
 
     def _fit_model(self, train_loader: TrainingData) -> LinearGaussianModel:
-        return self.linear_model(train_loader).with_dense_features(self.feature_memory_gib)
+        model = self.linear_model(train_loader).with_dense_features(self.feature_memory_gib)
+        self._training = TrainingFit.of(model)
+        return model
 
     def g_prior_scale(self, train_loader: TrainingData) -> Tensor:
         """The g-prior's scale ``s = diag(JᵀBJ)^{-1/2}`` ``[D]`` on the training data.
@@ -188,7 +305,8 @@ class Laplace:
         """Raise :class:`~linearised_laplace.NotFittedError` unless a posterior is fitted."""
         if self.posterior.samples is None:
             raise NotFittedError(
-                f"This {type(self).__name__} is not fitted yet; call `.fit(train_loader)` first."
+                self._unfitted_reason
+                or f"This {type(self).__name__} is not fitted yet; call `.fit(train_loader)` first."
             )
 
     def _fitted_data(self, what: str) -> Posterior:
@@ -260,6 +378,10 @@ class Laplace:
         half = self._functional_factor(x)
         return (half @ half.transpose(1, 2)).to(self.linearisation.dtype)
 
+    def _marginal_variance(self, x: Inputs) -> Tensor:
+        """``[N, C]``: the diagonal of :meth:`functional_variance`, without its ``C × C`` blocks."""
+        return self._functional_factor(x).square().sum(-1).to(self.linearisation.dtype)
+
     def functional_covariance(self, x: Inputs) -> Tensor:
         r"""Joint posterior covariance of ``f`` over the batch, ``J(x_a) Σ J(x_b)ᵀ``: ``[N, C, N, C]``.
 
@@ -272,7 +394,10 @@ class Laplace:
         return torch.einsum("acr,bdr->acbd", half, half).to(self.linearisation.dtype)
 
     def __call__(
-        self, x: Inputs, link_approx: Literal["mc", "probit"] = "mc"
+        self,
+        x: Inputs,
+        link_approx: Literal["mc", "probit"] = "mc",
+        diagonal_output: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """The predictive at ``N`` inputs ``x``, in the network's dtype.
 
@@ -283,16 +408,23 @@ class Laplace:
         ``"probit"`` is MacKay's ``softmax(f(x; θ*) / (1 + π σ²/8)^{1/2})``, ``σ²`` the functional
         variances. Returns classification probabilities ``[N, C]``, or for regression the mean
         ``f(x; θ*)`` ``[N, C]`` and the functional covariance ``[N, C, C]`` (add ``σ²`` for the
-        observation noise).
+        observation noise), or with ``diagonal_output=True`` (laplace-torch's keyword) only its
+        diagonal, the variances ``[N, C]``.
         """
         self.check_fitted()
         x = self.linearisation.check_inputs(x)
         if not isinstance(self.likelihood, Categorical):
-            return self.linearisation.forward(x), self.functional_variance(x)
+            variance = self._marginal_variance if diagonal_output else self.functional_variance
+            return self.linearisation.forward(x), variance(x)
+        if diagonal_output:
+            raise ValueError(
+                "`diagonal_output=True` applies to regression (the variances [N, C] instead of the "
+                "covariances [N, C, C]); classification returns probabilities [N, C]. Drop it."
+            )
         if link_approx == "mc":
             return torch.softmax(self.predictive_samples(x), dim=-1).mean(0)
         if link_approx == "probit":
-            variance = self.functional_variance(x).diagonal(dim1=-2, dim2=-1)
+            variance = self._marginal_variance(x)
             kappa = (1 + math.pi * variance / 8).rsqrt()
             return torch.softmax(kappa * self.linearisation.forward(x), dim=-1)
         raise ValueError(f"`link_approx` must be 'mc' or 'probit', got {link_approx!r}.")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from ..mean import mean_mode
@@ -57,6 +58,16 @@ class ExactLaplace(Laplace):
         self.check_fitted()
         factor = self.posterior.factor
         return self.coordinates.precision_to_parameters(factor @ factor.T)
+
+    @property
+    def H(self) -> Tensor:
+        """laplace-torch's ``H``: the training loss' GGN ``Jᵀ Λ J`` at unit noise, without the prior.
+
+        Float64 ``[D, D]``, so that ``posterior_precision = H / σ² + diag(prior_precision_diag)``
+        (for classification ``σ = 1``). Not defined outside a Nyström basis.
+        """
+        prior = torch.diag(self.prior_precision_diag).to(self.posterior.factor.device)
+        return (self.posterior_precision - prior) * self.sigma_noise.item() ** 2
 
     @property
     def posterior_covariance(self) -> Tensor:

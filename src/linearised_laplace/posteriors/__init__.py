@@ -34,6 +34,9 @@ class Posterior(Protocol):
     def extra_samples(self, count: int, seed: int) -> Tensor:
         """``count`` samples beyond the stored ones (or raise)."""
 
+    def at_noise(self, sigma: float, seed: int, progress) -> bool:
+        """Refit at Gaussian noise ``sigma`` without a new fit if it can (then True)."""
+
     def forget(self) -> None:
         """Drop the fit (the weights changed)."""
 

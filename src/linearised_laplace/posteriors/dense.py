@@ -116,6 +116,14 @@ class DensePosterior:
         if is_main_process():
             persistence.write(self.ggn_cache, tensors, {"kind": GGN_KIND, "key": key})
 
+    def at_noise(self, sigma: float, seed: int, progress) -> bool:
+        """Refactorise ``H`` at noise ``σ`` from the held ``M`` (``∝ σ⁻²``); False after a load."""
+        if self.model is None:
+            return False
+        current, ratio = self.model.at(self.model.prior.precision, sigma)
+        self.fit(current, len(self.samples), seed, progress, _scaled(self.ggn, ratio))
+        return True
+
     def extra_samples(self, count: int, seed: int) -> Tensor:
         """``count`` more exact samples ``R^{-T} ξ`` (float64), from their own stream."""
         xi = NoiseSource(seed, stream="predictive").prior(

@@ -91,6 +91,10 @@ class SampledPosterior:
         self.samples, self.solve_info = result.samples, result.info
         return scores
 
+    def at_noise(self, sigma: float, seed: int, progress) -> bool:
+        """False: each sample is a solve at the fit's ``σ``; only a new fit re-solves them."""
+        return False
+
     def extra_samples(self, count: int, seed: int) -> Tensor:
         """Raises: a sampled posterior has only the samples it was fitted with."""
         drawn = len(self.samples)
