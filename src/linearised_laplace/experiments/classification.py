@@ -284,7 +284,10 @@ def evaluate(method: str, settings: Settings) -> dict:
     with torch.no_grad():
         test_samples = predictor(x)
         ood_samples = predictor(out_of_distribution(data))
-        shifted = {angle: score(predictor(rotate(x, angle)), y) for angle in settings.angles}
+        shifted = {
+            angle: score(test_samples if angle == 0 else predictor(rotate(x, angle)), y)
+            for angle in settings.angles
+        }
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     probs_in = torch.softmax(test_samples.double(), -1).mean(0)
     probs_out = torch.softmax(ood_samples.double(), -1).mean(0)
