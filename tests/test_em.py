@@ -205,6 +205,8 @@ def test_em_damps_a_two_cycle_until_it_converges():
     assert final.converged and final.step < 5
     assert abs(float(final.precision) - 3.0) < 1e-9
     assert final.history[2]["damping"] == [0.5]
+    small = _em_with_update(lambda a: 9.0 / a, 4.0)  # a two-cycle 4 ↔ 2.25, within a factor 2
+    assert small.converged and abs(float(small.precision) - 3.0) < 1e-6
 
 
 def test_em_is_bounded_and_warns_when_it_runs_away():

@@ -328,9 +328,10 @@ def damped_step(
     """Move ``log α`` towards the MacKay update, damped and bounded.
 
     Each group's damping (1 at the start) halves when the proposed step reverses the direction of
-    the last step taken by more than a factor of 2, so a two-cycle of the update converges, and
-    doubles (up to 1) when the step continues in the last one's direction, so that one overshoot
-    (a first step from a far start) does not slow every later step of a monotone approach.
+    the last step taken and is more than half its size (an oscillation that does not contract by
+    half per step; a two-cycle then converges), and doubles (up to 1) when the step continues in
+    the last one's direction, so that one overshoot (a first step from a far start) does not slow
+    every later step of a monotone approach.
 
     Args:
         current: ``[G]`` precision now.
@@ -344,7 +345,7 @@ def damped_step(
     damping = torch.tensor(history[-1].get("damping", [1.0] * len(step)), dtype=step.dtype)
     if len(history) >= 2:
         last = current.log() - torch.tensor(history[-2]["prior_precision"], dtype=step.dtype).log()
-        reverses = (step * last < 0) & (step.abs() > math.log(2))
+        reverses = (step * last < 0) & (step.abs() > last.abs() / 2)
         continues = step * last > 0
         damping = torch.where(reverses, damping / 2, damping)
         damping = torch.where(continues, (2 * damping).clamp_max(1.0), damping)
