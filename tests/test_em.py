@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import pytest
 import torch
@@ -279,3 +280,16 @@ def test_em_takes_full_steps_again_after_one_overshoot():
     assert [h.get("damping") for h in final.history[1:4]] == [[1.0], [0.5], [1.0]]
     assert final.converged and final.step == 4
     assert float(final.precision) == pytest.approx(190.0, rel=1e-12)
+
+
+def test_an_impossible_sampled_gamma_warns_that_the_samples_are_unconverged():
+    def e_step(gamma):
+        return lambda state: EStep(torch.ones(4), torch.tensor([gamma]), torch.zeros(2, 4))
+
+    start = EMState(0, torch.tensor([3.0]), 1.0, torch.zeros(4))
+    ids = torch.zeros(4, dtype=torch.long)
+    with pytest.warns(lla.ConvergenceWarning, match="far from converged"):
+        run_em(e_step(40.0), start, ids, max_iter=1, tol=10.0, progress=False)
+    with warnings.catch_warnings():  # within the Monte-Carlo error of the bound (4 + 4·2)
+        warnings.simplefilter("error")
+        run_em(e_step(11.0), start, ids, max_iter=2, tol=10.0, progress=False)

@@ -164,6 +164,20 @@ def mackay_update(
     return gamma / norm_sq.clamp_min(torch.finfo(torch.float64).tiny)
 
 
+def implausible_gamma(
+    gamma: Tensor, sizes: Tensor, n_samples: int, n_observations: int | None = None
+) -> Tensor:
+    """``[G]`` bool: whether ``γ̂_g`` is above any posterior's ``γ_g``.
+
+    That is, above its bound ``min(d_g, n·C)`` by more than 4 of its Monte-Carlo standard errors,
+    which are at most ``(2 d_g / K)^{1/2}`` for either estimator (``K`` samples). No posterior has such a ``γ``: the samples behind it are far from converged (too few solver
+    steps for how ill-conditioned ``H`` is at this ``α``), and its clipped MacKay update is not to
+    be trusted.
+    """
+    high = sizes if n_observations is None else sizes.clamp_max(n_observations)
+    return gamma > high + 4 * (2 * sizes / max(n_samples, 1)).sqrt()
+
+
 def noise_update(residual_sq: float, n_observations: int, gamma: float) -> float:
     """MacKay's ``σ = (‖y − g(θ̄)‖² / (nC − γ))^{1/2}``."""
     return math.sqrt(residual_sq / max(n_observations - gamma, 1.0))
@@ -419,6 +433,8 @@ def run_em(
                 n_observations,
                 floor=not result.positive_gamma,
             )
+            if clip_gamma and result.samples is not None:
+                _warn_implausible(result.gamma, group_ids, n_groups, result, n_observations, state)
             if not bool(torch.isfinite(proposed).all() & (proposed > 0).all()):
                 raise DivergenceError(
                     f"EM step {state.step + 1}: the MacKay update of the prior precision is "
@@ -530,6 +546,23 @@ def _guarded(e_step: Callable[[EMState], EStep], state: EMState) -> EStep:
             f"factorisation failed ({str(err).splitlines()[0]}). The precision is too extreme for "
             "the posterior to be represented; start from a moderate prior_precision (e.g. 1.0)."
         ) from err
+
+
+def _warn_implausible(gamma, group_ids, n_groups, result: EStep, n_observations, state) -> None:
+    sizes = group_sum(torch.ones_like(result.mean, dtype=torch.float64), group_ids, n_groups)
+    bad = implausible_gamma(gamma.double(), sizes, len(result.samples), n_observations)
+    if bool(bad.any()):
+        warnings.warn(
+            f"EM step {state.step + 1} at prior precision {state.precision.tolist()}: the sampled "
+            f"γ̂ = {gamma[bad].tolist()} exceeds what any posterior allows (at most "
+            f"{sizes[bad].tolist()} weights, {n_observations} observations) by far more than its "
+            "Monte-Carlo error, so the E-step's samples are far from converged and this step's "
+            "(clipped) update is unreliable. Give the sampler more steps (e.g. "
+            "solver=lla.SGD(n_epochs=...)) or start EM from a larger prior_precision, where H is "
+            "better conditioned.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
 
 
 def _warn_unconverged(state: EMState, tol: float, pinned: bool) -> None:
