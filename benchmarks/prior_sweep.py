@@ -115,9 +115,14 @@ def _fidelity(sampled: dict | None, rows: list[dict]) -> list[str]:
     alpha = sampled["prior_precision"][0]
     exact = next(r for r in rows if r["α"] == alpha and r["prior"] == "g-prior")
     table = [
-        {"": k, "sampled": sampled[k], "exact": exact[k], "relative difference": sampled[k] / exact[k] - 1}
+        {
+            "": k,
+            "sampled": sampled[k],
+            "exact": exact[k],
+            "relative difference": sampled[k] / exact[k] - 1,
+        }
         for k in COLUMNS[2:]
-    ]  # fmt: skip
+    ]
     return [
         "",
         f"Fidelity: the `sampled` row against exact LLA at its EM α = {alpha:.4g} (same network, "

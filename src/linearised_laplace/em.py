@@ -22,9 +22,10 @@ update ``α ← 1/‖θ̄‖² ∝ α²`` run away). For a Gaussian likelihood M
 
 The loop is guarded against extreme priors (:func:`run_em`): each group's step in ``log α`` is
 damped, halving whenever it reverses direction (a two-cycle converges instead of oscillating) and
-recovering while it keeps its direction, ``α`` stays within :data:`PRECISION_RANGE`, a non-finite update or a failed factorisation ends the
-run with a :class:`~linearised_laplace.DivergenceError`, and a run that stops at ``max_iter`` or at
-the bound warns with a :class:`~linearised_laplace.ConvergenceWarning`. Each history entry records
+recovering while it keeps its direction, ``α`` stays within :data:`PRECISION_RANGE`, a non-finite
+update or a failed factorisation ends the run with a :class:`~linearised_laplace.DivergenceError`,
+and a run that stops at ``max_iter`` or at the bound warns with a
+:class:`~linearised_laplace.ConvergenceWarning`, as does a sampled ``γ̂`` no posterior can have. Each history entry records
 its ``damping`` and whether the run had ``converged``.
 """
 
@@ -170,9 +171,9 @@ def implausible_gamma(
     """``[G]`` bool: whether ``γ̂_g`` is above any posterior's ``γ_g``.
 
     That is, above its bound ``min(d_g, n·C)`` by more than 4 of its Monte-Carlo standard errors,
-    which are at most ``(2 d_g / K)^{1/2}`` for either estimator (``K`` samples). No posterior has such a ``γ``: the samples behind it are far from converged (too few solver
-    steps for how ill-conditioned ``H`` is at this ``α``), and its clipped MacKay update is not to
-    be trusted.
+    which are at most ``(2 d_g / K)^{1/2}`` for either estimator (``K`` samples). No posterior has
+    such a ``γ``: the samples behind it are far from converged (too few solver steps for how
+    ill-conditioned ``H`` is at this ``α``), and its clipped MacKay update is not to be trusted.
     """
     high = sizes if n_observations is None else sizes.clamp_max(n_observations)
     return gamma > high + 4 * (2 * sizes / max(n_samples, 1)).sqrt()
@@ -434,7 +435,7 @@ def run_em(
                 floor=not result.positive_gamma,
             )
             if clip_gamma and result.samples is not None:
-                _warn_implausible(result.gamma, group_ids, n_groups, result, n_observations, state)
+                _warn_implausible(result, group_ids, n_groups, n_observations, state)
             if not bool(torch.isfinite(proposed).all() & (proposed > 0).all()):
                 raise DivergenceError(
                     f"EM step {state.step + 1}: the MacKay update of the prior precision is "
@@ -548,9 +549,10 @@ def _guarded(e_step: Callable[[EMState], EStep], state: EMState) -> EStep:
         ) from err
 
 
-def _warn_implausible(gamma, group_ids, n_groups, result: EStep, n_observations, state) -> None:
+def _warn_implausible(result: EStep, group_ids, n_groups, n_observations, state) -> None:
+    gamma = result.gamma.double()
     sizes = group_sum(torch.ones_like(result.mean, dtype=torch.float64), group_ids, n_groups)
-    bad = implausible_gamma(gamma.double(), sizes, len(result.samples), n_observations)
+    bad = implausible_gamma(gamma, sizes, len(result.samples), n_observations)
     if bool(bad.any()):
         warnings.warn(
             f"EM step {state.step + 1} at prior precision {state.precision.tolist()}: the sampled "
