@@ -36,7 +36,9 @@ from .training import TrainConfig, train_map
 from .workers import run_worker, use_idle_cores
 
 CORE_METHODS = ("map", "ensemble", "mc-dropout", "sampled", "exact", "subnetwork", "nystrom")
-OUR_METHODS = CORE_METHODS + ("sampled-lastlayer", "exact-lastlayer")
+# Variants of the EM methods: the last layer only, or an isotropic prior instead of the g-prior.
+VARIANTS = {"-lastlayer": {"parameters": "last_layer"}, "-isotropic": {"g_prior": False}}
+OUR_METHODS = CORE_METHODS + tuple(f"{m}{v}" for v in VARIANTS for m in ("sampled", "exact"))
 WEIGHT_DECAY = 1e-4
 DATASETS = ("digits", "fashion-mnist")
 ANGLES = (0, 15, 30, 45, 60, 75, 90, 120, 150, 180)
@@ -209,16 +211,16 @@ def build_predictor(
             method, net, data.train, data.val, s.n_samples, s.subnetwork_size
         )
     stem = Path(s.out) / "checkpoints" / f"{network_tag(s, s.seed)}-{method}"
-    if method.endswith("-lastlayer"):  # the same EM and g-prior on the last layer only
-        method, kw = method.removesuffix("-lastlayer"), {**kw, "parameters": "last_layer"}
+    method, variant = split_variant(method)
+    own = {**kw, "g_prior": True, **variant}  # sampled and exact: the seed paper's g-prior
     # sampled and exact share the mean's solver, so that they differ only in γ and the samples
     mean_solver = None if s.mean_epochs is None else SGD(n_epochs=s.mean_epochs)
     if method == "sampled":
         solver = SGD(n_epochs=s.sampler_epochs)
-        la = SampledLaplace(net, g_prior=True, solver=solver, mean_solver=mean_solver, **kw)
+        la = SampledLaplace(net, solver=solver, mean_solver=mean_solver, **own)
     elif method == "exact":  # its GGN (most of its cost) is kept for a rerun on the same network
         ggn_cache = f"{stem}-ggn.safetensors"
-        la = ExactLaplace(net, g_prior=True, mean_solver=mean_solver, ggn_cache=ggn_cache, **kw)
+        la = ExactLaplace(net, mean_solver=mean_solver, ggn_cache=ggn_cache, **own)
     elif method == "subnetwork":
         la = SubnetworkLaplace(net, subnetwork="swag", n_params=s.subnetwork_size, **kw)
     else:  # nystrom, tuned on validation data as in the ELLA paper
@@ -226,6 +228,14 @@ def build_predictor(
         la.fit(data.train).select_prior_precision(data.val)
         return la.predictive_samples, {"prior_precision": la.prior_precision.tolist()}
     return fit_by_em(la, data.train, s.em_steps, s.em_samples, f"{stem}-em.safetensors")
+
+
+def split_variant(method: str) -> tuple[str, dict]:
+    """``"sampled-isotropic"`` → ``("sampled", {"g_prior": False})``: a method and its variant's options."""
+    for suffix, options in VARIANTS.items():
+        if method.endswith(suffix):
+            return method.removesuffix(suffix), options
+    return method, {}
 
 
 def fit_by_em(
@@ -240,6 +250,7 @@ def fit_by_em(
     history = la.optimize_prior_precision(train, max_iter=em_steps, checkpoint=checkpoint, **em)
     info = {"em_history": history, "prior_precision": la.prior_precision.tolist()}
     info["linearised weights"] = la.coordinates.dim
+    info["prior"] = "g-prior" if la.g_prior else "isotropic"
     if isinstance(la, SampledLaplace):
         info["solve"] = la.solve_info.summary()  # the final draw: worst residual against its tol
     return la.predictive_samples, info
@@ -327,7 +338,7 @@ _METHOD_SPECIFIC = {key for keys in METHOD_SETTINGS.values() for key in keys}
 
 def _relevant(settings: dict, method: str) -> dict:
     """The recorded settings that decide ``method``'s result."""
-    own = set(METHOD_SETTINGS.get(method.removesuffix("-lastlayer"), ()))
+    own = set(METHOD_SETTINGS.get(split_variant(method)[0], ()))
     if method.startswith("lt-subnet"):
         own.add("subnetwork_size")
     return {k: v for k, v in settings.items() if k not in _METHOD_SPECIFIC or k in own}
