@@ -7,8 +7,10 @@ grid is scored on the test set itself, so its best entry is an oracle, not a met
 Needs the classification benchmark's overconfident run first (its MAP and the GGN cache of its
 ``exact`` row in ``results/fashion-mnist-cnn-overconfident/checkpoints``). Per ``α``: one Cholesky
 factorisation of ``H = M + αI`` (g-prior coordinates, ``D = 20,490``) and 32 samples from the
-benchmark's noise seed. Writes ``results/prior_sweep.{json,md}``. Run:
-``OMP_NUM_THREADS=1 python benchmarks/prior_sweep.py``.
+benchmark's noise seed. Each grid adds the α EM found for the ``sampled`` (g-prior) or
+``sampled-isotropic`` row, for a fidelity table at the same α. Rows already in
+``results/prior_sweep.json`` for the same prior and α are kept (delete it to rerun them). Writes
+``results/prior_sweep.{json,md}``. Run: ``OMP_NUM_THREADS=1 python benchmarks/prior_sweep.py``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from linearised_laplace.experiments import classification as bench
 
 GRID = (30.0, 100.0, 1000.0)  # g-prior; and the sampled row's EM α, for the fidelity table
 ISOTROPIC_GRID = (3.0, 10.0, 30.0, 100.0)  # an isotropic prior on the network's own weights
+SAMPLED = {"g-prior": "sampled", "isotropic": "sampled-isotropic"}  # rows with α to add
 OUT = RESULTS / "fashion-mnist-cnn-overconfident"
 COLUMNS = [
     "prior",
@@ -43,27 +46,30 @@ def main(settings: bench.Settings | None = None, name: str = "prior_sweep") -> N
         weight_decay=0.0, mean_epochs=5, out=str(OUT),
     )  # fmt: skip
     out = Path(settings.out)
-    sampled = _row(out, "sampled")
-    grid = sorted({*GRID, *([sampled["prior_precision"][0]] if sampled else [])})
+    sampled = {prior: _row(out, method) for prior, method in SAMPLED.items()}
+    grid = {
+        prior: sorted({*base, *([sampled[prior]["prior_precision"][0]] if sampled[prior] else [])})
+        for prior, base in (("g-prior", GRID), ("isotropic", ISOTROPIC_GRID))
+    }
+    done = {(r["prior"], r["α"]): r for r in _previous(name)}
     data = bench.load_data(settings)
     net = bench.trained_model(settings, data, settings.seed)
     cache = (
         out / "checkpoints" / f"{bench.network_tag(settings, settings.seed)}-exact-ggn.safetensors"
     )
-    la = lla.ExactLaplace(
-        net, g_prior=True, prior_precision=grid[0], ggn_cache=cache, n_samples=settings.n_samples,
-        exclude_norm=True, progress=False,
-    ).fit(data.train)  # fmt: skip
-    model, ggn = la.posterior.model, la.posterior.ggn
+    entries = [(prior, alpha) for prior, alphas in grid.items() for alpha in alphas]
+    todo = [entry for entry in entries if entry not in done]
+    if todo:
+        la = lla.ExactLaplace(
+            net, g_prior=True, prior_precision=grid["g-prior"][0], ggn_cache=cache,
+            n_samples=settings.n_samples, exclude_norm=True, progress=False,
+        ).fit(data.train)  # fmt: skip
+        model, ggn = la.posterior.model, la.posterior.ggn
+        scale = la.scale.to(torch.float64)  # θ = s ⊙ θ̃: an isotropic α on θ is α s² on θ̃
     x, y = data.test
-    scale = la.scale.to(torch.float64)  # θ = s ⊙ θ̃: an isotropic α on θ is α s² on θ̃
-    rows = []
-    for prior, alpha in [
-        *(("g-prior", a) for a in grid),
-        *(("isotropic", a) for a in ISOTROPIC_GRID),
-    ]:
+    for prior, alpha in todo:
         start = time.process_time()
-        if (prior, alpha) != ("g-prior", grid[0]):  # from the same GGN and the same noise
+        if (prior, alpha) != ("g-prior", grid["g-prior"][0]):  # the same GGN and the same noise
             precision = alpha * (scale.square() if prior == "isotropic" else torch.ones(1))
             la.posterior.fit(
                 model.with_prior(model.prior.with_precision(precision)),
@@ -74,11 +80,11 @@ def main(settings: bench.Settings | None = None, name: str = "prior_sweep") -> N
             )
         with torch.no_grad():
             row = {"prior": prior, "α": alpha, **bench.score(la.predictive_samples(x), y)}
-        row["CPU [s]"] = time.process_time() - start
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        done[prior, alpha] = row | {"CPU [s]": time.process_time() - start}
+        print(json.dumps(done[prior, alpha]), flush=True)
+    rows = [done[entry] for entry in entries]
     reference = []
-    for method in ("map", "ensemble", "sampled", "exact"):
+    for method in ("map", "ensemble", "sampled", "exact", "sampled-isotropic", "exact-isotropic"):
         if (r := _row(out, method)) is not None:
             alpha = r.get("prior_precision", [None])[0]
             reference.append({"prior": method, "α": alpha or "", **r})
@@ -89,15 +95,15 @@ def main(settings: bench.Settings | None = None, name: str = "prior_sweep") -> N
             "Test-set scores (so the best row is an oracle α, not a method); 32 exact samples per α "
             "from one noise seed, full network (D = 20,490), from one dense GGN: with the g-prior "
             "(the benchmark's `exact` and `sampled` rows) and with an isotropic prior on the "
-            "network's own weights (laplace-torch's; its KFAC row learnt α = 18.5 so). The "
-            "benchmark's rows for reference below.",
+            "network's own weights (laplace-torch's, and the `-isotropic` rows'; its KFAC row learnt "
+            "α = 18.5 so). The benchmark's rows for reference below.",
             "",
             markdown_table(rows, [*COLUMNS, "CPU [s]"]),
             "",
             "Benchmark rows (`methods/*.json`, α from EM):",
             "",
             markdown_table(reference, COLUMNS),
-            *_fidelity(sampled, rows),
+            *(line for prior in SAMPLED for line in _fidelity(prior, sampled[prior], rows)),
         ]
     )
     write(name, {"grid": rows, "reference": reference}, markdown)
@@ -108,12 +114,17 @@ def _row(out: Path, method: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _fidelity(sampled: dict | None, rows: list[dict]) -> list[str]:
+def _previous(name: str) -> list[dict]:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text())["grid"] if path.exists() else []
+
+
+def _fidelity(prior: str, sampled: dict | None, rows: list[dict]) -> list[str]:
     """Sampled LLA against exact LLA at the sampled row's α (same network, same noise seed)."""
     if sampled is None:
         return []
     alpha = sampled["prior_precision"][0]
-    exact = next(r for r in rows if r["α"] == alpha and r["prior"] == "g-prior")
+    exact = next(r for r in rows if r["α"] == alpha and r["prior"] == prior)
     table = [
         {
             "": k,
@@ -125,8 +136,9 @@ def _fidelity(sampled: dict | None, rows: list[dict]) -> list[str]:
     ]
     return [
         "",
-        f"Fidelity: the `sampled` row against exact LLA at its EM α = {alpha:.4g} (same network, "
-        "prior and noise seed; they differ only by the sampler's error):",
+        f"Fidelity: the `{sampled['method']}` row against exact LLA at its EM α = {alpha:.4g} "
+        f"({prior}; same network and prior, 32 samples each: they differ by the sampler's error "
+        "and Monte-Carlo error):",
         "",
         markdown_table(table, ["", "sampled", "exact", "relative difference"]),
     ]

@@ -36,9 +36,19 @@ from .training import TrainConfig, train_map
 from .workers import run_worker, use_idle_cores
 
 CORE_METHODS = ("map", "ensemble", "mc-dropout", "sampled", "exact", "subnetwork", "nystrom")
-# Variants of the EM methods: the last layer only, or an isotropic prior instead of the g-prior.
-VARIANTS = {"-lastlayer": {"parameters": "last_layer"}, "-isotropic": {"g_prior": False}}
-OUR_METHODS = CORE_METHODS + tuple(f"{m}{v}" for v in VARIANTS for m in ("sampled", "exact"))
+# Variants of sampled and exact: the last layer only, an isotropic prior instead of the g-prior,
+# and EM with the MAP's weights as the mean (laplace-torch's marglik fixed point) instead of θ̄.
+VARIANTS = {
+    "-lastlayer": {"parameters": "last_layer"},
+    "-isotropic": {"g_prior": False},
+    "-mapmean": {"mean": "network"},
+}
+EM_OPTIONS = ("mean",)  # variant options of EM rather than of the linear model
+OUR_METHODS = CORE_METHODS + tuple(
+    f"{m}{v}"
+    for v in ("-lastlayer", "-isotropic", "-isotropic-mapmean")
+    for m in ("sampled", "exact")
+)
 WEIGHT_DECAY = 1e-4
 DATASETS = ("digits", "fashion-mnist")
 ANGLES = (0, 15, 30, 45, 60, 75, 90, 120, 150, 180)
@@ -211,7 +221,8 @@ def build_predictor(
             method, net, data.train, data.val, s.n_samples, s.subnetwork_size
         )
     stem = Path(s.out) / "checkpoints" / f"{network_tag(s, s.seed)}-{method}"
-    method, variant = split_variant(method)
+    name, (method, variant) = method, split_variant(method)
+    em = {k: variant.pop(k) for k in EM_OPTIONS if k in variant}
     own = {**kw, "g_prior": True, **variant}  # sampled and exact: the seed paper's g-prior
     # sampled and exact share the mean's solver, so that they differ only in γ and the samples
     mean_solver = None if s.mean_epochs is None else SGD(n_epochs=s.mean_epochs)
@@ -219,7 +230,8 @@ def build_predictor(
         solver = SGD(n_epochs=s.sampler_epochs)
         la = SampledLaplace(net, solver=solver, mean_solver=mean_solver, **own)
     elif method == "exact":  # its GGN (most of its cost) is kept for a rerun on the same network
-        ggn_cache = f"{stem}-ggn.safetensors"
+        model = name.removesuffix("-mapmean")  # EM's mean does not change the GGN
+        ggn_cache = stem.with_name(f"{network_tag(s, s.seed)}-{model}-ggn.safetensors")
         la = ExactLaplace(net, mean_solver=mean_solver, ggn_cache=ggn_cache, **own)
     elif method == "subnetwork":
         la = SubnetworkLaplace(net, subnetwork="swag", n_params=s.subnetwork_size, **kw)
@@ -227,28 +239,34 @@ def build_predictor(
         la = NystromLaplace(net, n_points=min(s.nystrom_points, len(data.train[0])), **kw)
         la.fit(data.train).select_prior_precision(data.val)
         return la.predictive_samples, {"prior_precision": la.prior_precision.tolist()}
-    return fit_by_em(la, data.train, s.em_steps, s.em_samples, f"{stem}-em.safetensors")
+    return fit_by_em(la, data.train, s.em_steps, s.em_samples, f"{stem}-em.safetensors", **em)
 
 
 def split_variant(method: str) -> tuple[str, dict]:
-    """``"sampled-isotropic"`` → ``("sampled", {"g_prior": False})``: a method and its variant's options."""
-    for suffix, options in VARIANTS.items():
-        if method.endswith(suffix):
-            return method.removesuffix(suffix), options
-    return method, {}
+    """A method and its variant's options.
+
+    ``"sampled-isotropic-mapmean"`` → ``("sampled", {"g_prior": False, "mean": "network"})``.
+    """
+    options = {}
+    while suffix := next((v for v in VARIANTS if method.endswith(v)), None):
+        method, options = method.removesuffix(suffix), {**VARIANTS[suffix], **options}
+    return method, options
 
 
 def fit_by_em(
-    la, train, em_steps: int, em_samples: int, checkpoint: str | None = None
+    la, train, em_steps: int, em_samples: int, checkpoint: str | None = None, mean: str = "tangent"
 ) -> tuple[Predictor, dict]:
     """Learn ``la``'s prior precision by EM on ``train``; its predictive samples and EM's record.
 
     ``la``: a Laplace method; ``em_samples``: samples per E-step of a sampled one; ``checkpoint``:
-    EM's state after each step, resumed from by a rerun with the same settings.
+    EM's state after each step, resumed from by a rerun with the same settings; ``mean``: EM's
+    mean (see :meth:`~linearised_laplace.methods.base.LaplaceMethod.optimize_prior_precision`).
     """
     em = {"n_em_samples": em_samples} if isinstance(la, SampledLaplace) else {}
-    history = la.optimize_prior_precision(train, max_iter=em_steps, checkpoint=checkpoint, **em)
-    info = {"em_history": history, "prior_precision": la.prior_precision.tolist()}
+    history = la.optimize_prior_precision(
+        train, max_iter=em_steps, checkpoint=checkpoint, mean=mean, **em
+    )
+    info = {"em_history": history, "prior_precision": la.prior_precision.tolist(), "mean": mean}
     info["linearised weights"] = la.coordinates.dim
     info["prior"] = "g-prior" if la.g_prior else "isotropic"
     if isinstance(la, SampledLaplace):

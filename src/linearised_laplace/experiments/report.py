@@ -77,7 +77,9 @@ def write_report(report: dict, out: Path) -> None:
 
 
 FIDELITY = ("logit variance", "NLL", *(f"joint LL κ={k}" for k in range(1, 6)), "ECE")
-PAIRS = tuple((f"sampled{v}", f"exact{v}") for v in ("", "-lastlayer", "-isotropic"))
+PAIRS = tuple(
+    (f"sampled{v}", f"exact{v}") for v in ("", "-lastlayer", "-isotropic", "-isotropic-mapmean")
+)
 
 
 def fidelity(done: list[dict]) -> list[str]:
