@@ -7,8 +7,10 @@ grid is scored on the test set itself, so its best entry is an oracle, not a met
 Needs the classification benchmark's overconfident run first (its MAP and the GGN cache of its
 ``exact`` row in ``results/fashion-mnist-cnn-overconfident/checkpoints``). Per ``α``: one Cholesky
 factorisation of ``H = M + αI`` (g-prior coordinates, ``D = 20,490``) and 32 samples from the
-benchmark's noise seed. Each grid adds the α EM found for the ``sampled`` (g-prior) or
-``sampled-isotropic`` row, for a fidelity table at the same α. Rows already in
+benchmark's noise seed. Each grid adds the α EM found for the ``sampled`` (g-prior) and
+``sampled-isotropic(-mapmean)`` rows, for a fidelity table at the same α, and the isotropic one the
+exact fixed point of EM with the MAP's weights as the mean (from the ``exact-isotropic`` row's
+cached eigenvalues, where they exist). Rows already in
 ``results/prior_sweep.json`` for the same prior and α are kept (delete it to rerun them). Writes
 ``results/prior_sweep.{json,md}``. Run: ``OMP_NUM_THREADS=1 python benchmarks/prior_sweep.py``.
 """
@@ -21,13 +23,20 @@ from pathlib import Path
 
 import torch
 from _report import RESULTS, markdown_table, write
+from safetensors import safe_open
 
 import linearised_laplace as lla
+from linearised_laplace.em import eigen_gamma
 from linearised_laplace.experiments import classification as bench
 
 GRID = (30.0, 100.0, 1000.0)  # g-prior; and the sampled row's EM α, for the fidelity table
 ISOTROPIC_GRID = (3.0, 10.0, 30.0, 100.0)  # an isotropic prior on the network's own weights
-SAMPLED = {"g-prior": "sampled", "isotropic": "sampled-isotropic"}  # rows with α to add
+# benchmark rows whose EM α joins the grid of their prior, for a fidelity table at the same α
+SAMPLED = {
+    "sampled": "g-prior",
+    "sampled-isotropic": "isotropic",
+    "sampled-isotropic-mapmean": "isotropic",
+}
 OUT = RESULTS / "fashion-mnist-cnn-overconfident"
 COLUMNS = [
     "prior",
@@ -46,17 +55,17 @@ def main(settings: bench.Settings | None = None, name: str = "prior_sweep") -> N
         weight_decay=0.0, mean_epochs=5, out=str(OUT),
     )  # fmt: skip
     out = Path(settings.out)
-    sampled = {prior: _row(out, method) for prior, method in SAMPLED.items()}
-    grid = {
-        prior: sorted({*base, *([sampled[prior]["prior_precision"][0]] if sampled[prior] else [])})
-        for prior, base in (("g-prior", GRID), ("isotropic", ISOTROPIC_GRID))
-    }
-    done = {(r["prior"], r["α"]): r for r in _previous(name)}
+    sampled = {m: row for m in SAMPLED if (row := _row(out, m)) is not None}
     data = bench.load_data(settings)
     net = bench.trained_model(settings, data, settings.seed)
-    cache = (
-        out / "checkpoints" / f"{bench.network_tag(settings, settings.seed)}-exact-ggn.safetensors"
-    )
+    tag = out / "checkpoints" / bench.network_tag(settings, settings.seed)
+    map_mean = _map_mean_fixed_point(Path(f"{tag}-exact-isotropic-ggn.safetensors"), net)
+    grid = {"g-prior": set(GRID), "isotropic": set(ISOTROPIC_GRID) | set(map_mean)}
+    for method, row in sampled.items():
+        grid[SAMPLED[method]].add(row["prior_precision"][0])
+    grid = {prior: sorted(alphas) for prior, alphas in grid.items()}
+    done = {(r["prior"], r["α"]): r for r in _previous(name)}
+    cache = f"{tag}-exact-ggn.safetensors"
     entries = [(prior, alpha) for prior, alphas in grid.items() for alpha in alphas]
     todo = [entry for entry in entries if entry not in done]
     if todo:
@@ -103,7 +112,14 @@ def main(settings: bench.Settings | None = None, name: str = "prior_sweep") -> N
             "Benchmark rows (`methods/*.json`, α from EM):",
             "",
             markdown_table(reference, COLUMNS),
-            *(line for prior in SAMPLED for line in _fidelity(prior, sampled[prior], rows)),
+            *[
+                f'Exact EM with the MAP\'s weights as the mean (`mean="network"`, the '
+                f"`-mapmean` rows) has its fixed point α = γ(α)/‖θ*‖² at α = {alpha:.4g} "
+                f"(γ = {gamma:.4g}, ‖θ*‖² = {norm:.4g}), from the eigenvalues of the "
+                "`exact-isotropic` row's GGN."
+                for alpha, (gamma, norm) in map_mean.items()
+            ],
+            *(line for m, row in sampled.items() for line in _fidelity(SAMPLED[m], row, rows)),
         ]
     )
     write(name, {"grid": rows, "reference": reference}, markdown)
@@ -112,6 +128,23 @@ def main(settings: bench.Settings | None = None, name: str = "prior_sweep") -> N
 def _row(out: Path, method: str) -> dict | None:
     path = out / "methods" / f"{method}.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def _map_mean_fixed_point(cache: Path, net) -> dict[float, tuple[float, float]]:
+    """``{α: (γ, ‖θ*‖²)}`` at ``α = γ(α)/‖θ*‖²`` under an isotropic prior (``{}`` without cache)."""
+    if not cache.exists():
+        return {}
+    with safe_open(str(cache), "pt") as f:
+        if "eigenvalues" not in f.keys():  # noqa: SIM118 (safe_open has no __contains__)
+            return {}
+        eigenvalues = f.get_tensor("eigenvalues").double()
+    norm = float(sum(p.detach().double().square().sum() for p in net.parameters()))
+    alpha = 1.0
+    for _ in range(1000):  # a contraction here: γ(α)/α falls in α
+        alpha, previous = float(eigen_gamma(eigenvalues, alpha)) / norm, alpha
+        if abs(alpha / previous - 1) < 1e-12:
+            break
+    return {alpha: (float(eigen_gamma(eigenvalues, alpha)), norm)}
 
 
 def _previous(name: str) -> list[dict]:
