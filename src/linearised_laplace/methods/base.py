@@ -498,7 +498,10 @@ class Laplace:
             val_loader: Validation data, as for :meth:`fit` (``"gridsearch"`` only, required).
             grid: Candidate precisions for ``"gridsearch"`` (see :meth:`select_prior_precision`).
             mean: ``"tangent"`` (the linear model's mode with outputs ``J w``; default),
-                ``"affine"`` (outputs ``f(x; θ*) + J(w − θ*)``) or ``"network"`` (use ``θ*``).
+                ``"affine"`` (outputs ``f(x; θ*) + J(w − θ*)``) or ``"network"`` (use ``θ*``,
+                as laplace-torch's marglik does: no mean solve and a smaller ``α``, which suits an
+                overconfident MAP and can over-widen a calibrated one's predictive; see
+                ``benchmarks/results/fashion-mnist-cnn-overconfident/results.md``).
             update_sigma: Also learn the Gaussian noise (regression).
             checkpoint: File to save the state to after every step; a run restarted with the same
                 arguments resumes from it.
