@@ -8,11 +8,11 @@ Needs the classification benchmark's overconfident run first (its MAP and the GG
 ``exact`` row in ``results/fashion-mnist-cnn-overconfident/checkpoints``). Per ``α``: one Cholesky
 factorisation of ``H = M + αI`` (g-prior coordinates, ``D = 20,490``) and 32 samples from the
 benchmark's noise seed. Each grid adds the α EM found for the ``sampled`` (g-prior) and
-``sampled-isotropic(-mapmean)`` rows, for a fidelity table at the same α, and the isotropic one the
-exact fixed point of EM with the MAP's weights as the mean (from the ``exact-isotropic`` row's
-cached eigenvalues, where they exist). Rows already in
-``results/prior_sweep.json`` for the same prior and α are kept (delete it to rerun them). Writes
-``results/prior_sweep.{json,md}``. Run: ``OMP_NUM_THREADS=1 python benchmarks/prior_sweep.py``.
+``sampled-isotropic(-mapmean)`` rows, for a fidelity table at the same α; the isotropic grid also
+adds the exact fixed point of EM with the MAP's weights as the mean (from the ``exact-isotropic``
+row's cached eigenvalues, where they exist). Rows already in ``results/prior_sweep.json`` for the
+same prior and α are kept (delete it to rerun them). Writes ``results/prior_sweep.{json,md}``.
+Run: ``OMP_NUM_THREADS=1 python benchmarks/prior_sweep.py``.
 """
 
 from __future__ import annotations

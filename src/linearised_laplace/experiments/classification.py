@@ -220,7 +220,7 @@ def build_predictor(
         return peers.laplace_torch_predictor(
             method, net, data.train, data.val, s.n_samples, s.subnetwork_size
         )
-    stem = Path(s.out) / "checkpoints" / f"{network_tag(s, s.seed)}-{method}"
+    tag = Path(s.out) / "checkpoints" / network_tag(s, s.seed)
     name, (method, variant) = method, split_variant(method)
     em = {k: variant.pop(k) for k in EM_OPTIONS if k in variant}
     own = {**kw, "g_prior": True, **variant}  # sampled and exact: the seed paper's g-prior
@@ -230,8 +230,7 @@ def build_predictor(
         solver = SGD(n_epochs=s.sampler_epochs)
         la = SampledLaplace(net, solver=solver, mean_solver=mean_solver, **own)
     elif method == "exact":  # its GGN (most of its cost) is kept for a rerun on the same network
-        model = name.removesuffix("-mapmean")  # EM's mean does not change the GGN
-        ggn_cache = stem.with_name(f"{network_tag(s, s.seed)}-{model}-ggn.safetensors")
+        ggn_cache = f"{tag}-{name.removesuffix('-mapmean')}-ggn.safetensors"  # EM's mean: same GGN
         la = ExactLaplace(net, mean_solver=mean_solver, ggn_cache=ggn_cache, **own)
     elif method == "subnetwork":
         la = SubnetworkLaplace(net, subnetwork="swag", n_params=s.subnetwork_size, **kw)
@@ -239,7 +238,7 @@ def build_predictor(
         la = NystromLaplace(net, n_points=min(s.nystrom_points, len(data.train[0])), **kw)
         la.fit(data.train).select_prior_precision(data.val)
         return la.predictive_samples, {"prior_precision": la.prior_precision.tolist()}
-    return fit_by_em(la, data.train, s.em_steps, s.em_samples, f"{stem}-em.safetensors", **em)
+    return fit_by_em(la, data.train, s.em_steps, s.em_samples, f"{tag}-{name}-em.safetensors", **em)
 
 
 def split_variant(method: str) -> tuple[str, dict]:
@@ -260,7 +259,7 @@ def fit_by_em(
 
     ``la``: a Laplace method; ``em_samples``: samples per E-step of a sampled one; ``checkpoint``:
     EM's state after each step, resumed from by a rerun with the same settings; ``mean``: EM's
-    mean (see :meth:`~linearised_laplace.methods.base.LaplaceMethod.optimize_prior_precision`).
+    mean (see :meth:`~linearised_laplace.methods.base.Laplace.optimize_prior_precision`).
     """
     em = {"n_em_samples": em_samples} if isinstance(la, SampledLaplace) else {}
     history = la.optimize_prior_precision(
