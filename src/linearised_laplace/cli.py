@@ -104,6 +104,8 @@ def classification(args: argparse.Namespace) -> None:
         )
     if args.methods:
         settings = replace(settings, methods=tuple(args.methods))
+    if args.angles:
+        settings = replace(settings, angles=tuple(args.angles))
     _prepare_output(settings.out)
     if args.seeds:
         reports = run_seeds(settings, args.seeds, progress=True)
@@ -220,6 +222,14 @@ def parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--device", choices=("cpu", "cuda"), default=None, help="default: cuda where there is one"
+    )
+    c.add_argument(
+        "--angles",
+        nargs="+",
+        type=int,
+        metavar="DEGREES",
+        help=f"test-set rotations (Figure 5; default {' '.join(map(str, Settings.angles))}; "
+        "0 alone scores the clean test set only)",
     )
     c.add_argument(
         "--seeds",

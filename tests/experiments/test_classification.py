@@ -80,10 +80,11 @@ def test_cached_methods_are_not_rerun(smoke_report):
 def test_cli_seeds_write_one_report_each_and_their_mean(tmp_path, capsys):
     out = tmp_path / "seeds"
     argv = ["benchmark", "classification", "--dataset", "digits", "--smoke", "--out", str(out)]
-    assert cli.main([*argv, "--methods", "map", "--seeds", "0", "1"]) == 0
+    assert cli.main([*argv, "--methods", "map", "--seeds", "0", "1", "--angles", "0", "90"]) == 0
     for seed in (0, 1):
         report = json.loads((out / f"seed-{seed}" / "results.json").read_text())
         assert report["settings"]["seed"] == seed
+        assert list(report["results"][0]["rotated"]) == ["0", "90"]
     assert "over MAP seeds [0, 1]" in (out / "results.md").read_text()
     assert "Mean ± standard error" in capsys.readouterr().out
 
