@@ -5,7 +5,7 @@ Tells prior tuning from structure: if no ``α`` lets exact full-network LLA reac
 grid is scored on the test set itself, so its best entry is an oracle, not a method.
 
 Needs the classification benchmark's overconfident run first (its MAP and the GGN cache of its
-``exact`` row in ``results/fashion-mnist-cnn-overconfident/checkpoints``). Per ``α``: one Cholesky
+``exact`` row in ``results/fashion-mnist-cnn-overconfident/seed-0/checkpoints``). Per ``α``: one Cholesky
 factorisation of ``H = M + αI`` (g-prior coordinates, ``D = 20,490``) and 32 samples from the
 benchmark's noise seed. Each grid adds the α EM found for the ``sampled`` (g-prior) and
 ``sampled-isotropic(-mapmean)`` rows, for a fidelity table at the same α; the isotropic grid also
@@ -37,7 +37,7 @@ SAMPLED = {
     "sampled-isotropic": "isotropic",
     "sampled-isotropic-mapmean": "isotropic",
 }
-OUT = RESULTS / "fashion-mnist-cnn-overconfident"
+OUT = RESULTS / "fashion-mnist-cnn-overconfident" / "seed-0"
 COLUMNS = [
     "prior",
     "α",

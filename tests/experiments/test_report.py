@@ -1,6 +1,12 @@
+import json
 import math
 
-from linearised_laplace.experiments.report import fidelity, mean_and_error, write_seed_report
+from linearised_laplace.experiments.report import (
+    fidelity,
+    mean_and_error,
+    seed_reports,
+    write_seed_report,
+)
 
 
 def _report(seed: int, nll: dict[str, float]) -> dict:
@@ -30,7 +36,26 @@ def test_seed_report_averages_each_method_and_drops_partial_ones(tmp_path):
     assert "seeds [0, 1, 2]" in text
     assert f"| κ = 2 | {mean_and_error([-3.0, -5.0, -4.0])} |" in text
     assert f"| map | {mean_and_error([0.9] * 3)} | {mean_and_error([0.3, 0.5, 0.4])} |" in text
-    assert "sampled" not in text.split("## Table 1")[1]
+    assert "sampled" not in text.split("## Table 1")[1].split("Not on every seed")[0]
+    assert "Not on every seed: `sampled` (seed 0, 1)." in text
+
+
+def test_seed_report_pairs_the_reference_with_each_method_by_seed(tmp_path):
+    reports = [_report(s, {"map": 0.25 + s, "sampled": 0.125 + s}) for s in range(3)]
+    write_seed_report(reports, tmp_path)
+    text = (tmp_path / "results.md").read_text()
+    paired = text.split("paired by seed")[1].split("## Summary")[0]
+    assert f"| κ = 1 | {mean_and_error([0.125] * 3)} |" in paired  # the MAPs' spread cancels
+    assert f"| κ = 1 | {mean_and_error([-0.25, -1.25, -2.25])} |" in text  # map's own spread stays
+    write_seed_report(reports, tmp_path, reference="absent")
+    assert "paired by seed" not in (tmp_path / "results.md").read_text()
+
+
+def test_seed_reports_are_read_in_seed_order(tmp_path):
+    for seed in (10, 2):
+        (tmp_path / f"seed-{seed}").mkdir()
+        (tmp_path / f"seed-{seed}" / "results.json").write_text(json.dumps(_report(seed, {})))
+    assert [r["settings"]["seed"] for r in seed_reports(tmp_path)] == [2, 10]
 
 
 def test_fidelity_compares_each_sampled_row_with_its_exact_twin():

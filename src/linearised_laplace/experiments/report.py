@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from .classification import OUR_METHODS  # noqa: E402
 
 SUMMARY = [
     "accuracy", "confidence", "logit variance", "NLL", "ECE", "Brier", "OOD AUROC", "fit [s]",
@@ -79,7 +82,7 @@ def write_report(report: dict, out: Path) -> None:
 
 FIDELITY = ("logit variance", "NLL", *(f"joint LL κ={k}" for k in range(1, 6)), "ECE")
 PAIRS = tuple(
-    (f"sampled{v}", f"exact{v}") for v in ("", "-lastlayer", "-isotropic", "-isotropic-mapmean")
+    (m, "exact" + m.removeprefix("sampled")) for m in OUR_METHODS if m.startswith("sampled")
 )
 
 
@@ -117,18 +120,30 @@ def mean_and_error(values: list[float]) -> str:
     return f"{mean:.4g} ± {se:.2g}"
 
 
-def write_seed_report(reports: list[dict], out: Path) -> None:
+def seed_reports(out: Path) -> list[dict]:
+    """The reports in ``out/seed-<seed>/results.json``, in seed order."""
+    paths = sorted(out.glob("seed-*/results.json"), key=lambda p: int(p.parent.name[5:]))
+    return [json.loads(p.read_text()) for p in paths]
+
+
+def write_seed_report(reports: list[dict], out: Path, reference: str = "sampled") -> None:
     """``results.md`` in ``out``: Table 1 and the summary as mean ± standard error over seeds.
 
     ``reports``: one :func:`write_report` report per MAP seed (their own folders hold the rest).
+    Methods scored on every seed are tabled; the others are named with their seeds. Where
+    ``reference`` ran on every seed, a table gives its paired differences from each method
+    (mean ± standard error over seeds of ``reference − method``; positive: ``reference`` is better),
+    which removes the spread between MAPs that the per-method errors include.
     """
     seeds = [r["settings"]["seed"] for r in reports]
-    by_method = {}
-    for report in reports:
+    by_method, ran_on = {}, {}
+    for seed, report in zip(seeds, reports, strict=True):
         for r in report["results"]:
             if "error" not in r:
                 by_method.setdefault(r["method"], []).append(r)
+                ran_on.setdefault(r["method"], []).append(str(seed))
     names = [m for m, rows in by_method.items() if len(rows) == len(reports)]
+    partial = [m for m in by_method if m not in names]
 
     def cell(method: str, key: str) -> str:
         return mean_and_error([r[key] for r in by_method[method]])
@@ -151,11 +166,36 @@ def write_seed_report(reports: list[dict], out: Path) -> None:
             [[f"κ = {k}", *(cell(m, f"joint LL κ={k}") for m in names)] for k in kappas],
             ["", *names],
         ),
+    ]
+    others = [m for m in names if m != reference]
+    if reference in names and others:
+
+        def difference(method: str, key: str) -> str:
+            pairs = zip(by_method[reference], by_method[method], strict=True)
+            return mean_and_error([a[key] - b[key] for a, b in pairs])
+
+        lines += [
+            "",
+            f"## `{reference}` minus each method, paired by seed (positive: `{reference}` is better)",
+            "",
+            table(
+                [[f"κ = {k}", *(difference(m, f"joint LL κ={k}") for m in others)] for k in kappas],
+                ["", *others],
+            ),
+        ]
+    lines += [
         "",
         "## Summary",
         "",
         table([[m, *(cell(m, k) for k in keys)] for m in names], ["method", *keys]),
     ]
+    if partial:
+        lines += [
+            "",
+            "Not on every seed: "
+            + "; ".join(f"`{m}` (seed {', '.join(ran_on[m])})" for m in partial)
+            + ".",
+        ]
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
 
