@@ -31,19 +31,24 @@ def test_seed_report_averages_each_method_and_drops_partial_ones(tmp_path):
         _report(2, {"map": 0.4}),  # sampled failed on this seed
     ]
     reports[2]["results"].append({"method": "sampled", "error": "boom"})
+    reports[0]["results"][0]["fit [s]"] = 12.0  # recorded on one seed only: left blank
     write_seed_report(reports, tmp_path)
     text = (tmp_path / "results.md").read_text()
     assert "seeds [0, 1, 2]" in text
     assert f"| κ = 2 | {mean_and_error([-3.0, -5.0, -4.0])} |" in text
-    assert f"| map | {mean_and_error([0.9] * 3)} | {mean_and_error([0.3, 0.5, 0.4])} |" in text
+    assert f"| map | {mean_and_error([0.9] * 3)} | {mean_and_error([0.3, 0.5, 0.4])} |  |" in text
     assert "sampled" not in text.split("## Table 1")[1].split("Not on every seed")[0]
     assert "Not on every seed: `sampled` (seed 0, 1)." in text
 
 
 def test_seed_report_pairs_the_reference_with_each_method_by_seed(tmp_path):
     reports = [_report(s, {"map": 0.25 + s, "sampled": 0.125 + s}) for s in range(3)]
+    for seed, report in enumerate(reports):
+        report["results"][1]["prior_precision"] = [2.0 * (seed + 1)]
     write_seed_report(reports, tmp_path)
     text = (tmp_path / "results.md").read_text()
+    assert "| method | α (EM) | accuracy | NLL |" in text
+    assert f"| sampled | {mean_and_error([2.0, 4.0, 6.0])} |" in text
     paired = text.split("paired by seed")[1].split("## Summary")[0]
     assert f"| κ = 1 | {mean_and_error([0.125] * 3)} |" in paired  # the MAPs' spread cancels
     assert f"| κ = 1 | {mean_and_error([-0.25, -1.25, -2.25])} |" in text  # map's own spread stays

@@ -140,25 +140,24 @@ def write_seed_report(reports: list[dict], out: Path, reference: str = "sampled"
     for seed, report in zip(seeds, reports, strict=True):
         for r in report["results"]:
             if "error" not in r:
-                by_method.setdefault(r["method"], []).append(r)
+                alpha = {"α (EM)": r["prior_precision"][0]} if "prior_precision" in r else {}
+                by_method.setdefault(r["method"], []).append({**r, **alpha})
                 ran_on.setdefault(r["method"], []).append(str(seed))
     names = [m for m, rows in by_method.items() if len(rows) == len(reports)]
     partial = [m for m in by_method if m not in names]
 
-    def cell(method: str, key: str) -> str:
-        return mean_and_error([r[key] for r in by_method[method]])
+    def cell(method: str, key: str) -> str:  # blank unless every seed recorded it
+        values = [r.get(key) for r in by_method[method]]
+        return "" if None in values else mean_and_error(values)
 
-    def shared(key: str) -> bool:
-        return all(key in by_method[m][0] for m in names)
-
-    kappas = [k for k in range(1, 6) if shared(f"joint LL κ={k}")]
-    keys = [k for k in SUMMARY if shared(k)]
+    kappas = [k for k in range(1, 6) if all(f"joint LL κ={k}" in by_method[m][0] for m in names)]
+    keys = [k for k in ("α (EM)", *SUMMARY) if any(k in r for m in names for r in by_method[m])]
     s = reports[0]["settings"]
     lines = [
         f"# {s['dataset']} / {s['model']}: mean ± standard error over MAP seeds {seeds}",
         "",
         "Each seed trains its own MAP (and draws its own data subset and samples); its full report "
-        "is in `seed-<seed>/results.md`. Methods that failed on any seed are left out.",
+        "is in `seed-<seed>/results.md`. Methods that did not run on every seed are named below.",
         "",
         "## Table 1 layout (higher is better)",
         "",
