@@ -86,6 +86,11 @@ PAIRS = tuple(
 )
 
 
+def _with_alpha(row: dict) -> dict:
+    """``row`` with EM's prior precision as ``"α (EM)"``, where it has one."""
+    return {**row, "α (EM)": row["prior_precision"][0]} if "prior_precision" in row else row
+
+
 def fidelity(done: list[dict]) -> list[str]:
     """Sampled against exact LLA on the same network: EM's ``α`` and the scores, side by side.
 
@@ -98,7 +103,7 @@ def fidelity(done: list[dict]) -> list[str]:
         if sampled not in by_name or exact not in by_name:
             continue
         a, b = by_name[sampled], by_name[exact]
-        a, b = {"α (EM)": a["prior_precision"][0], **a}, {"α (EM)": b["prior_precision"][0], **b}
+        a, b = _with_alpha(a), _with_alpha(b)
         keys = [k for k in ("α (EM)", *FIDELITY) if k in a and k in b]
         rows = [[k, a[k], b[k], a[k] / b[k] - 1] for k in keys]
         lines += [
@@ -140,8 +145,7 @@ def write_seed_report(reports: list[dict], out: Path, reference: str = "sampled"
     for seed, report in zip(seeds, reports, strict=True):
         for r in report["results"]:
             if "error" not in r:
-                alpha = {"α (EM)": r["prior_precision"][0]} if "prior_precision" in r else {}
-                by_method.setdefault(r["method"], []).append({**r, **alpha})
+                by_method.setdefault(r["method"], []).append(_with_alpha(r))
                 ran_on.setdefault(r["method"], []).append(str(seed))
     names = [m for m, rows in by_method.items() if len(rows) == len(reports)]
     partial = [m for m in by_method if m not in names]
@@ -150,7 +154,9 @@ def write_seed_report(reports: list[dict], out: Path, reference: str = "sampled"
         values = [r.get(key) for r in by_method[method]]
         return "" if None in values else mean_and_error(values)
 
-    kappas = [k for k in range(1, 6) if all(f"joint LL κ={k}" in by_method[m][0] for m in names)]
+    kappas = [
+        k for k in range(1, 6) if all(f"joint LL κ={k}" in r for m in names for r in by_method[m])
+    ]
     keys = [k for k in ("α (EM)", *SUMMARY) if any(k in r for m in names for r in by_method[m])]
     s = reports[0]["settings"]
     lines = [
