@@ -52,9 +52,10 @@ def _print_summary(report: dict, out: str) -> None:
         if "error" in r:
             print(f"{r['method']:22s} did not run: {r['error']}")
             continue
+        fit = f"{r['fit [s]']:8.1f}" if "fit [s]" in r else f"{'':8s}"  # scored from a cache
         print(
             f"{r['method']:22s} {r['accuracy']:7.4f} {r['NLL']:8.4f} {r['joint LL κ=5']:10.4f} "
-            f"{r['ECE']:7.4f} {r['OOD AUROC']:10.4f} {r['fit [s]']:8.1f}"
+            f"{r['ECE']:7.4f} {r['OOD AUROC']:10.4f} {fit}"
         )
     if report["skipped"]:
         print(

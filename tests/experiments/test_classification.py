@@ -89,6 +89,13 @@ def test_cli_seeds_write_one_report_each_and_their_mean(tmp_path, capsys):
     assert "Mean ± standard error" in capsys.readouterr().out
 
 
+def test_cli_summary_prints_a_row_scored_without_fit_time(smoke_report, capsys):
+    report, out = smoke_report
+    row = {k: v for k, v in report["results"][0].items() if k != "fit [s]"}
+    cli._print_summary({**report, "results": [row]}, str(out))
+    assert row["method"] in capsys.readouterr().out
+
+
 def test_cli_demo_and_benchmark_smoke(tmp_path, capsys):
     assert cli.main(["demo", "--smoke", "--out", str(tmp_path / "demo")]) == 0
     printed = capsys.readouterr().out
