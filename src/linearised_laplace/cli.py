@@ -112,7 +112,7 @@ def classification(args: argparse.Namespace) -> None:
         reports = run_seeds(settings, args.seeds, progress=True)
         for report, seed in zip(reports, args.seeds, strict=True):
             _print_summary(report, f"{settings.out}/seed-{seed}")
-        print(f"\nMean ± standard error over seeds {args.seeds}: {settings.out}/results.md")
+        print(f"\nMean ± standard error over the seed folders: {settings.out}/results.md")
         return
     _print_summary(run(settings, progress=True), settings.out)
 

@@ -87,6 +87,12 @@ def test_cli_seeds_write_one_report_each_and_their_mean(tmp_path, capsys):
         assert list(report["results"][0]["rotated"]) == ["0", "90"]
     assert "over MAP seeds [0, 1]" in (out / "results.md").read_text()
     assert "Mean ± standard error" in capsys.readouterr().out
+    assert cli.main([*argv, "--methods", "map", "--seeds", "2", "--angles", "0"]) == 0
+    assert "over MAP seeds [0, 1, 2]" in (out / "results.md").read_text()  # earlier seeds stay
+    older = out / "seed-0" / "results.json"  # as if seed 0 had run with another set-up
+    older.write_text(older.read_text().replace('"epochs": ', '"epochs": 1000'))
+    assert cli.main([*argv, "--methods", "map", "--seeds", "2", "--angles", "0"]) == 2
+    assert "(epochs differ)" in capsys.readouterr().err
 
 
 def test_cli_summary_prints_a_row_scored_without_fit_time(smoke_report, capsys):

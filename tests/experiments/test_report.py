@@ -1,7 +1,10 @@
 import json
 import math
 
+import pytest
+
 from linearised_laplace.experiments.report import (
+    check_same_settings,
     fidelity,
     mean_and_error,
     seed_reports,
@@ -54,6 +57,26 @@ def test_seed_report_pairs_the_reference_with_each_method_by_seed(tmp_path):
     assert f"| κ = 1 | {mean_and_error([-0.25, -1.25, -2.25])} |" in text  # map's own spread stays
     write_seed_report(reports, tmp_path, reference="absent")
     assert "paired by seed" not in (tmp_path / "results.md").read_text()
+
+
+def test_seed_report_keeps_the_notes_of_the_page_it_replaces(tmp_path):
+    reports = [_report(s, {"map": 0.25 + s}) for s in range(2)]
+    write_seed_report(reports, tmp_path)
+    page = tmp_path / "results.md"
+    page.write_text(page.read_text() + "\n## Notes\n\nWhy the MAP wins.\n")
+    write_seed_report([*reports, _report(2, {"map": 2.25})], tmp_path)
+    text = page.read_text()
+    assert "seeds [0, 1, 2]" in text and text.endswith("## Notes\n\nWhy the MAP wins.\n")
+    assert text.count("## Notes") == 1
+
+
+def test_seeds_with_other_settings_are_not_averaged():
+    reports = [_report(s, {"map": 0.25}) for s in range(2)]
+    reports[1]["settings"]["angles"] = [0]  # the rotated sets do not enter Table 1
+    check_same_settings(reports)
+    reports[1]["settings"]["epochs"] = 100
+    with pytest.raises(ValueError, match="seed 1 ran with other settings than seed 0 \\(epochs"):
+        check_same_settings(reports)
 
 
 def test_seed_reports_are_read_in_seed_order(tmp_path):

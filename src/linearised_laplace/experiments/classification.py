@@ -409,14 +409,18 @@ def run(settings: Settings, progress: bool | None = None) -> dict:
 
 
 def run_seeds(settings: Settings, seeds: list[int], progress: bool | None = None) -> list[dict]:
-    """:func:`run` once per MAP seed, in ``out/seed-<seed>``; ``out/results.md`` holds mean ± s.e."""
-    from .report import write_seed_report
+    """:func:`run` once per MAP seed, in ``out/seed-<seed>``.
+
+    ``out/results.md`` then holds the mean ± standard error over every ``seed-*`` folder in ``out``,
+    those of earlier runs too (their settings must match, bar the seed, methods and angles).
+    """
+    from .report import seed_reports, write_seed_report
 
     reports = [
         run(replace(settings, seed=seed, out=str(Path(settings.out) / f"seed-{seed}")), progress)
         for seed in seeds
     ]
-    write_seed_report(reports, Path(settings.out))
+    write_seed_report(seed_reports(Path(settings.out)), Path(settings.out))
     return reports
 
 

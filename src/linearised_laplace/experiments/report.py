@@ -131,22 +131,41 @@ def seed_reports(out: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in paths]
 
 
-def write_seed_report(reports: list[dict], out: Path, reference: str = "sampled") -> None:
-    """``results.md`` in ``out``: Table 1 and the summary as mean ± standard error over seeds.
+# settings a seed's run may change without changing what its Table 1 rows measure
+PER_SEED = ("seed", "angles", "methods", "out")
 
-    ``reports``: one :func:`write_report` report per MAP seed (their own folders hold the rest).
-    Methods scored on every seed are tabled; the others are named with their seeds. Where
-    ``reference`` ran on every seed, a table gives its paired differences from each method
-    (mean ± standard error over seeds of ``reference − method``; positive: ``reference`` is better),
-    which removes the spread between MAPs that the per-method errors include.
+
+def check_same_settings(reports: list[dict]) -> None:
+    """Raise ``ValueError`` unless ``reports`` differ only in :data:`PER_SEED` settings."""
+    first = {k: v for k, v in reports[0]["settings"].items() if k not in PER_SEED}
+    for report in reports[1:]:
+        other = {k: v for k, v in report["settings"].items() if k not in PER_SEED}
+        if other != first:
+            keys = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
+            raise ValueError(
+                f"seed {report['settings']['seed']} ran with other settings than seed "
+                f"{reports[0]['settings']['seed']} ({', '.join(keys)} differ); a mean over seeds "
+                "needs one set-up: give each set-up its own --out folder"
+            )
+
+
+def seed_tables(reports: list[dict], reference: str = "sampled", level: int = 2) -> list[str]:
+    """Table 1 and the summary as mean ± standard error over seeds, as markdown lines.
+
+    ``reports``: one :func:`write_report` report per MAP seed. Methods scored on every seed are
+    tabled; the others are named with their seeds. Where ``reference`` ran on every seed, a table
+    gives its paired differences from each method (mean ± standard error over seeds of
+    ``reference − method``; positive: ``reference`` is better), which removes the spread between
+    MAPs that the per-method errors include. ``level``: the headings' markdown level.
     """
-    seeds = [r["settings"]["seed"] for r in reports]
+    check_same_settings(reports)
+    heading = "#" * level
     by_method, ran_on = {}, {}
-    for seed, report in zip(seeds, reports, strict=True):
+    for report in reports:
         for r in report["results"]:
             if "error" not in r:
                 by_method.setdefault(r["method"], []).append(_with_alpha(r))
-                ran_on.setdefault(r["method"], []).append(str(seed))
+                ran_on.setdefault(r["method"], []).append(str(report["settings"]["seed"]))
     names = [m for m, rows in by_method.items() if len(rows) == len(reports)]
     partial = [m for m in by_method if m not in names]
 
@@ -158,14 +177,8 @@ def write_seed_report(reports: list[dict], out: Path, reference: str = "sampled"
         k for k in range(1, 6) if all(f"joint LL κ={k}" in r for m in names for r in by_method[m])
     ]
     keys = [k for k in ("α (EM)", *SUMMARY) if any(k in r for m in names for r in by_method[m])]
-    s = reports[0]["settings"]
     lines = [
-        f"# {s['dataset']} / {s['model']}: mean ± standard error over MAP seeds {seeds}",
-        "",
-        "Each seed trains its own MAP (and draws its own data subset and samples); its full report "
-        "is in `seed-<seed>/results.md`. Methods that did not run on every seed are named below.",
-        "",
-        "## Table 1 layout (higher is better)",
+        f"{heading} Table 1 layout (higher is better)",
         "",
         table(
             [[f"κ = {k}", *(cell(m, f"joint LL κ={k}") for m in names)] for k in kappas],
@@ -181,7 +194,8 @@ def write_seed_report(reports: list[dict], out: Path, reference: str = "sampled"
 
         lines += [
             "",
-            f"## `{reference}` minus each method, paired by seed (positive: `{reference}` is better)",
+            f"{heading} `{reference}` minus each method, paired by seed "
+            f"(positive: `{reference}` is better)",
             "",
             table(
                 [[f"κ = {k}", *(difference(m, f"joint LL κ={k}") for m in others)] for k in kappas],
@@ -190,7 +204,7 @@ def write_seed_report(reports: list[dict], out: Path, reference: str = "sampled"
         ]
     lines += [
         "",
-        "## Summary",
+        f"{heading} Summary",
         "",
         table([[m, *(cell(m, k) for k in keys)] for m in names], ["method", *keys]),
     ]
@@ -201,6 +215,31 @@ def write_seed_report(reports: list[dict], out: Path, reference: str = "sampled"
             + "; ".join(f"`{m}` (seed {', '.join(ran_on[m])})" for m in partial)
             + ".",
         ]
+    return lines
+
+
+def kept_notes(page: Path) -> list[str]:
+    """The hand-written ``## Notes`` section of an existing ``page`` onwards (none: ``[]``)."""
+    text = page.read_text() if page.exists() else ""
+    return ["", text[text.index("## Notes") :].rstrip()] if "\n## Notes" in text else []
+
+
+def write_seed_report(reports: list[dict], out: Path, reference: str = "sampled") -> None:
+    """``results.md`` in ``out``: :func:`seed_tables` over ``reports``, one per MAP seed.
+
+    A ``## Notes`` section already in ``out/results.md`` is kept, after the new tables.
+    """
+    s = reports[0]["settings"]
+    lines = [
+        f"# {s['dataset']} / {s['model']}: mean ± standard error over MAP seeds "
+        f"{[r['settings']['seed'] for r in reports]}",
+        "",
+        "Each seed trains its own MAP (and draws its own data subset and samples); its full report "
+        "is in `seed-<seed>/results.md`. Methods that did not run on every seed are named below.",
+        "",
+        *seed_tables(reports, reference),
+        *kept_notes(out / "results.md"),
+    ]
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
 
