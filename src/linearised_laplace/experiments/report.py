@@ -29,6 +29,15 @@ def table(rows: list[list], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+PROTOCOL = (
+    "Joint LL κ (κ-adic): the test set, shuffled 10 times, is split into disjoint sets of κ "
+    "points, each re-sampled to τ = 10(κ − 1) labels (every point at least once, the same counts "
+    "for every sample) and scored by its joint log-likelihood; the entry is the mean over sets, "
+    "not divided by τ, so a deterministic predictor scores 10(κ − 1) × its marginal LL (κ = 1 is "
+    "the marginal LL)."
+)
+
+
 def write_report(report: dict, out: Path) -> None:
     """``results.md`` and ``figure5.png``, ``figure6.png``, ``reliability.png`` in ``out``."""
     done = [r for r in report["results"] if "error" not in r]
@@ -39,12 +48,7 @@ def write_report(report: dict, out: Path) -> None:
         f"# {s['dataset']} / {s['model']}: marginal and joint log-likelihoods",
         "",
         f"{s['n_samples']} posterior samples per predictive; EM for {s['em_steps']} steps; "
-        f"seed {s['seed']}. Joint LL κ (κ-adic): the test set, shuffled 10 times, is split into "
-        "disjoint sets of κ points, each re-sampled to τ = 10(κ − 1) labels (every point at least "
-        "once, the same counts for every sample) and scored by its joint log-likelihood; the entry "
-        "is the mean over sets, not divided by τ, so a deterministic predictor scores 10(κ − 1) × "
-        "its marginal LL (κ = 1 is the marginal LL). Dyadic: the neural testbed's pairs with "
-        "10 labels.",
+        f"seed {s['seed']}. {PROTOCOL} Dyadic: the neural testbed's pairs with 10 labels.",
         "",
         "## Table 1 layout (higher is better)",
         "",
@@ -91,11 +95,12 @@ def _with_alpha(row: dict) -> dict:
     return {**row, "α (EM)": row["prior_precision"][0]} if "prior_precision" in row else row
 
 
-def fidelity(done: list[dict]) -> list[str]:
+def fidelity(done: list[dict], level: int = 2) -> list[str]:
     """Sampled against exact LLA on the same network: EM's ``α`` and the scores, side by side.
 
     Both fit the same linear model from the same noise seed, so they differ by the solvers' errors
-    (samples and mean) and the sampled γ estimate only; a table for each pair present.
+    (samples and mean) and the sampled γ estimate only; a table for each pair present, under
+    headings of markdown ``level``.
     """
     by_name = {r["method"]: r for r in done}
     lines = []
@@ -108,7 +113,7 @@ def fidelity(done: list[dict]) -> list[str]:
         rows = [[k, a[k], b[k], a[k] / b[k] - 1] for k in keys]
         lines += [
             "",
-            f"## Fidelity: `{sampled}` against `{exact}` on the same network",
+            f"{'#' * level} Fidelity: `{sampled}` against `{exact}` on the same network",
             "",
             table(rows, ["", sampled, exact, "relative difference"]),
         ]
