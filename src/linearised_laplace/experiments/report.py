@@ -136,8 +136,8 @@ def seed_reports(out: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in paths]
 
 
-# settings a seed's run may change without changing what its Table 1 rows measure
-PER_SEED = ("seed", "angles", "methods", "out")
+# recorded settings a seed's run may change without changing what its Table 1 rows measure
+PER_SEED = ("seed", "angles")
 
 
 def check_same_settings(reports: list[dict]) -> None:
@@ -226,7 +226,8 @@ def seed_tables(reports: list[dict], reference: str = "sampled", level: int = 2)
 def kept_notes(page: Path) -> list[str]:
     """The hand-written ``## Notes`` section of an existing ``page`` onwards (none: ``[]``)."""
     text = page.read_text() if page.exists() else ""
-    return ["", text[text.index("## Notes") :].rstrip()] if "\n## Notes" in text else []
+    start = text.find("\n## Notes")
+    return ["", text[start + 1 :].rstrip()] if start >= 0 else []
 
 
 def write_seed_report(reports: list[dict], out: Path, reference: str = "sampled") -> None:
