@@ -7,6 +7,7 @@ from linearised_laplace.experiments.report import (
     check_same_settings,
     fidelity,
     mean_and_error,
+    seed_fidelity,
     seed_reports,
     write_seed_report,
 )
@@ -96,3 +97,28 @@ def test_fidelity_compares_each_sampled_row_with_its_exact_twin():
     assert "| α (EM) | 3 | 2 | 0.5 |" in text and "| NLL | 0.5 | 0.4 | 0.25 |" in text
     assert "| logit variance | 2 | 2 | 0 |" in text
     assert fidelity(done[2:]) == []
+
+
+def test_seed_fidelity_averages_over_the_seeds_with_both_rows():
+    def row(method, alpha, nll):
+        return {"method": method, "prior_precision": [alpha], "NLL": nll}
+
+    reports = [
+        {"settings": {"seed": 0}, "results": [row("sampled", 3.0, 0.5), row("exact", 2.0, 0.4)]},
+        {"settings": {"seed": 1}, "results": [row("sampled", 6.0, 0.3), row("exact", 4.0, 0.3)]},
+        {"settings": {"seed": 2}, "results": [row("sampled", 1.0, 0.1)]},  # no exact twin
+    ]
+    text = "\n".join(seed_fidelity(reports))
+    assert "`sampled` against `exact` on the same network, MAP seeds [0, 1]" in text
+    alpha = [mean_and_error(v) for v in ([3.0, 6.0], [2.0, 4.0], [0.5, 0.5])]
+    assert f"| α (EM) | {' | '.join(alpha)} |" in text
+    assert f"| NLL | {mean_and_error([0.5, 0.3])} |" in text
+    one_seed = "\n".join(seed_fidelity(reports[:1])).replace(", MAP seeds [0]", "")
+    assert one_seed == "\n".join(fidelity(reports[0]["results"]))  # one run: the same table
+
+
+def test_seed_report_pairs_the_first_sampled_row_on_every_seed_by_default(tmp_path):
+    reports = [_report(s, {"map": 0.3 + s, "sampled-isotropic": 0.2 + s}) for s in (0, 1)]
+    reports[0]["results"].append({"method": "sampled", "NLL": 0.1})  # seed 0 only
+    write_seed_report(reports, tmp_path)
+    assert "`sampled-isotropic` minus each method" in (tmp_path / "results.md").read_text()

@@ -102,18 +102,47 @@ def fidelity(done: list[dict], level: int = 2) -> list[str]:
     (samples and mean) and the sampled γ estimate only; a table for each pair present, under
     headings of markdown ``level``.
     """
-    by_name = {r["method"]: r for r in done}
+    return _fidelity_tables({None: done}, level)
+
+
+def seed_fidelity(reports: list[dict], level: int = 2) -> list[str]:
+    """:func:`fidelity` as mean ± standard error over the MAP seeds on which both rows of a pair ran.
+
+    The relative difference is taken per seed, then averaged.
+    """
+    runs = {
+        r["settings"]["seed"]: [row for row in r["results"] if "error" not in row] for r in reports
+    }
+    return _fidelity_tables(runs, level)
+
+
+def _fidelity_tables(runs: dict, level: int) -> list[str]:
+    """Fidelity tables over ``runs`` (seed, or ``None`` for one unnamed run, to its done rows)."""
     lines = []
     for sampled, exact in PAIRS:
-        if sampled not in by_name or exact not in by_name:
+        pairs = {}
+        for seed, done in runs.items():
+            by_name = {r["method"]: _with_alpha(r) for r in done}
+            if sampled in by_name and exact in by_name:
+                pairs[seed] = (by_name[sampled], by_name[exact])
+        if not pairs:
             continue
-        a, b = by_name[sampled], by_name[exact]
-        a, b = _with_alpha(a), _with_alpha(b)
-        keys = [k for k in ("α (EM)", *FIDELITY) if k in a and k in b]
-        rows = [[k, a[k], b[k], a[k] / b[k] - 1] for k in keys]
+        keys = [
+            k for k in ("α (EM)", *FIDELITY) if all(k in a and k in b for a, b in pairs.values())
+        ]
+        rows = [
+            [
+                k,
+                mean_and_error([a[k] for a, _ in pairs.values()]),
+                mean_and_error([b[k] for _, b in pairs.values()]),
+                mean_and_error([a[k] / b[k] - 1 for a, b in pairs.values()]),
+            ]
+            for k in keys
+        ]
+        seeds = "" if None in pairs else f", MAP seeds {sorted(pairs)}"
         lines += [
             "",
-            f"{'#' * level} Fidelity: `{sampled}` against `{exact}` on the same network",
+            f"{'#' * level} Fidelity: `{sampled}` against `{exact}` on the same network{seeds}",
             "",
             table(rows, ["", sampled, exact, "relative difference"]),
         ]
@@ -154,14 +183,15 @@ def check_same_settings(reports: list[dict]) -> None:
             )
 
 
-def seed_tables(reports: list[dict], reference: str = "sampled", level: int = 2) -> list[str]:
+def seed_tables(reports: list[dict], reference: str | None = None, level: int = 2) -> list[str]:
     """Table 1 and the summary as mean ± standard error over seeds, as markdown lines.
 
     ``reports``: one :func:`write_report` report per MAP seed. Methods scored on every seed are
     tabled; the others are named with their seeds. Where ``reference`` ran on every seed, a table
     gives its paired differences from each method (mean ± standard error over seeds of
     ``reference − method``; positive: ``reference`` is better), which removes the spread between
-    MAPs that the per-method errors include. ``level``: the headings' markdown level.
+    MAPs that the per-method errors include; ``None``: the first sampled LLA row of
+    :data:`OUR_METHODS` that ran on every seed. ``level``: the headings' markdown level.
     """
     check_same_settings(reports)
     heading = "#" * level
@@ -173,6 +203,8 @@ def seed_tables(reports: list[dict], reference: str = "sampled", level: int = 2)
                 ran_on.setdefault(r["method"], []).append(str(report["settings"]["seed"]))
     names = [m for m, rows in by_method.items() if len(rows) == len(reports)]
     partial = [m for m in by_method if m not in names]
+    if reference is None:
+        reference = next((m for m in OUR_METHODS if m.startswith("sampled") and m in names), None)
 
     def cell(method: str, key: str) -> str:  # blank unless every seed recorded it
         values = [r.get(key) for r in by_method[method]]
@@ -230,8 +262,8 @@ def kept_notes(page: Path) -> list[str]:
     return ["", text[start + 1 :].rstrip()] if start >= 0 else []
 
 
-def write_seed_report(reports: list[dict], out: Path, reference: str = "sampled") -> None:
-    """``results.md`` in ``out``: :func:`seed_tables` over ``reports``, one per MAP seed.
+def write_seed_report(reports: list[dict], out: Path, reference: str | None = None) -> None:
+    """``results.md`` in ``out``: :func:`seed_tables` and :func:`seed_fidelity` over ``reports``.
 
     A ``## Notes`` section already in ``out/results.md`` is kept, after the new tables.
     """
@@ -244,6 +276,7 @@ def write_seed_report(reports: list[dict], out: Path, reference: str = "sampled"
         "is in `seed-<seed>/results.md`. Methods that did not run on every seed are named below.",
         "",
         *seed_tables(reports, reference),
+        *seed_fidelity(reports),
         *kept_notes(out / "results.md"),
     ]
     (out / "results.md").write_text("\n".join(lines) + "\n")
