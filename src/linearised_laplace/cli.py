@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .experiments import lora, peers
 from .experiments.classification import (
+    ALL_METHODS,
     CORE_METHODS,
     DATASETS,
     OUR_METHODS,
@@ -194,7 +195,7 @@ def parser() -> argparse.ArgumentParser:
         "--methods",
         nargs="+",
         metavar="METHOD",
-        help=f"subset of: {', '.join(OUR_METHODS + peers.PEER_METHODS)}",
+        help=f"subset of: {', '.join(ALL_METHODS)}",
     )
     c.add_argument("--out", default="lla-output/classification", help="output folder")
     c.add_argument("--n-train", type=int, default=None, help="training points kept (default: all)")

@@ -77,6 +77,20 @@ def test_cached_methods_are_not_rerun(smoke_report):
     assert rescored["results"][0]["NLL"] != 123.0
 
 
+def test_a_run_of_some_methods_keeps_the_folders_other_results(smoke_report):
+    _, out = smoke_report
+    smoke = Settings.smoke_test(str(out))
+    run(smoke, progress=False)  # every method cached for these settings
+    report = run(replace(smoke, methods=("exact", "map")), progress=False)
+    assert [r["method"] for r in report["results"]] == list(OUR_METHODS)  # canonical order
+    kept = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in kept["results"]] == list(OUR_METHODS)
+    # results cached under other settings that the method reads are not this run's
+    other = run(replace(smoke, methods=("map",), em_steps=smoke.em_steps + 1), progress=False)
+    assert "map" in [r["method"] for r in other["results"]]
+    assert not {"sampled", "exact", "subnetwork"} & {r["method"] for r in other["results"]}
+
+
 def test_cli_seeds_write_one_report_each_and_their_mean(tmp_path, capsys):
     out = tmp_path / "seeds"
     argv = ["benchmark", "classification", "--dataset", "digits", "--smoke", "--out", str(out)]

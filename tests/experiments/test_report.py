@@ -122,3 +122,13 @@ def test_seed_report_pairs_the_first_sampled_row_on_every_seed_by_default(tmp_pa
     reports[0]["results"].append({"method": "sampled", "NLL": 0.1})  # seed 0 only
     write_seed_report(reports, tmp_path)
     assert "`sampled-isotropic` minus each method" in (tmp_path / "results.md").read_text()
+
+
+def test_seed_report_orders_columns_ours_then_peers_whatever_the_seeds_ran_first(tmp_path):
+    reports = [
+        _report(0, {"lt-kron-marglik": 0.1, "exact": 0.2, "map": 0.3, "sampled": 0.4}),
+        _report(1, {"sampled": 0.4, "map": 0.3, "lt-kron-marglik": 0.1, "exact": 0.2}),
+    ]
+    write_seed_report(reports, tmp_path)
+    header = (tmp_path / "results.md").read_text().split("## Table 1 layout")[1].splitlines()[2]
+    assert header == "|  | map | sampled | exact | lt-kron-marglik |"

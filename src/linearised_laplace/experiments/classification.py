@@ -49,6 +49,7 @@ OUR_METHODS = CORE_METHODS + tuple(
     for v in ("-lastlayer", "-isotropic", "-isotropic-mapmean")
     for m in ("sampled", "exact")
 )
+ALL_METHODS = OUR_METHODS + peers.PEER_METHODS  # a report's row order
 WEIGHT_DECAY = 1e-4
 DATASETS = ("digits", "fashion-mnist")
 ANGLES = (0, 15, 30, 45, 60, 75, 90, 120, 150, 180)
@@ -119,10 +120,10 @@ class Settings:
             raise ValueError(
                 f"Unknown model {self.model!r}; choose one of {', '.join(ARCHITECTURES)}."
             )
-        unknown = [m for m in self.methods if m not in OUR_METHODS + peers.PEER_METHODS]
+        unknown = [m for m in self.methods if m not in ALL_METHODS]
         if unknown:
             raise ValueError(
-                f"Unknown method(s) {', '.join(unknown)}; choose from {', '.join(OUR_METHODS + peers.PEER_METHODS)}."
+                f"Unknown method(s) {', '.join(unknown)}; choose from {', '.join(ALL_METHODS)}."
             )
 
     @staticmethod
@@ -383,7 +384,10 @@ def run(settings: Settings, progress: bool | None = None) -> dict:
     """Train, fit every method in its own process, and write the report (JSON, markdown, PNGs).
 
     Methods whose result is cached for the same settings (those the method reads) are not rerun;
-    a method that fails is reported with its error instead of stopping the benchmark.
+    a method that fails is reported with its error instead of stopping the benchmark. The report
+    also holds every other method cached in ``out`` under the same settings, so a run of a few
+    methods adds them to the folder's report rather than replacing it; rows in
+    :data:`ALL_METHODS` order.
     """
     out = Path(settings.out)
     (out / "methods").mkdir(parents=True, exist_ok=True)
@@ -400,6 +404,11 @@ def run(settings: Settings, progress: bool | None = None) -> dict:
             result["settings"] = _settings_json(settings)
             path.write_text(json.dumps(result, indent=1))
         results.append(result)
+    for method in ALL_METHODS:
+        path = out / "methods" / f"{method}.json"
+        if method not in methods and (result := _cached(path, settings, method)) is not None:
+            results.append(result)
+    results.sort(key=lambda r: ALL_METHODS.index(r["method"]))
     report = {"settings": _settings_json(settings), "skipped": skipped, "results": results}
     (out / "results.json").write_text(json.dumps(report, indent=1))
     from .report import write_report

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .classification import OUR_METHODS  # noqa: E402
+from .classification import ALL_METHODS, OUR_METHODS  # noqa: E402
 
 SUMMARY = [
     "accuracy", "confidence", "logit variance", "NLL", "ECE", "Brier", "OOD AUROC", "fit [s]",
@@ -187,7 +187,8 @@ def seed_tables(reports: list[dict], reference: str | None = None, level: int = 
     """Table 1 and the summary as mean ± standard error over seeds, as markdown lines.
 
     ``reports``: one :func:`write_report` report per MAP seed. Methods scored on every seed are
-    tabled; the others are named with their seeds. Where ``reference`` ran on every seed, a table
+    tabled, ours then the peers (sampled rows next to their exact twins); the others are named with
+    their seeds. Where ``reference`` ran on every seed, a table
     gives its paired differences from each method (mean ± standard error over seeds of
     ``reference − method``; positive: ``reference`` is better), which removes the spread between
     MAPs that the per-method errors include; ``None``: the first sampled LLA row of
@@ -201,8 +202,11 @@ def seed_tables(reports: list[dict], reference: str | None = None, level: int = 
             if "error" not in r:
                 by_method.setdefault(r["method"], []).append(_with_alpha(r))
                 ran_on.setdefault(r["method"], []).append(str(report["settings"]["seed"]))
-    names = [m for m, rows in by_method.items() if len(rows) == len(reports)]
-    partial = [m for m in by_method if m not in names]
+    ordered = sorted(
+        by_method, key=lambda m: ALL_METHODS.index(m) if m in ALL_METHODS else len(ALL_METHODS)
+    )
+    names = [m for m in ordered if len(by_method[m]) == len(reports)]
+    partial = [m for m in ordered if m not in names]
     if reference is None:
         reference = next((m for m in OUR_METHODS if m.startswith("sampled") and m in names), None)
 
