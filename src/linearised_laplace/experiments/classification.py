@@ -409,6 +409,7 @@ def run(settings: Settings, progress: bool | None = None) -> dict:
         if method not in methods and (result := _cached(path, settings, method)) is not None:
             results.append(result)
     results.sort(key=lambda r: ALL_METHODS.index(r["method"]))
+    skipped = [m for m in skipped if m not in {r["method"] for r in results}]  # cached rows stay
     report = {"settings": _settings_json(settings), "skipped": skipped, "results": results}
     (out / "results.json").write_text(json.dumps(report, indent=1))
     from .report import write_report

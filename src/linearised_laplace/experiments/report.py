@@ -188,10 +188,10 @@ def seed_tables(reports: list[dict], reference: str | None = None, level: int = 
 
     ``reports``: one :func:`write_report` report per MAP seed. Methods scored on every seed are
     tabled, ours then the peers (sampled rows next to their exact twins); the others are named with
-    their seeds. Where ``reference`` ran on every seed, a table
-    gives its paired differences from each method (mean ± standard error over seeds of
-    ``reference − method``; positive: ``reference`` is better), which removes the spread between
-    MAPs that the per-method errors include; ``None``: the first sampled LLA row of
+    their seeds. Where ``reference`` ran on every seed, a table gives its paired differences from
+    each method (mean ± standard error over seeds of ``reference − method``; positive:
+    ``reference`` is better), which removes the spread between MAPs that the per-method errors
+    include; ``None``: the first sampled LLA row of
     :data:`OUR_METHODS` that ran on every seed. ``level``: the headings' markdown level.
     """
     check_same_settings(reports)
