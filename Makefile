@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo data test lint format benchmarks peers clean
+.PHONY: install demo data test lint format benchmarks readme peers clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,12 @@ benchmarks: $(STAMP) data
 	$(PY) benchmarks/em_trajectory.py
 	$(PY) benchmarks/siblings.py
 	$(PY) benchmarks/scaling.py
+	$(PY) benchmarks/readme.py
+
+# The README's figures (and results pages' marked notes) from the committed results; `make test`
+# checks that they agree. Also lists results files made before a later change to their code.
+readme: $(STAMP)
+	$(PY) benchmarks/readme.py
 
 # Optional peers for the benchmarks: laplace-torch 0.3 next to the CPU torch (transformers, for
 # the ResNet-18 scaling case and the LoRA benchmark, comes with the hf extra). Three packages need

@@ -1,4 +1,4 @@
-"""Writing benchmark results: JSON for machines, a markdown table for people."""
+"""Writing benchmark results: JSON for machines, a markdown table for people, both with provenance."""
 
 from __future__ import annotations
 
@@ -7,6 +7,12 @@ import platform
 from pathlib import Path
 
 import torch
+
+from linearised_laplace.experiments.provenance import (  # noqa: F401 (earlier_provenance: re-exported)
+    earlier_provenance,
+    provenance,
+    provenance_line,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -32,10 +38,14 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write(name: str, payload: dict, markdown: str) -> None:
-    """Write ``results/<name>.json`` and ``results/<name>.md``."""
+def write(name: str, payload: dict, markdown: str, made: dict | None = None) -> None:
+    """Write ``results/<name>.json`` and ``results/<name>.md``, each saying how it was made.
+
+    ``made``: the provenance of results made earlier and rewritten now (``None``: made now).
+    """
     RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": machine(), **payload}
+    made = made or provenance()
+    payload = {"machine": machine(), **payload, "provenance": made}
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text(markdown.rstrip() + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown.rstrip() + "\n\n" + provenance_line(made) + "\n")
     print(markdown)

@@ -12,22 +12,24 @@ benchmark's noise seed. Each grid adds the α EM found for the ``sampled`` (g-pr
 adds the exact fixed point of EM with the MAP's weights as the mean (from the ``exact-isotropic``
 row's cached eigenvalues, where they exist). Rows already in ``results/prior_sweep.json`` for the
 same prior and α are kept (delete it to rerun them). Writes ``results/prior_sweep.{json,md}``.
-Run: ``OMP_NUM_THREADS=1 python benchmarks/prior_sweep.py``.
+Run: ``OMP_NUM_THREADS=1 python benchmarks/prior_sweep.py``; ``--render`` rewrites the page from
+its JSON and the benchmark's rows as they are now, without the network.
 """
 
 from __future__ import annotations
 
 import json
-import time
+import sys
 from pathlib import Path
 
 import torch
-from _report import RESULTS, markdown_table, write
+from _report import RESULTS, earlier_provenance, markdown_table, write
 from safetensors import safe_open
 
 import linearised_laplace as lla
 from linearised_laplace.em import eigen_gamma
 from linearised_laplace.experiments import classification as bench
+from linearised_laplace.experiments.timing import stopwatch
 
 GRID = (30.0, 100.0, 1000.0)  # g-prior; and the sampled row's EM α, for the fidelity table
 ISOTROPIC_GRID = (3.0, 10.0, 30.0, 100.0)  # an isotropic prior on the network's own weights
@@ -77,26 +79,34 @@ def main(settings: bench.Settings | None = None, name: str = "prior_sweep") -> N
         scale = la.scale.to(torch.float64)  # θ = s ⊙ θ̃: an isotropic α on θ is α s² on θ̃
     x, y = data.test
     for prior, alpha in todo:
-        start = time.process_time()
-        if (prior, alpha) != ("g-prior", grid["g-prior"][0]):  # the same GGN and the same noise
-            precision = alpha * (scale.square() if prior == "isotropic" else torch.ones(1))
-            la.posterior.fit(
-                model.with_prior(model.prior.with_precision(precision)),
-                la.n_samples,
-                la.seed,
-                False,
-                ggn,
-            )
-        with torch.no_grad():
-            row = {"prior": prior, "α": alpha, **bench.score(la.predictive_samples(x), y)}
-        done[prior, alpha] = row | {"CPU [s]": time.process_time() - start}
+        with stopwatch() as clock:  # once per α
+            if (prior, alpha) != ("g-prior", grid["g-prior"][0]):  # the same GGN and the same noise
+                precision = alpha * (scale.square() if prior == "isotropic" else torch.ones(1))
+                la.posterior.fit(
+                    model.with_prior(model.prior.with_precision(precision)),
+                    la.n_samples,
+                    la.seed,
+                    False,
+                    ggn,
+                )
+            with torch.no_grad():
+                row = {"prior": prior, "α": alpha, **bench.score(la.predictive_samples(x), y)}
+        timing = clock.timing
+        done[prior, alpha] = row | {"wall [s]": timing.wall_median, "CPU [s]": timing.cpu_median}
         print(json.dumps(done[prior, alpha]), flush=True)
     rows = [done[entry] for entry in entries]
+    map_mean = [{"α": a, "γ": g, "‖θ*‖²": n} for a, (g, n) in map_mean.items()]
+    write(name, *page(out, rows, map_mean))
+
+
+def page(out: Path, rows: list[dict], map_mean: list[dict]) -> tuple[dict, str]:
+    """The payload and the page of the grid ``rows``, with the benchmark's rows as they are now."""
+    sampled = {m: row for m in SAMPLED if (row := _row(out, m)) is not None}
     reference = []
     for method in ("map", "ensemble", "sampled", "exact", "sampled-isotropic", "exact-isotropic"):
         if (r := _row(out, method)) is not None:
             alpha = r.get("prior_precision", [None])[0]
-            reference.append({"prior": method, "α": alpha or "", **r})
+            reference.append({**r, "prior": method, "α": alpha or ""})
     markdown = "\n".join(
         [
             "# Exact LLA over a grid of prior precisions: the overconfident Fashion-MNIST CNN",
@@ -107,22 +117,33 @@ def main(settings: bench.Settings | None = None, name: str = "prior_sweep") -> N
             "network's own weights (laplace-torch's, and the `-isotropic` rows'; its KFAC row learnt "
             "α = 18.5 so). The benchmark's rows for reference below.",
             "",
-            markdown_table(rows, [*COLUMNS, "CPU [s]"]),
+            markdown_table(rows, [*COLUMNS, "wall [s]", "CPU [s]"]),
             "",
-            "Benchmark rows (`methods/*.json`, α from EM):",
+            "Benchmark rows (seed 0's `methods/*.json` as committed now, α from EM after its 5 "
+            "steps; `--render` rereads them):",
             "",
             markdown_table(reference, COLUMNS),
+            "",
             *[
                 f'Exact EM with the MAP\'s weights as the mean (`mean="network"`, the '
-                f"`-mapmean` rows) has its fixed point α = γ(α)/‖θ*‖² at α = {alpha:.4g} "
-                f"(γ = {gamma:.4g}, ‖θ*‖² = {norm:.4g}), from the eigenvalues of the "
+                f"`-mapmean` rows) has its fixed point α = γ(α)/‖θ*‖² at α = {m['α']:.4g} "
+                f"(γ = {m['γ']:.4g}, ‖θ*‖² = {m['‖θ*‖²']:.4g}), from the eigenvalues of the "
                 "`exact-isotropic` row's GGN."
-                for alpha, (gamma, norm) in map_mean.items()
+                for m in map_mean
             ],
             *(line for m, row in sampled.items() for line in _fidelity(SAMPLED[m], row, rows)),
         ]
     )
-    write(name, {"grid": rows, "reference": reference}, markdown)
+    return {"grid": rows, "reference": reference, "map mean fixed point": map_mean}, markdown
+
+
+def render(name: str = "prior_sweep") -> None:
+    """Rewrite the page from its JSON and the benchmark's rows as committed now; run nothing."""
+    path = RESULTS / f"{name}.json"
+    payload = json.loads(path.read_text())
+    made = payload.get("provenance") or earlier_provenance(path)
+    new, markdown = page(OUT, payload["grid"], payload.get("map mean fixed point", []))
+    write(name, new, markdown, made=made)
 
 
 def _row(out: Path, method: str) -> dict | None:
@@ -178,4 +199,7 @@ def _fidelity(prior: str, sampled: dict | None, rows: list[dict]) -> list[str]:
 
 
 if __name__ == "__main__":
-    main()
+    if "--render" in sys.argv[1:]:
+        render()
+    else:
+        main()

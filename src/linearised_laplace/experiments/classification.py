@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import resource
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -32,6 +31,8 @@ from . import peers
 from .baselines import ensemble_samples, mc_dropout_samples
 from .datasets import ImageData, digits, fashion_mnist, out_of_distribution, rotate
 from .models import ARCHITECTURES, build
+from .provenance import provenance
+from .timing import stopwatch
 from .training import TrainConfig, train_map
 from .workers import run_worker, use_idle_cores
 
@@ -299,12 +300,10 @@ def evaluate(method: str, settings: Settings) -> dict:
     on_device = data.to(settings.device)
     net = trained_model(settings, on_device, settings.seed)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start, start_cpu = time.perf_counter(), time.process_time()
-    fitted, info = build_predictor(method, settings, on_device, net)
-    if settings.device == "cuda":
-        torch.cuda.synchronize()
-    fit_seconds = time.perf_counter() - start
-    fit_cpu = time.process_time() - start_cpu  # what a shared machine cannot inflate
+    sync = torch.cuda.synchronize if settings.device == "cuda" else None
+    with stopwatch(sync) as clock:  # a fit is timed once; CPU time is what load cannot inflate
+        fitted, info = build_predictor(method, settings, on_device, net)
+    fit_seconds, fit_cpu = clock.timing.wall_median, clock.timing.cpu_median
 
     def predictor(inputs: Tensor) -> Tensor:
         return fitted(inputs.to(settings.device)).cpu()
@@ -402,6 +401,7 @@ def run(settings: Settings, progress: bool | None = None) -> dict:
         if result is None:
             result = _run_worker(method, settings)
             result["settings"] = _settings_json(settings)
+            result["provenance"] = provenance()
             path.write_text(json.dumps(result, indent=1))
         results.append(result)
     for method in ALL_METHODS:
@@ -410,7 +410,12 @@ def run(settings: Settings, progress: bool | None = None) -> dict:
             results.append(result)
     results.sort(key=lambda r: ALL_METHODS.index(r["method"]))
     skipped = [m for m in skipped if m not in {r["method"] for r in results}]  # cached rows stay
-    report = {"settings": _settings_json(settings), "skipped": skipped, "results": results}
+    report = {
+        "settings": _settings_json(settings),
+        "skipped": skipped,
+        "results": results,
+        "provenance": provenance(),
+    }
     (out / "results.json").write_text(json.dumps(report, indent=1))
     from .report import write_report
 

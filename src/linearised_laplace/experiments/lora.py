@@ -26,7 +26,6 @@ import copy
 import json
 import resource
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,7 +42,9 @@ from ..solvers import SGD
 from . import peers
 from .baselines import ensemble_samples, mc_dropout_samples
 from .classification import KAPPAS, fit_by_em, score
+from .provenance import provenance
 from .report import fidelity, table
+from .timing import stopwatch
 from .training import TrainConfig, train_map
 from .workers import run_worker, use_idle_cores
 
@@ -293,9 +294,9 @@ def evaluate(method: str, settings: LoraSettings) -> dict:
     data = make_data(settings)
     net = fine_tuned(settings, data, settings.seed)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start, start_cpu = time.perf_counter(), time.process_time()
-    predictor, info = build_predictor(method, settings, data, net)
-    fit = {"fit [s]": time.perf_counter() - start, "fit CPU [s]": time.process_time() - start_cpu}
+    with stopwatch() as clock:
+        predictor, info = build_predictor(method, settings, data, net)
+    fit = {"fit [s]": clock.timing.wall_median, "fit CPU [s]": clock.timing.cpu_median}
     with torch.no_grad():
         scores = {name: score(predictor(data[name][0]), data[name][1]) for name in TEST_SETS}
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -339,9 +340,11 @@ def run(settings: LoraSettings, progress: bool | None = None) -> dict:
         if result is None or result.get("settings") != recorded:
             result = run_worker("linearised_laplace.experiments.lora", method, asdict(settings))
             result["settings"] = recorded
+            result["provenance"] = provenance()
             path.write_text(json.dumps(result, indent=1))
         results.append(result)
     report = {"settings": recorded, "skipped": skipped, "results": results}
+    report["provenance"] = provenance()
     (out / "results.json").write_text(json.dumps(report, indent=1))
     (out / "results.md").write_text(markdown(report))
     return report

@@ -25,6 +25,7 @@ from ..tomography.dip import DIPConfig, fit_dip
 from ..tomography.linearised import LinearisedDIP, exact_linearised_dip
 from ..tomography.unet import UNet
 from .baselines import mc_dropout_samples
+from .provenance import provenance
 
 TOMOGRAPHY_METHODS = ("sampled-dual", "sampled-primal", "mc-dropout", "exact")
 PATCH = 10
@@ -281,6 +282,7 @@ def run(s: TomographySettings, progress: bool | None = None) -> dict:
         "sigma": problem.sigma,
         "device": s.device,
         "results": rows,
+        "provenance": provenance(),
     }
     (out / "results.json").write_text(json.dumps(report, indent=1))
     from .tomography_report import write_report
