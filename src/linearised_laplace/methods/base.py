@@ -10,6 +10,7 @@ network's own outputs; the posterior enters through zero-mean samples or its cov
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -540,6 +541,7 @@ class Laplace:
                 "method='gridsearch'."
             )
         check_em_settings(max_iter, tol)
+        self._check_em_options(options)
         if update_sigma and not isinstance(self.likelihood, Gaussian):
             raise ValueError("`update_sigma=True` needs a regression (Gaussian) likelihood.")
         if checkpoint is not None:
@@ -570,6 +572,19 @@ class Laplace:
         self.em_history = state.history
         em.refit(state, self.n_samples)
         return self.em_history
+
+    def _check_em_options(self, options: dict) -> None:
+        """Refuse, before any work, an EM keyword that this method's E-step does not take."""
+        parameters = inspect.signature(self.posterior.expectation).parameters
+        accepted = [n for n, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            takes = f"takes only {accepted}" if accepted else "takes none (its γ and mean are exact)"
+            raise TypeError(
+                f"optimize_prior_precision() got {unknown}, which {type(self).__name__}'s EM does "
+                f"not use: its E-step {takes}. `gamma` and `n_em_samples` are options of "
+                "SampledLaplace's sample-based EM; remove them here."
+            )
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
