@@ -15,6 +15,7 @@ from linearised_laplace.experiments.provenance import (  # noqa: F401 (earlier_p
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
+STARTED = provenance()  # the commit and date a benchmark run started at, not the ones it ended at
 
 
 def machine() -> dict:
@@ -44,7 +45,7 @@ def write(name: str, payload: dict, markdown: str, made: dict | None = None) -> 
     ``made``: the provenance of results made earlier and rewritten now (``None``: made now).
     """
     RESULTS.mkdir(parents=True, exist_ok=True)
-    made = made or provenance()
+    made = made or STARTED
     payload = {"machine": machine(), **payload, "provenance": made}
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown.rstrip() + "\n\n" + provenance_line(made) + "\n")
