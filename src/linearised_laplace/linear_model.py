@@ -20,6 +20,7 @@ from torch import Tensor
 
 from . import inputs as trees
 from ._checks import check_finite, check_sample_budget
+from ._progress import progress_bar
 from .data import Data
 from .features import FeatureOperator, MatrixFeatures
 from .inputs import Inputs
@@ -115,7 +116,9 @@ class LinearGaussianModel:
             total = total + (jz * self.likelihood.hessian_vec(f0, jz)).sum((-2, -1))
         return self.data.all_reduce(total)
 
-    def with_dense_features(self, limit_gib: float = FEATURE_MEMORY_GIB) -> LinearGaussianModel:
+    def with_dense_features(
+        self, limit_gib: float = FEATURE_MEMORY_GIB, progress: bool | None = False
+    ) -> LinearGaussianModel:
         """This model with ``Φ`` ``[n, C, D]`` built once and held, its data indexed by point.
 
         Building ``Φ`` costs about ``C/2`` JVP + VJP passes (per-example reverse mode); each later
@@ -123,6 +126,7 @@ class LinearGaussianModel:
         instead of a JVP and a VJP through the network. The data indices, and so the per-point
         noise, and the data's fingerprint are kept.
         Returns ``self`` when ``Φ`` would exceed ``limit_gib`` or the data are split over ranks.
+        ``progress``: as the methods' ``progress`` (one step per batch).
         """
         n, c, d = len(self.data), self.n_outputs, self.n_params
         dtype, device = self.features.dtype, self.features.device
@@ -132,7 +136,9 @@ class LinearGaussianModel:
         jacobian = torch.empty(n, c, d, dtype=dtype, device=device)
         offset = torch.empty(n, c, dtype=dtype, device=device)
         targets = []
-        for idx, x, y in self.data.batches():
+        n_batches = -(-n // self.data.batch_size)
+        bar = progress_bar(self.data.batches(), enabled=progress, desc="features", total=n_batches)
+        for idx, x, y in bar:
             offset[idx] = self.features.forward(x)
             self.check_batch(x, y, offset[idx])
             jacobian[idx] = self.features.to_dense(x)

@@ -286,7 +286,9 @@ class Laplace:
         return LinearGaussianModel(self.coordinates.features(), self.likelihood, self.prior, data)
 
     def _fit_model(self, train_loader: TrainingData) -> LinearGaussianModel:
-        model = self.linear_model(train_loader).with_dense_features(self.feature_memory_gib)
+        model = self.linear_model(train_loader).with_dense_features(
+            self.feature_memory_gib, self.progress
+        )
         self._training = TrainingFit.of(model)
         return model
 
