@@ -581,7 +581,9 @@ class Laplace:
         accepted = [n for n, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
         unknown = sorted(set(options) - set(accepted))
         if unknown:
-            takes = f"takes only {accepted}" if accepted else "takes none (its γ and mean are exact)"
+            takes = (
+                f"takes only {accepted}" if accepted else "takes none (its γ and mean are exact)"
+            )
             raise TypeError(
                 f"optimize_prior_precision() got {unknown}, which {type(self).__name__}'s EM does "
                 f"not use: its E-step {takes}. `gamma` and `n_em_samples` are options of "
