@@ -61,12 +61,13 @@ readme: $(STAMP)
 # Optional peers for the benchmarks: laplace-torch 0.3 next to the CPU torch (transformers, for
 # the ResNet-18 scaling case and the LoRA benchmark, comes with the hf extra). Three packages need
 # --no-deps because they declare torchvision, which does not import with this torch (and makes
-# torchmetrics, hence laplace, fail to import when present).
+# torchmetrics, hence laplace, fail to import when present); their other dependencies go first,
+# so that no install runs pip's dependency check against a package that declares torchvision.
 peers: $(STAMP)
-	$(PY) -m pip install --quiet -c $(VENV)/torch-constraint.txt --no-deps \
-		laplace-torch==0.3 backpack-for-pytorch==1.7.1 curvlinops-for-pytorch==3.0.1
 	$(PY) -m pip install --quiet -c $(VENV)/torch-constraint.txt asdfghjkl==0.1a4 opt-einsum==3.4.0 \
 		torchmetrics==1.9.0 einops==0.8.2 unfoldNd==0.2.3 einconv==0.1.0 linear_operator==0.6.1
+	$(PY) -m pip install --quiet -c $(VENV)/torch-constraint.txt --no-deps \
+		laplace-torch==0.3 backpack-for-pytorch==1.7.1 curvlinops-for-pytorch==3.0.1
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
