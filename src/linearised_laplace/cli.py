@@ -15,7 +15,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .experiments import lora, peers
+from .experiments import explanation, lora, peers
 from .experiments.classification import (
     ALL_METHODS,
     CORE_METHODS,
@@ -58,6 +58,9 @@ def _print_summary(report: dict, out: str) -> None:
             f"{r['method']:22s} {r['accuracy']:7.4f} {r['NLL']:8.4f} {r['joint LL κ=5']:10.4f} "
             f"{r['ECE']:7.4f} {r['OOD AUROC']:10.4f} {fit}"
         )
+    print("\nColumns (test set):", *explanation.legend(), sep="\n")
+    if sentences := explanation.summary(report["results"]):
+        print("\nWhat this run shows:", *(f"  {s}" for s in sentences), sep="\n")
     if report["skipped"]:
         print(
             f"\nskipped (laplace-torch is not installed; `make peers`): {', '.join(report['skipped'])}"

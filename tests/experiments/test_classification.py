@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from linearised_laplace import cli
+from linearised_laplace.experiments import explanation
 from linearised_laplace.experiments.classification import OUR_METHODS, Settings, run
 from linearised_laplace.experiments.models import build
 
@@ -120,6 +121,13 @@ def test_cli_demo_and_benchmark_smoke(tmp_path, capsys):
     assert cli.main(["demo", "--smoke", "--out", str(tmp_path / "demo")]) == 0
     printed = capsys.readouterr().out
     assert "sampled" in printed and "results.md" in printed
+    report = json.loads((tmp_path / "demo" / "results.json").read_text())
+    sentences = explanation.summary(report["results"])
+    assert sentences and all(s in printed for s in sentences)  # the summary under the table
+    assert "joint κ=5  (higher is better)" in printed
+    page = (tmp_path / "demo" / "results.md").read_text()
+    assert page.index("## What this run shows") < page.index("## Table 1 layout")
+    assert " ".join(sentences) in page
     status = cli.main(
         [
             "benchmark",

@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .classification import ALL_METHODS, OUR_METHODS  # noqa: E402
+from .explanation import legend, summary  # noqa: E402
 
 SUMMARY = [
     "accuracy", "confidence", "logit variance", "NLL", "ECE", "Brier", "OOD AUROC", "fit [s]",
@@ -49,6 +50,11 @@ def write_report(report: dict, out: Path) -> None:
         "",
         f"{s['n_samples']} posterior samples per predictive; EM for {s['em_steps']} steps; "
         f"seed {s['seed']}. {PROTOCOL} Dyadic: the neural testbed's pairs with 10 labels.",
+        "",
+        *(["## What this run shows", "", " ".join(summary(done)), ""] if summary(done) else []),
+        "Columns of the summary (on the test set):",
+        "",
+        *(f"- {line.strip()}" for line in legend()),
         "",
         "## Table 1 layout (higher is better)",
         "",
