@@ -310,6 +310,16 @@ def resnet18(key: str, fmt=times) -> Callable:
     return lambda data: fmt(data["rows"][0][key])
 
 
+def r18_uncertainty(data) -> str:
+    """The sampler epoch's uncertainty from the spread of the fits' repeats, relative to it."""
+    r = data["rows"][0]
+    spread = sum(
+        max(r[f"{fit} CPU, each repeat [s]"]) - min(r[f"{fit} CPU, each repeat [s]"])
+        for fit in ("1-epoch fit", "3-epoch fit")
+    )
+    return f"±{pct(spread / (4 * r['k']) / r['sampler epoch per sample CPU [s]'], 2)}"
+
+
 def tomo(method: str, key: str, digits: int = 3) -> Callable:
     return lambda data: sig(row(data["results"], method=method)[key], digits)
 
@@ -493,10 +503,11 @@ FIGURES: dict[str, tuple[str, Callable]] = {
     "sib-ella": ("siblings", sibling("lt-ella-val", "dyadic κ=10", 2)),
     "sib-map-nll": ("siblings", sibling("MAP", "NLL", 2)),
     # ResNet-18
-    "r18-sampler-train": ("scaling-resnet18", resnet18("sampler ÷ train")),
-    "r18-sampler-floor": ("scaling-resnet18", resnet18("sampler ÷ floor")),
-    "r18-floor-train": ("scaling-resnet18", resnet18("floor ÷ train")),
-    "r18-setup": ("scaling-resnet18", resnet18("with set-up ÷ train")),
+    "r18-sampler-train": ("scaling-resnet18", resnet18("sampler ÷ train (CPU)")),
+    "r18-sampler-floor": ("scaling-resnet18", resnet18("sampler ÷ floor (CPU)")),
+    "r18-floor-train": ("scaling-resnet18", resnet18("floor ÷ train (CPU)")),
+    "r18-setup": ("scaling-resnet18", resnet18("with set-up ÷ train (CPU)")),
+    "r18-uncertainty": ("scaling-resnet18", r18_uncertainty),
     # tomography
     "t60-alpha-sampled": ("tomography-60/results", tomo("sampled-dual", "prior_precision", 4)),
     "t60-alpha-exact": ("tomography-60/results", tomo("exact", "prior_precision", 4)),

@@ -18,6 +18,12 @@ Sections (each case runs in its own process, so its peak memory is its own):
 Every sampled fit here runs matrix-free (``feature_memory_gib=0``), as it must at scale, even where
 the training features would fit in memory.
 
+Timing: one protocol, :mod:`linearised_laplace.experiments.timing`. What a ratio compares (the
+``ratio`` and ``resnet18`` sections) is timed by ``measure`` in one process, after a warm-up run,
+over repeats, and reported as medians of wall and CPU seconds; a fit too long to repeat (the
+``dimension`` and ``data`` sections, where peak memory is also the first run's) is timed once by
+``stopwatch``, its CPU seconds beside its wall seconds.
+
 Run: ``python benchmarks/scaling.py [--sections ...] [--device cuda]``. Writes
 ``results/scaling-<section>.{json,md,png}``.
 """
@@ -29,7 +35,6 @@ import copy
 import json
 import subprocess
 import sys
-import time
 import warnings
 
 import matplotlib
@@ -37,12 +42,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from _report import RESULTS, markdown_table, write  # noqa: E402
+from _report import RESULTS, STARTED, markdown_table, write  # noqa: E402
 from torch import nn  # noqa: E402
 
 import linearised_laplace as lla  # noqa: E402
 from linearised_laplace.experiments.datasets import fashion_mnist  # noqa: E402
 from linearised_laplace.experiments.models import build  # noqa: E402
+from linearised_laplace.experiments.timing import measure, stopwatch  # noqa: E402
 from linearised_laplace.experiments.training import TrainConfig, train_map  # noqa: E402
 from linearised_laplace.experiments.workers import failure  # noqa: E402
 
@@ -52,6 +58,7 @@ PRIOR_PRECISION = 1.0
 N_TEST = 200
 TIMEOUT = 1800
 PEER_TIMEOUT = 300  # laplace-torch beyond d = 3k: a timeout is reported as "> 300 s"
+REPEATS, WARMUP = 3, 1  # the timing protocol of the ratio section (the ResNet-18 case's own)
 
 
 def reset_peak() -> float:
@@ -96,30 +103,42 @@ def matrix_free(net: nn.Module, k: int, solver: lla.SGD, **kwargs) -> lla.Sample
 
 
 def cost_ratio(case: dict) -> dict:
-    """Seconds of one training epoch and of one sampler epoch per sample (difference of 3 and 1)."""
+    """One training epoch and one sampler epoch per sample (difference of 3 and 1), timed alike.
+
+    The training epoch and both fits are timed by
+    :func:`~linearised_laplace.experiments.timing.measure` (``REPEATS`` repeats after
+    ``WARMUP`` warm-up runs each); the sampler epoch comes from the fits' medians.
+    """
     device = case["device"]
     train, _ = data(case["n_train"], device)
     net = network(case).to(device)
-    train_map(net, train, TrainConfig(epochs=1), progress=False)  # warm-up
-    epoch = []
-    for _ in range(2):
-        start = time.perf_counter()
-        train_map(copy.deepcopy(net), train, TrainConfig(epochs=1), progress=False)
-        sync(device)
-        epoch.append(time.perf_counter() - start)
+    nets = [copy.deepcopy(net) for _ in range(WARMUP + REPEATS)]  # copied before the clock
+    copies = iter(nets)
+    _, epoch = measure(
+        lambda: train_map(next(copies), train, TrainConfig(epochs=1), progress=False),
+        repeats=REPEATS,
+        warmup=WARMUP,
+        sync=lambda: sync(device),
+    )
 
-    def fit(n_epochs: int) -> float:
+    def fit(n_epochs: int) -> None:
         solver = lla.SGD(n_epochs=n_epochs, residual=False, batch_size=128)
-        la = matrix_free(net, case["k"], solver, tangent_batching=case["batching"])
-        start = time.perf_counter()
+        la = matrix_free(nets[0], case["k"], solver, tangent_batching=case["batching"])
         la.fit(train)
-        sync(device)
-        return time.perf_counter() - start
 
-    fit(1)  # warm-up
-    one, three = fit(1), fit(3)
-    per_sample = (three - one) / 2 / case["k"]
-    return {"train epoch [s]": min(epoch), "sampler epoch per sample [s]": per_sample}
+    row = epoch.record("train epoch ")  # the fits linearise the first copy, trained one epoch
+    for n_epochs in (1, 3):
+        _, timing = measure(
+            lambda n_epochs=n_epochs: fit(n_epochs),
+            repeats=REPEATS,
+            warmup=WARMUP,
+            sync=lambda: sync(device),
+        )
+        row |= timing.record(f"{n_epochs}-epoch fit ")
+    for clock in ("wall", "CPU"):
+        difference = row[f"3-epoch fit {clock} [s]"] - row[f"1-epoch fit {clock} [s]"]
+        row[f"sampler epoch per sample {clock} [s]"] = difference / 2 / case["k"]
+    return row
 
 
 def sync(device: str) -> None:
@@ -133,25 +152,25 @@ def fit_and_predict(case: dict) -> dict:
     net = network(case)
     train_map(net, train, TrainConfig(epochs=3), progress=False)
     base = reset_peak()
-    start = time.perf_counter()
     method = case["method"]
-    if method.startswith("lt-"):
-        variance = laplace_torch_variance(net, train, test, method)
-    else:
-        if method == "exact":
-            la = lla.ExactLaplace(net, prior_precision=PRIOR_PRECISION, progress=False)
+    with stopwatch() as clock:  # once: too long to repeat, and the peak memory is the first run's
+        if method.startswith("lt-"):
+            variance = laplace_torch_variance(net, train, test, method)
         else:
-            solver = lla.SGD(n_epochs=case["epochs"], batch_size=100)
-            la = matrix_free(net, case["k"], solver)
-        la.fit(train)
-        variance = torch.cat([la.functional_variance(x) for x in test.split(20)])
-    seconds = time.perf_counter() - start
+            if method == "exact":
+                la = lla.ExactLaplace(net, prior_precision=PRIOR_PRECISION, progress=False)
+            else:
+                solver = lla.SGD(n_epochs=case["epochs"], batch_size=100)
+                la = matrix_free(net, case["k"], solver)
+            la.fit(train)
+            variance = torch.cat([la.functional_variance(x) for x in test.split(20)])
     variance = variance.diagonal(dim1=-2, dim2=-1).double()
     path = RESULTS / "scaling-variances" / f"{case['d']}-{method}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(variance.tolist()))
     return {
-        "seconds": seconds,
+        "seconds": clock.timing.wall_median,
+        "CPU [s]": clock.timing.cpu_median,
         "peak memory [MB]": peak_mb(),
         "method memory [MB]": peak_mb() - base,
     }
@@ -183,10 +202,11 @@ def peak_memory_against_n(case: dict) -> dict:
     base = reset_peak()
     solver = lla.SGD(n_epochs=case.get("epochs", 1), batch_size=128)
     la = matrix_free(net, case["k"], solver)
-    start = time.perf_counter()
-    la.fit(train)
+    with stopwatch() as clock:  # once: the peak memory is the first run's
+        la.fit(train)
     return {
-        "seconds": time.perf_counter() - start,
+        "seconds": clock.timing.wall_median,
+        "CPU [s]": clock.timing.cpu_median,
         "data loaded [MB]": base,
         "peak memory [MB]": peak_mb(),
         "method memory [MB]": peak_mb() - base,
@@ -194,7 +214,13 @@ def peak_memory_against_n(case: dict) -> dict:
 
 
 def resnet18(case: dict) -> dict:
-    """Training epoch, JVP + VJP floor and sampler epoch per sample of a transformers ResNet-18."""
+    """Training epoch, JVP + VJP floors and sampler fits of a transformers ResNet-18, timed alike.
+
+    Each is timed by :func:`~linearised_laplace.experiments.timing.measure` in this one process,
+    after the case's warm-up runs, over its repeats (``fit repeats`` for the sampler fits): the
+    floor is as warm and as repeated as what it is compared with. Returns each one's median wall
+    and CPU seconds, and per-sample sampler costs from the medians.
+    """
     from transformers import ResNetConfig, ResNetForImageClassification
 
     config = ResNetConfig(
@@ -212,42 +238,67 @@ def resnet18(case: dict) -> dict:
 
     net = Logits().eval()
     n, k, batch = case["n_train"], case["k"], case["batch_size"]
+    repeats, warmup = case["repeats"], case["warmup"]
+    fit_repeats = case.get("fit repeats", repeats)
     gen = torch.Generator().manual_seed(0)
     train = (torch.randn(n, 3, 32, 32, generator=gen), torch.randint(0, 10, (n,), generator=gen))
-    start = time.perf_counter()
-    train_map(copy.deepcopy(net), train, TrainConfig(epochs=1, batch_size=batch), progress=False)
-    epoch = time.perf_counter() - start
-    lin = lla.Linearisation(net, tangent_batching="loop")
-    tangent = torch.randn(1, lin.n_params)
-    start = time.perf_counter()
-    for x in train[0].split(batch):
-        _, jv = lin.jvp(x, tangent)
-        lin.pullback(x)[1](jv)
-    floor = time.perf_counter() - start
+    timings = {}
 
-    def fit(n_epochs: int) -> float:
+    copies = iter([copy.deepcopy(net) for _ in range(warmup + repeats)])  # copied before the clock
+    epoch = TrainConfig(epochs=1, batch_size=batch)
+    _, timings["train epoch"] = measure(
+        lambda: train_map(next(copies), train, epoch, progress=False),
+        repeats=repeats,
+        warmup=warmup,
+    )
+
+    lin = lla.Linearisation(net, tangent_batching="loop")
+
+    def floor(tangents: torch.Tensor) -> None:
+        """One JVP and one VJP of ``tangents`` per batch of an epoch, batched as the sampler is."""
+        for x in train[0].split(batch):
+            _, jv = lin.jvp(x, tangents)
+            lin.pullback(x)[1](jv)
+
+    one, many = torch.randn(1, lin.n_params), torch.randn(k, lin.n_params)
+    _, timings["JVP + VJP epoch"] = measure(lambda: floor(one), repeats=repeats, warmup=warmup)
+    _, timings["K-tangent JVP + VJP epoch"] = measure(
+        lambda: floor(many), repeats=repeats, warmup=warmup
+    )
+
+    def fit(n_epochs: int) -> None:
         la = lla.SampledLaplace(
             net,
             feature_memory_gib=0,
             n_samples=k,
-            solver=lla.SGD(n_epochs=n_epochs, batch_size=batch),
+            # no end-of-fit residual: its pass, and the start's, taken only when the end is worse
+            # than zero (likelier after 1 epoch than after 3), would not cancel in the difference
+            solver=lla.SGD(n_epochs=n_epochs, batch_size=batch, residual=False),
             tangent_batching="loop",
             progress=False,
         )
-        start = time.perf_counter()
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", lla.ConvergenceWarning)  # 1-2 epochs: not converged
+            warnings.simplefilter("ignore", lla.ConvergenceWarning)  # 1-3 epochs: not converged
             la.fit(train)
-        return time.perf_counter() - start
 
-    one, three = fit(1), fit(3)
-    return {
-        "D": lin.n_params,
-        "train epoch [s]": epoch,
-        "JVP + VJP epoch [s]": floor,
-        "sampler epoch per sample [s]": (three - one) / (2 * k),
-        "fit per sample-epoch, with set-up [s]": three / (3 * k),
-    }
+    for n_epochs in (1, 3):
+        _, timings[f"{n_epochs}-epoch fit"] = measure(
+            lambda n_epochs=n_epochs: fit(n_epochs), repeats=fit_repeats, warmup=warmup
+        )
+
+    row = {"D": lin.n_params}
+    for name, timing in timings.items():
+        row |= timing.record(f"{name} ")
+        row[f"{name} wall, each repeat [s]"] = list(timing.wall)  # the spread behind the median
+        row[f"{name} CPU, each repeat [s]"] = list(timing.cpu)
+    for clock in ("wall", "CPU"):
+        one_fit, three_fits = row[f"1-epoch fit {clock} [s]"], row[f"3-epoch fit {clock} [s]"]
+        row[f"sampler epoch per sample {clock} [s]"] = (three_fits - one_fit) / (2 * k)
+        row[f"fit per sample-epoch, with set-up {clock} [s]"] = three_fits / (3 * k)
+        row[f"K-tangent floor per sample {clock} [s]"] = (
+            row[f"K-tangent JVP + VJP epoch {clock} [s]"] / k
+        )
+    return row
 
 
 WORKERS = {
@@ -288,7 +339,7 @@ def _run_fresh(section: str, case: dict) -> dict:
         return {**case, "error": f"timeout ({case.get('timeout', TIMEOUT)} s)"}
     if done.returncode != 0:
         return {**case, "error": failure(done)}
-    return {**case, **json.loads(done.stdout.strip().splitlines()[-1])}
+    return {**case, **json.loads(done.stdout.strip().splitlines()[-1]), "provenance": STARTED}
 
 
 # ---------------------------------------------------------------- sections
@@ -299,16 +350,29 @@ def ratio_section(device: str) -> None:
             n_train = 2048 if device == "cpu" else 20000  # the GPU needs more work per epoch
             case = {"model": model, "n_train": n_train, "k": 8, "batching": batching}
             row = run_case("ratio", {**case, "device": device})
+            if "error" not in row and "train epoch wall [s]" not in row:
+                row["error"] = "cached before the timing protocol: rerun with --fresh"
             if "error" not in row:
-                row["ratio"] = row["sampler epoch per sample [s]"] / row["train epoch [s]"]
+                for clock in ("wall", "CPU"):
+                    row[f"ratio ({clock})"] = (
+                        row[f"sampler epoch per sample {clock} [s]"]
+                        / row[f"train epoch {clock} [s]"]
+                    )
+                row["ratio"] = row["ratio (wall)"]  # the unqualified key, as before
             rows.append(row)
-    columns = ["model", "batching", "train epoch [s]", "sampler epoch per sample [s]", "ratio"]
+    columns = ["model", "batching"]
+    for name in ("train epoch", "1-epoch fit", "3-epoch fit", "sampler epoch per sample"):
+        columns += [f"{name} wall [s]", f"{name} CPU [s]"]
+    columns += ["ratio (wall)", "ratio (CPU)"]
     title = f"# Cost ratio: sampler epoch per sample / training epoch ({device})\n\n"
     note = (
-        f"One run, side by side: {n_train:,} Fashion-MNIST points, batch 128, K = 8 samples. The "
-        "sampler epoch is the difference of fits of 3 and 1 epochs (so the noise pass and the "
-        "step-size estimate cancel), divided by K. The physical limit is about 1.3–2 (one JVP + "
-        "one VJP against one forward + one backward).\n\n"
+        f"Side by side, in one worker process per row: {n_train:,} Fashion-MNIST points, batch "
+        "128, K = 8 samples. The training epoch and the fits of 1 and 3 epochs are each timed by "
+        f"`linearised_laplace.experiments.timing.measure`: {WARMUP} untimed warm-up run, then "
+        f"{REPEATS} timed repeats; the table gives median wall and CPU (process) seconds. The "
+        "sampler epoch is the difference of the fits' medians (so the noise pass and the "
+        "step-size estimate cancel), divided by K; the ratios are of medians. The physical limit "
+        "is about 1.3–2 (one JVP + one VJP against one forward + one backward).\n\n"
     )
     write(
         f"scaling-ratio-{device}",
@@ -317,28 +381,85 @@ def ratio_section(device: str) -> None:
     )
 
 
+RESNET18_RATIOS = {  # name: (numerator, denominator), each a median of the worker's row
+    "floor ÷ train": ("JVP + VJP epoch", "train epoch"),
+    "sampler ÷ train": ("sampler epoch per sample", "train epoch"),
+    "with set-up ÷ train": ("fit per sample-epoch, with set-up", "train epoch"),
+    "sampler ÷ floor": ("sampler epoch per sample", "JVP + VJP epoch"),
+    "sampler ÷ K-tangent floor": ("sampler epoch per sample", "K-tangent floor per sample"),
+}
+
+
 def resnet18_section() -> None:
-    case = {"n_train": 128, "k": 2, "batch_size": 32, "timeout": 3600}
+    case = {"n_train": 128, "k": 2, "batch_size": 32, "repeats": 3, "warmup": 1, "timeout": 3600}
     row = run_case("resnet18", case)
+    ratios = []
     if "error" not in row:
-        floor, epoch = row["JVP + VJP epoch [s]"], row["train epoch [s]"]
-        row["floor ÷ train"] = floor / epoch
-        row["sampler ÷ train"] = row["sampler epoch per sample [s]"] / epoch
-        row["with set-up ÷ train"] = row["fit per sample-epoch, with set-up [s]"] / epoch
-        row["sampler ÷ floor"] = row["sampler epoch per sample [s]"] / floor
-    columns = [
-        "D", "train epoch [s]", "JVP + VJP epoch [s]", "sampler epoch per sample [s]",
-        "fit per sample-epoch, with set-up [s]", "floor ÷ train", "sampler ÷ train",
-        "with set-up ÷ train", "sampler ÷ floor", "error",
-    ]  # fmt: skip
+        for name, (num, den) in RESNET18_RATIOS.items():
+            for clock in ("wall", "CPU"):
+                row[f"{name} ({clock})"] = row[f"{num} {clock} [s]"] / row[f"{den} {clock} [s]"]
+            row[name] = row[f"{name} (wall)"]  # the unqualified key, as before: of wall medians
+            ratios.append(
+                {"ratio": name, "wall": row[f"{name} (wall)"], "CPU": row[f"{name} (CPU)"]}
+            )
+    measured = ["train epoch", "JVP + VJP epoch", "K-tangent JVP + VJP epoch", "1-epoch fit"]
+    measured += ["3-epoch fit"]
+    derived = {
+        "sampler epoch per sample": "(3-epoch − 1-epoch fit) ÷ 2K",
+        "fit per sample-epoch, with set-up": "3-epoch fit ÷ 3K",
+        "K-tangent floor per sample": "K-tangent JVP + VJP epoch ÷ K",
+    }
+    times = [
+        {
+            "what": name,
+            "wall [s]": row.get(f"{name} wall [s]", ""),
+            "CPU [s]": row.get(f"{name} CPU [s]", ""),
+            "repeats": row.get(f"{name} repeats", derived.get(name, "")),
+            "warm-up": row.get(f"{name} warm-up", ""),
+        }
+        for name in measured + list(derived)
+    ]
+    k, fit_repeats = case["k"], case.get("fit repeats", case["repeats"])
+    row.setdefault("D", 11181642)  # for the note of a failed run
     note = (
         "# ResNet-18 (transformers ResNetConfig, basic blocks [2, 2, 2, 2]): sampler cost\n\n"
-        "128 random 32×32 images, batch 32, one thread, K = 2 samples. The sampler epoch per "
-        "sample is the difference of fits of 3 and 1 epochs over 2K; 'with set-up' divides the "
-        "whole 3-epoch fit (noise pass, step size, residuals) by 3K. The floor is one JVP + one "
-        "VJP per batch, measured in the same run.\n\n"
+        f"D = {row['D']:,} weights; 128 random 32×32 images, batch 32, one thread, K = "
+        f"{k} samples. Everything below was timed in one worker process by the same protocol "
+        f"(`linearised_laplace.experiments.timing.measure`): {case['warmup']} untimed warm-up "
+        f"run, then {case['repeats']} timed repeats ({fit_repeats} for the sampler fits); the "
+        "tables give the median wall and CPU (process) seconds, and every ratio is of medians. "
+        "The floor is one JVP + one VJP of one tangent per batch over the epoch, warm and repeated "
+        f"like the training epoch and the fits it is compared with; the K-tangent floor pushes "
+        f"the K = {k} tangents through as the sampler does (one forward for the VJPs of all K), "
+        "divided by K. The sampler epoch per sample is the difference of the medians of fits of "
+        "3 and 1 epochs over 2K (the noise pass, the preconditioner's sketch and the step-size "
+        "estimate cancel); 'with set-up' divides the whole 3-epoch fit by 3K. The fits skip the "
+        "end-of-fit residual (`SGD(residual=False)`), whose pass would not cancel in the "
+        "difference; a default fit adds it (one more pass of K JVPs + VJPs). The JSON keeps every "
+        "repeat's seconds beside the medians.\n\n"
     )
-    write("scaling-resnet18", {"rows": [row]}, note + markdown_table([row], columns))
+    if "error" not in row:
+        spread = [
+            max(row[f"{fit} CPU, each repeat [s]"]) - min(row[f"{fit} CPU, each repeat [s]"])
+            for fit in ("1-epoch fit", "3-epoch fit")
+        ]
+        note += (
+            f"The fits' repeats spread over {spread[0]:.1f} s (1 epoch) and {spread[1]:.1f} s "
+            f"(3 epochs) of CPU time, against a difference of medians of "
+            f"{row['3-epoch fit CPU [s]'] - row['1-epoch fit CPU [s]']:.1f} s: the sampler epoch "
+            f"per sample is uncertain by about ±{sum(spread) / (4 * k):.1f} s, so its ratios are "
+            "rough; CPU time is the less noisy clock here.\n\n"
+        )
+    if "error" in row:
+        text = note + markdown_table([row], ["error"])
+    else:
+        text = (
+            note
+            + markdown_table(times, ["what", "wall [s]", "CPU [s]", "repeats", "warm-up"])
+            + "\n\n"
+            + markdown_table(ratios, ["ratio", "wall", "CPU"])
+        )
+    write("scaling-resnet18", {"rows": [row]}, text, made=row.get("provenance"))
 
 
 def dimension_section(quick: bool) -> None:
@@ -388,7 +509,7 @@ def dimension_section(quick: bool) -> None:
         for row in rows:
             if row["d"] == size and "seconds" in row and sampled:
                 row["time / sampled"] = row["seconds"] / sampled[0]
-    columns = ["d", "method", "seconds", "time / sampled", "peak memory [MB]"]
+    columns = ["d", "method", "seconds", "CPU [s]", "time / sampled", "peak memory [MB]"]
     columns += ["variance error (mean)", "variance error (median)", "error"]
     text = (
         "# Time and memory against the number of weights d\n\n"
@@ -397,7 +518,9 @@ def dimension_section(quick: bool) -> None:
         "(d ≤ 30k), K = 16 and 10 epochs (d ≥ 300k). laplace-torch 0.3 with each GGN backend "
         "(`lt-<structure>-<backend>`). Variance error: relative error of the mean predictive "
         "variance against `ExactLaplace` (mean), and the median per-output relative error "
-        "(sampled: its Monte-Carlo floor is about √(2/K) = 25% at K = 32).\n\n"
+        "(sampled: its Monte-Carlo floor is about √(2/K) = 25% at K = 32). Each fit and predictive "
+        "is timed once (`timing.stopwatch`: too long to repeat, and the peak memory is the first "
+        "run's): `seconds` is wall time, `CPU [s]` the process's CPU time.\n\n"
     )
     write("scaling-dimension", {"rows": rows}, text + markdown_table(rows, columns))
     title = "sampled LLA: 100 SGD epochs for d ≤ 30k, 10 beyond; missing points: timeout or OOM"
@@ -417,13 +540,14 @@ def data_section(quick: bool) -> None:
     for row in rows:
         if first and "method memory [MB]" in row:
             row["growth"] = row["method memory [MB]"] / first - 1
-    columns = ["n_train", "seconds", "data loaded [MB]", "peak memory [MB]"]
+    columns = ["n_train", "seconds", "CPU [s]", "data loaded [MB]", "peak memory [MB]"]
     columns += ["method memory [MB]", "growth", "error"]
     text = (
         "# Peak memory of sampled LLA against the number of training points\n\n"
         "MLP 784-256-256-10 (d = 269k), K = 16 samples, the same number of SGD steps for every n "
         "(one epoch of the largest set). `method memory` is the peak resident memory above what "
-        "the process held once the data were loaded.\n\n"
+        "the process held once the data were loaded. Each fit is timed once (`timing.stopwatch`): "
+        "`seconds` is wall time, `CPU [s]` the process's CPU time.\n\n"
     )
     write("scaling-data", {"rows": rows}, text + markdown_table(rows, columns))
 

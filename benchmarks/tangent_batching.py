@@ -5,13 +5,12 @@ Decides `Linearisation(tangent_batching=...)`'s default on this CPU. Run: `pytho
 
 from __future__ import annotations
 
-import time
-
 import torch
 from _report import markdown_table, write
 from torch import nn
 
 from linearised_laplace import Linearisation
+from linearised_laplace.experiments.timing import Timing, measure
 
 
 def mlp() -> nn.Module:
@@ -33,14 +32,12 @@ def cnn() -> nn.Module:
     )
 
 
-def seconds(fn, repeats: int = 3) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+REPEATS, WARMUP = 3, 1  # the protocol's defaults
+
+
+def seconds(fn) -> Timing:
+    """Wall and CPU seconds of ``fn``: the protocol's medians over ``REPEATS`` after ``WARMUP``."""
+    return measure(fn, repeats=REPEATS, warmup=WARMUP)[1]
 
 
 def main() -> None:
@@ -60,20 +57,29 @@ def main() -> None:
                 mode: seconds(lambda lin=lin, v=v, u=u, x=x: (lin.jvp(x, v), lin.vjp(x, u)))
                 for mode, lin in lins.items()
             }
+            loop, vmap = times["loop"], times["vmap"]
             rows.append(
                 {
                     "network": name,
                     "K": k,
-                    "loop [ms]": 1e3 * times["loop"],
-                    "vmap [ms]": 1e3 * times["vmap"],
-                    "vmap / loop": times["vmap"] / times["loop"],
-                    "loop per tangent / forward": times["loop"] / k / forward,
+                    "loop [ms]": 1e3 * loop.wall_median,
+                    "loop CPU [ms]": 1e3 * loop.cpu_median,
+                    "vmap [ms]": 1e3 * vmap.wall_median,
+                    "vmap CPU [ms]": 1e3 * vmap.cpu_median,
+                    "vmap / loop": vmap.wall_median / loop.wall_median,
+                    "vmap / loop (CPU)": vmap.cpu_median / loop.cpu_median,
+                    "loop per tangent / forward": loop.wall_median / k / forward.wall_median,
+                    "repeats": REPEATS,
+                    "warm-up": WARMUP,
                 }
             )
-    columns = list(rows[0])
+    columns = [c for c in rows[0] if c not in ("repeats", "warm-up")]
     text = (
         "# Loop vs vmap over K tangents (one JVP + one VJP of K vectors, batch 128)\n\n"
-        "Measured side by side in one run; best of 3. `vmap / loop` > 1 means the loop is faster.\n\n"
+        "Measured side by side in one run by `linearised_laplace.experiments.timing.measure`: "
+        f"{WARMUP} untimed warm-up run, then {REPEATS} timed repeats of each case; times are "
+        "medians of wall (`[ms]`) and CPU (process, `CPU [ms]`) time, ratios are of medians "
+        "(the forward too). `vmap / loop` > 1 means the loop is faster.\n\n"
         + markdown_table(rows, columns)
     )
     write("tangent_batching", {"rows": rows}, text)

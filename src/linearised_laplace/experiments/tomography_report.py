@@ -20,6 +20,7 @@ def write_report(report: dict, problem, images: dict, out: Path) -> None:
         "marginal LL",
         "patch LL (10×10)",
         "wall-clock [min]",
+        "CPU [min]",
         "patch LL (10×10, unshrunk)",
         "DIP fit [min]",
         "PSNR",
