@@ -119,6 +119,22 @@ def digits_mlp() -> Problem:
     return Problem("digits-mlp", net, "classification", (x, y), x_test, 1.0)
 
 
+def digits_mlp_wide(n_train: int = 1000) -> Problem:
+    """A 64-64-64-10 tanh MLP (D = 8,970) on ``n_train`` digits, α = 1.
+
+    Too large for ``auto``'s dense solve, so ``auto`` runs CG: in the primal space at 1,000 points,
+    in the dual at 500 (``n·C < D``).
+    """
+    (x, y), x_test = _digits(n_train)
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 10)
+    )
+    net = _fit(net, x, y, nn.functional.cross_entropy, 300)
+    name = "digits-mlp-wide" if n_train == 1000 else f"digits-mlp-wide-n{n_train}"
+    return Problem(name, net, "classification", (x, y), x_test, 1.0)
+
+
 def digits_cnn() -> Problem:
     """A small CNN (two 3×3 convs, 4 and 8 channels) on 1,000 digits, α = 1."""
     (x, y), x_test = _digits()
@@ -160,6 +176,8 @@ PROBLEMS = {
     "diabetes-mlp": diabetes,
     "digits-mlp": digits_mlp,
     "digits-cnn": digits_cnn,
+    "digits-mlp-wide": digits_mlp_wide,
+    "digits-mlp-wide-n500": lambda: digits_mlp_wide(500),
     "fashion-cnn-n2000": fashion_cnn,
 }
 

@@ -684,11 +684,7 @@ def stale(results: Path = RESULTS, root: Path = ROOT) -> list[str]:
     A file without a recorded provenance counts as made at the last commit that changed it.
     """
     lines = []
-    pages = [
-        *results.glob("*.json"),
-        *results.glob("*/results.json"),
-        *results.glob("*/*/results.json"),
-    ]
+    pages = {*results.glob("*.json"), *results.rglob("results.json")}
     for path in sorted(pages):
         made = json.loads(path.read_text()).get("provenance") or {}
         commit = made.get("commit") or _git(root, "log", "-1", "--format=%H", "--", str(path))
