@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .classification import ALL_METHODS, OUR_METHODS  # noqa: E402
-from .explanation import legend, summary  # noqa: E402
+from .explanation import LEGEND, summary  # noqa: E402
 
 SUMMARY = [
     "accuracy", "confidence", "logit variance", "NLL", "ECE", "Brier", "OOD AUROC", "fit [s]",
@@ -54,7 +54,7 @@ def write_report(report: dict, out: Path) -> None:
         *(["## What this run shows", "", " ".join(summary(done)), ""] if summary(done) else []),
         "Columns of the summary (on the test set):",
         "",
-        *(f"- {line.strip()}" for line in legend()),
+        *(f"- **{name}** ({better} is better): {text}." for name, better, text in LEGEND),
         "",
         "## Table 1 layout (higher is better)",
         "",
