@@ -11,15 +11,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load_readme():
+def _load(name: str):
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("readme", ROOT / "benchmarks" / "readme.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-readme = _load_readme()
+readme, figures = _load("readme"), _load("figures")
 
 
 @pytest.mark.parametrize("document", readme.DOCUMENTS)
@@ -39,12 +39,12 @@ def test_every_figure_names_its_results_file_beside_it(document):
 def test_every_figure_is_used_somewhere():
     text = "".join((ROOT / d).read_text() for d in readme.DOCUMENTS)
     used = {name for name, _, _ in readme.regions(text)}
-    assert set(readme.FIGURES) - used == set()
+    assert set(figures.FIGURES) - used == set()
 
 
 def test_a_changed_figure_is_put_back_from_its_source():
     text = "in `sampler_convergence`: <!-- fig sc-blr-lv -->99 %<!-- /fig -->"
-    value = readme.FIGURES["sc-blr-lv"][1](readme.load("sampler_convergence"))
+    value = figures.FIGURES["sc-blr-lv"][1](figures.load("sampler_convergence"))
     assert value != "99 %"
     assert (
         readme.render(text)
@@ -72,12 +72,12 @@ def test_a_figure_whose_paragraph_does_not_name_its_file_is_reported():
 
 
 def test_percentages_keep_their_significant_digits_and_sign():
-    assert readme.pct(0.007547) == "0.75 %"
-    assert readme.pct(-0.01183, sign=True) == "−1.2 %"
-    assert readme.pct(54.75146) == "5,475 %"
-    assert readme.pct(2.9e-8, sign=True) == "< 0.001 %"
-    assert readme.sig(9.793146) == "9.79"
-    assert readme.sig(-0.60289, 3) == "−0.603"
+    assert figures.pct(0.007547) == "0.75 %"
+    assert figures.pct(-0.01183, sign=True) == "−1.2 %"
+    assert figures.pct(54.75146) == "5,475 %"
+    assert figures.pct(2.9e-8, sign=True) == "< 0.001 %"
+    assert figures.sig(9.793146) == "9.79"
+    assert figures.sig(-0.60289, 3) == "−0.603"
 
 
 def test_paired_differences_are_mean_and_standard_error_over_seeds():
@@ -85,7 +85,7 @@ def test_paired_differences_are_mean_and_standard_error_over_seeds():
         {"results": [{"method": "a", "k": a}, {"method": "b", "k": b}]}
         for a, b in ((1.0, 0.0), (2.0, 0.0), (3.0, 0.0))
     ]
-    assert readme.paired(reports, "a", "b", "k") == "+2.00 ± 0.58"
+    assert figures.paired(reports, "a", "b", "k") == "+2.00 ± 0.58"
 
 
 def _git(root, *args):

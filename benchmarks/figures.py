@@ -1,0 +1,606 @@
+"""The README's figures: each one's results file and the function that reads it.
+
+:data:`FIGURES` maps a figure's name to its source, a results file under ``benchmarks/results/``
+(without ``.json``) or a folder of ``seed-*`` reports, and a function of that source that returns
+the figure's text. Where the wording depends on a number's sign or order, the function writes the
+words too. ``benchmarks/readme.py`` puts them into the documents.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+from linearised_laplace.experiments.report import seed_reports
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+# ---------------------------------------------------------------- reading and formatting
+@functools.cache
+def load(source: str, results: Path = RESULTS):
+    """A results file's JSON (``source`` without ``.json``), or a seed folder's reports."""
+    path = results / f"{source}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    if (results / source).is_dir():
+        return seed_reports(results / source)
+    raise FileNotFoundError(f"no results file {path} nor seed folder {results / source}")
+
+
+def row(rows: list[dict], **match) -> dict:
+    """The one row of ``rows`` whose fields equal ``match``."""
+    found = [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+    if len(found) != 1:
+        raise LookupError(f"{len(found)} rows match {match}")
+    return found[0]
+
+
+def pct(x: float, digits: int = 2, sign: bool = False) -> str:
+    """``x`` as a percentage to ``digits`` significant digits, at most 3 decimals, minus as ``−``."""
+    value = 100 * x
+    if abs(value) < 5e-4:
+        return "< 0.001 %"
+    decimals = min(3, max(0, digits - 1 - math.floor(math.log10(abs(value)))))
+    text = f"{value:+,.{decimals}f} %" if sign else f"{value:,.{decimals}f} %"
+    return text.replace("-", "−")
+
+
+def sig(x: float, digits: int = 3) -> str:
+    """``x`` to ``digits`` significant digits, with thousands separators, minus as ``−``."""
+    if x == 0:
+        return "0"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(x))))
+    return f"{round(x, decimals):,.{decimals}f}".replace("-", "−")
+
+
+def times(x: float) -> str:
+    return f"{sig(x, 2)}×"
+
+
+def span(values: list[float], fmt: Callable[[float], str]) -> str:
+    """``fmt(min)–fmt(max)``, or one value where they agree."""
+    low, high = fmt(min(values)), fmt(max(values))
+    if low == high:
+        return low
+    return f"{low} to {high}" if min(values) < 0 else f"{low}–{high}"
+
+
+def paired(reports: list[dict], reference: str, other: str, key: str) -> str:
+    """``mean ± se`` over seeds of ``reference − other`` in ``key``, with the sign."""
+    diffs = []
+    for report in reports:
+        rows = {r["method"]: r for r in report["results"] if "error" not in r}
+        if reference in rows and other in rows:
+            diffs.append(rows[reference][key] - rows[other][key])
+    mean = statistics.fmean(diffs)
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return f"{mean:+.2f} ± {se:.2f}".replace("-", "−")
+
+
+def across_seeds(reports: list[dict], method: str, key: str, fmt=lambda x: f"{x:.3f}") -> str:
+    """``mean ± se`` over seeds of one method's ``key``."""
+    values = [row(r["results"], method=method)[key] for r in reports]
+    se = statistics.stdev(values) / math.sqrt(len(values))
+    return f"{fmt(statistics.fmean(values))} ± {fmt(se)}"
+
+
+# ---------------------------------------------------------------- the solver-fidelity figures
+def solver_rows(*sources: str) -> list[dict]:
+    return [r for source in sources for r in load(source)["rows"]]
+
+
+def solver_cell(r: dict) -> str:
+    verdict = "" if r["pass"] else (" ✗ (warned)" if r["warned"] else " ✗ (silent)")
+    return (
+        f"{pct(r['err_same_noise'], sign=True)} (r {r['corr']:.3f}); "
+        f"{pct(r['err'], sign=True)} ± {pct(r['mc'])}; {seconds(r)}{verdict}"
+    )
+
+
+def seconds(r: dict) -> str:
+    """Wall seconds, and CPU seconds where the row recorded them."""
+    cpu = r.get("CPU seconds")
+    return f"{sig(r['seconds'], 2)} s" + ("" if cpu is None else f" (CPU {sig(cpu, 2)} s)")
+
+
+def solver_table(_) -> str:
+    rows = solver_rows("solver_fidelity", "solver_fidelity-fashion")
+    lines = [
+        "| problem | D | `auto` ran | default | SGD() | CG() |",
+        "|---|---|---|---|---|---|",
+    ]
+    for problem in dict.fromkeys(r["problem"] for r in rows):
+        mine = {r["solver"]: r for r in rows if r["problem"] == problem}
+        mark = " ¹" if "fashion" in problem else ""
+        cells = [solver_cell(mine[s]) for s in ("default", "SGD", "CG")]
+        lines.append(
+            f"| {problem}{mark} | {mine['default']['D']:,} | {mine['default']['ran']} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def auto_counts(_) -> str:
+    rows = solver_rows("solver_fidelity", "solver_fidelity-fashion")
+    defaults = [r for r in rows if r["solver"] == "default"]
+    cholesky = sum(r["ran"].startswith("cholesky") for r in defaults)
+    return f"{cholesky} of the {len(defaults)}"
+
+
+def iterative_defaults(_) -> str:
+    rows = solver_rows("solver_fidelity", "solver_fidelity-fashion")
+    names = [r["problem"] for r in rows if r["solver"] == "default" and "cholesky" not in r["ran"]]
+    return ", ".join(names) or "none"
+
+
+def cpu(r: dict) -> float:
+    """A row's CPU seconds where recorded (what a shared machine cannot inflate), else wall."""
+    return r.get("CPU seconds") or r["seconds"]
+
+
+def solver_cpu(problem: str, solver: str = "default") -> Callable:
+    return lambda data: sig(cpu(row(data["rows"], problem=problem, solver=solver)), 2)
+
+
+def cholesky_against_cg(_) -> str:
+    """Where Cholesky, as ``auto`` ran it, took more CPU time than CG on the same problem."""
+    rows = solver_rows("solver_fidelity")
+    slower = []
+    for problem in dict.fromkeys(r["problem"] for r in rows):
+        default = row(rows, problem=problem, solver="default")
+        cg = row(rows, problem=problem, solver="CG")
+        if default["ran"].startswith("cholesky") and cpu(default) > cpu(cg):
+            slower.append(f"{problem} ({sig(cpu(default), 2)} s against {sig(cpu(cg), 2)} s)")
+    if not slower:
+        return "; never slower than CG here"
+    return "; more CPU time than CG on " + ", ".join(slower)
+
+
+def cg_iterations(_) -> str:
+    rows = [
+        r for r in solver_rows("solver_fidelity", "solver_fidelity-fashion") if "cg (" in r["ran"]
+    ]
+    return span([r["steps"] for r in rows], lambda x: f"{x:,}")
+
+
+def cg_worst_error(_) -> str:
+    rows = [
+        r for r in solver_rows("solver_fidelity", "solver_fidelity-fashion") if r["solver"] == "CG"
+    ]
+    worst = max(rows, key=lambda r: abs(r["err_same_noise"]))
+    return f"{pct(abs(worst['err_same_noise']))} ({worst['problem']})"
+
+
+def sgd_summary(_) -> str:
+    rows = [
+        r for r in solver_rows("solver_fidelity", "solver_fidelity-fashion") if r["solver"] == "SGD"
+    ]
+    good = [r for r in rows if r["pass"]]
+    bad = [r for r in rows if not r["pass"]]
+    text = f"within {pct(max(abs(r['err_same_noise']) for r in good))} of exact samples on {len(good)} of the {len(rows)} problems"
+    if bad:
+        text += "; it fails on " + ", ".join(
+            f"{r['problem']} ({times(1 + r['err_same_noise'])} exact, {'warned' if r['warned'] else 'silent'})"
+            for r in bad
+        )
+    return text
+
+
+def jacobi_summary(_) -> str:
+    rows = [
+        r
+        for r in solver_rows("solver_fidelity", "solver_fidelity-fashion")
+        if r["solver"] == "SGD-jacobi"
+    ]
+    failed = [r for r in rows if not r["pass"]]
+    silent = [r["problem"] for r in failed if not r["warned"]]
+    text = (
+        f"it fails on {len(failed)} of {len(rows)} problems, where its variance is "
+        f"{span([1 + r['err_same_noise'] for r in failed], times)} that of exact samples"
+    )
+    passed = [r["problem"] for r in rows if r["pass"]]
+    if passed:
+        text += f"; it passes on {', '.join(passed)}"
+    return text + (
+        f"; it fails silently on {', '.join(silent)}" if silent else "; it warns wherever it fails"
+    )
+
+
+def sdd_errors(_) -> str:
+    rows = load("solver_fidelity-sdd")["rows"]
+    return ", ".join(f"{times(1 + r['err_same_noise'])} ({r['problem']})" for r in rows)
+
+
+def sdd_budgets(_) -> str:
+    rows = load("solver_fidelity-sdd")["rows"]
+    budgets = [r["budget_to_10pct"] for r in rows]
+    return ", ".join(
+        f"{r['problem']}: " + ("more than 2,000" if b is None else f"{b:,}")
+        for r, b in zip(rows, budgets, strict=True)
+    )
+
+
+def fashion_row(solver: str) -> dict:
+    return row(load("solver_fidelity-fashion")["rows"], solver=solver)
+
+
+def error_estimate_separation(_) -> str:
+    """How well SGD's error estimate, and the Euclidean residual, tell good samples from bad ones."""
+    rows = [
+        r
+        for r in solver_rows("solver_fidelity", "solver_fidelity-fashion")
+        if r["worst_error_estimate"] is not None
+    ]
+    good = [r for r in rows if r["pass"]]
+    bad = [r for r in rows if not r["pass"]]
+    worst_good = max(good, key=lambda r: r["worst_residual"])
+    best_bad = min(bad, key=lambda r: r["worst_residual"])
+    est_good = max(r["worst_error_estimate"] for r in good)
+    est_bad = min(r["worst_error_estimate"] for r in bad)
+    verdict = "so it separates them" if est_good < est_bad else "so it does not separate them fully"
+    return (
+        f"{sig(worst_good['worst_residual'], 2)} for samples {pct(abs(worst_good['err_same_noise']))} "
+        f"off exact, {sig(best_bad['worst_residual'], 2)} for samples "
+        f"{pct(abs(best_bad['err_same_noise']))} off); the error estimate was at most "
+        f"{sig(est_good, 2)} for every SGD run that passes and at least {sig(est_bad, 2)} for every "
+        f"one that fails, {verdict}"
+    )
+
+
+# ---------------------------------------------------------------- the other benchmarks
+def sampler(problem: str, objective: str, key: str = "weight-space rel. error") -> Callable:
+    def figure(data) -> str:
+        rows = [r for r in data["rows"] if r["problem"].startswith(problem)]
+        return pct(row(rows, objective=objective)[key])
+
+    return figure
+
+
+def em(prior: str, method: str, key: str = "final α") -> Callable:
+    return lambda data: sig(row(data["rows"], prior=prior, method=method)[key], 3)
+
+
+def em_gap(data) -> str:
+    gaps = [
+        row(data["rows"], prior=p, method="SampledLaplace")["final α"]
+        / row(data["rows"], prior=p, method="ExactLaplace")["final α"]
+        - 1
+        for p in ("isotropic", "g-prior")
+    ]
+    return pct(max(abs(g) for g in gaps))
+
+
+def sibling(method: str, key: str, digits: int = 3) -> Callable:
+    return lambda data: sig(row(data["rows"], method=method)[key], digits)
+
+
+def sibling_range(methods: list[str], key: str) -> Callable:
+    return lambda data: span(
+        [row(data["rows"], method=m)[key] for m in methods], lambda x: sig(x, 2)
+    )
+
+
+def resnet18(key: str, fmt=times) -> Callable:
+    return lambda data: fmt(data["rows"][0][key])
+
+
+def r18_uncertainty(data) -> str:
+    """The sampler epoch's uncertainty from the spread of the fits' repeats, relative to it."""
+    r = data["rows"][0]
+    spread = sum(
+        max(r[f"{fit} CPU, each repeat [s]"]) - min(r[f"{fit} CPU, each repeat [s]"])
+        for fit in ("1-epoch fit", "3-epoch fit")
+    )
+    return f"±{pct(spread / (4 * r['k']) / r['sampler epoch per sample CPU [s]'], 2)}"
+
+
+def tomo(method: str, key: str, digits: int = 3) -> Callable:
+    return lambda data: sig(row(data["results"], method=method)[key], digits)
+
+
+def tomo_ratio(data) -> str:
+    rows = data["results"]
+    return sig(
+        row(rows, method="exact")["wall-clock [min]"]
+        / row(rows, method="sampled-dual")["wall-clock [min]"],
+        2,
+    )
+
+
+def scaling_row(d: str, method: str, key: str, digits: int = 2) -> Callable:
+    return lambda data: sig(row(data["rows"], d=d, method=method)[key], digits)
+
+
+def full_laplace_bound(data) -> str:
+    """The speed-up over laplace-torch's full Laplace at d = 20k, where all of its backends timed out."""
+    sampled = row(data["rows"], d="20k", method="sampled")["seconds"]
+    limit = 300
+    return f"≥ {math.floor(limit / sampled)}× ({limit} s / {sig(sampled, 3)} s)"
+
+
+def data_memory(data) -> str:
+    return " → ".join(sig(r["method memory [MB]"], 3) for r in data["rows"])
+
+
+def ratio(model: str, batching: str = "loop") -> Callable:
+    return lambda data: sig(row(data["rows"], model=model, batching=batching)["ratio"], 3)
+
+
+def batching(network: str, ks: tuple[int, ...]) -> Callable:
+    def figure(data) -> str:
+        rows = [r for r in data["rows"] if r["network"].startswith(network) and r["K"] in ks]
+        return span([1 / r["vmap / loop"] for r in rows], lambda x: sig(x, 2))
+
+    return figure
+
+
+def dense(method: str) -> Callable:
+    return lambda data: sig(row(data["rows"], method=method)["speed-up"], 2)
+
+
+def seed_paired(reference: str, other: str, kappa: int = 5) -> Callable:
+    return lambda reports: paired(reports, reference, other, f"joint LL κ={kappa}")
+
+
+def seed_value(method: str, key: str, fmt=lambda x: f"{x:.3f}") -> Callable:
+    return lambda reports: across_seeds(reports, method, key, fmt)
+
+
+def alpha_gap(sampled: str, exact: str) -> Callable:
+    def figure(reports) -> str:
+        gaps = []
+        for report in reports:
+            rows = {r["method"]: r for r in report["results"] if "error" not in r}
+            if sampled in rows and exact in rows:
+                gaps.append(
+                    rows[sampled]["prior_precision"][0] / rows[exact]["prior_precision"][0] - 1
+                )
+        se = statistics.stdev(gaps) / math.sqrt(len(gaps)) if len(gaps) > 1 else float("nan")
+        text = pct(statistics.fmean(gaps), 2, sign=True)
+        return text if math.isnan(se) else f"{text[:-2]} ± {pct(se)}"
+
+    return figure
+
+
+def em_convergence(methods: tuple[str, ...]) -> Callable:
+    """How many of the seeds' EM runs of ``methods`` ended converged."""
+
+    def figure(reports) -> str:
+        flags = [
+            r["em_history"][-1].get("converged", False)
+            for report in reports
+            for r in report["results"]
+            if r["method"] in methods and r.get("em_history")
+        ]
+        if all(flags):
+            return f"EM converged in all {len(flags)} of these runs"
+        return (
+            f"EM converged in {sum(flags)} of these {len(flags)} runs, so the α compared are "
+            "mostly last iterates, not fixed points"
+        )
+
+    return figure
+
+
+def lora(method: str, key: str, digits: int = 3) -> Callable:
+    return lambda data: sig(row(data["results"], method=method)[key], digits)
+
+
+def lora_alpha_gap(data) -> str:
+    rows = data["results"]
+    sampled = row(rows, method="sampled").get("prior_precision")
+    exact = row(rows, method="exact").get("prior_precision")
+    return pct(sampled[0] / exact[0] - 1, 2, sign=True)
+
+
+CNN = "fashion-mnist-cnn/calibrated"
+OVER = "fashion-mnist-cnn-overconfident"
+RESNET = "fashion-mnist-resnet/seed-0/results"
+# name: (source, figure); sources are relative to benchmarks/results, without ".json"
+FIGURES: dict[str, tuple[str, Callable]] = {
+    # solver fidelity
+    "solver-table": ("solver_fidelity", solver_table),
+    "solver-samples": ("solver_fidelity", lambda d: str(d["samples"])),
+    "solver-mc": (
+        "solver_fidelity",
+        lambda d: span([r["mc"] for r in d["rows"]], lambda x: pct(x, 2)),
+    ),
+    "solver-auto-cholesky": ("solver_fidelity", auto_counts),
+    "solver-auto-iterative": ("solver_fidelity", iterative_defaults),
+    "solver-error-estimate": ("solver_fidelity", error_estimate_separation),
+    "cholesky-small": ("solver_fidelity", solver_cpu("linear-regression-n500")),
+    "cholesky-digits": ("solver_fidelity", solver_cpu("digits-mlp")),
+    "cholesky-vs-cg": ("solver_fidelity", cholesky_against_cg),
+    "cg-iterations": ("solver_fidelity", cg_iterations),
+    "cg-worst": ("solver_fidelity", cg_worst_error),
+    "sgd-summary": ("solver_fidelity", sgd_summary),
+    "jacobi-summary": ("solver_fidelity", jacobi_summary),
+    "fashion-samples": ("solver_fidelity-fashion", lambda d: str(d["samples"])),
+    "fashion-mc": ("solver_fidelity-fashion", lambda d: pct(d["rows"][0]["mc"])),
+    "fashion-exact-seconds": (
+        "solver_fidelity-fashion",
+        lambda d: f"{d['rows'][0]['exact_seconds']:,.0f}",
+    ),
+    "fashion-cg-steps": ("solver_fidelity-fashion", lambda d: str(fashion_row("default")["steps"])),
+    "fashion-cg-seconds": (
+        "solver_fidelity-fashion",
+        lambda d: f"{fashion_row('default')['seconds']:,.0f}",
+    ),
+    "fashion-jacobi": (
+        "solver_fidelity-fashion",
+        lambda d: pct(fashion_row("SGD-jacobi")["err_same_noise"]),
+    ),
+    "fashion-sdd": ("solver_fidelity-fashion", lambda d: pct(fashion_row("SDD")["err_same_noise"])),
+    "sdd-errors": ("solver_fidelity-sdd", sdd_errors),
+    "sdd-budgets": ("solver_fidelity-sdd", sdd_budgets),
+    # sampler convergence
+    "sc-blr-lv": ("sampler_convergence", sampler("BLR", "low_variance")),
+    "sc-blr-naive": ("sampler_convergence", sampler("BLR", "naive")),
+    "sc-mlp-lv": ("sampler_convergence", sampler("MLP", "low_variance")),
+    "sc-mlp-naive": ("sampler_convergence", sampler("MLP", "naive")),
+    # EM
+    "em-gap": ("em_trajectory", em_gap),
+    "em-iso-sampled": ("em_trajectory", em("isotropic", "SampledLaplace")),
+    "em-iso-exact": ("em_trajectory", em("isotropic", "ExactLaplace")),
+    "em-g-sampled": ("em_trajectory", em("g-prior", "SampledLaplace")),
+    "em-g-exact": ("em_trajectory", em("g-prior", "ExactLaplace")),
+    "em-g-exact-converged": (
+        "em_trajectory",
+        lambda d: (
+            "converged"
+            if row(d["rows"], prior="g-prior", method="ExactLaplace")["converged"]
+            else f"not converged after {row(d['rows'], prior='g-prior', method='ExactLaplace')['EM steps']} steps"
+        ),
+    ),
+    # siblings
+    "sib-nll-sampled": ("siblings", sibling("sampled-em", "NLL")),
+    "sib-nll-exact": ("siblings", sibling("exact-em", "NLL")),
+    "sib-dyadic-sampled": ("siblings", sibling("sampled-em", "dyadic κ=10")),
+    "sib-dyadic-exact": ("siblings", sibling("exact-em", "dyadic κ=10")),
+    "sib-mem-sampled": ("siblings", sibling("sampled-em", "peak memory [MB]")),
+    "sib-mem-exact": ("siblings", sibling("exact-em", "peak memory [MB]")),
+    "sib-full-seconds": ("siblings", sibling("lt-full-marglik", "fit [s]")),
+    "sib-full-mem": ("siblings", sibling("lt-full-marglik", "peak memory [MB]")),
+    "sib-peers-val": (
+        "siblings",
+        sibling_range(["lt-kron-val", "lt-diag-val", "lt-lastlayer-val"], "dyadic κ=10"),
+    ),
+    "sib-peers-marglik": (
+        "siblings",
+        sibling_range(
+            ["lt-kron-marglik", "lt-diag-marglik", "lt-lastlayer-marglik"], "dyadic κ=10"
+        ),
+    ),
+    "sib-map-dyadic": ("siblings", sibling("MAP", "dyadic κ=10")),
+    "sib-nystrom": ("siblings", sibling("nystrom-em", "dyadic κ=10", 2)),
+    "sib-exact-val": ("siblings", sibling("exact-val", "dyadic κ=10", 2)),
+    "sib-ella": ("siblings", sibling("lt-ella-val", "dyadic κ=10", 2)),
+    "sib-map-nll": ("siblings", sibling("MAP", "NLL", 2)),
+    # ResNet-18
+    "r18-sampler-train": ("scaling-resnet18", resnet18("sampler ÷ train (CPU)")),
+    "r18-sampler-floor": ("scaling-resnet18", resnet18("sampler ÷ floor (CPU)")),
+    "r18-floor-train": ("scaling-resnet18", resnet18("floor ÷ train (CPU)")),
+    "r18-setup": ("scaling-resnet18", resnet18("with set-up ÷ train (CPU)")),
+    "r18-uncertainty": ("scaling-resnet18", r18_uncertainty),
+    # tomography
+    "t60-alpha-sampled": ("tomography-60/results", tomo("sampled-dual", "prior_precision", 4)),
+    "t60-alpha-exact": ("tomography-60/results", tomo("exact", "prior_precision", 4)),
+    "t60-sampled": (
+        "tomography-60/results",
+        lambda d: (
+            f"{tomo('sampled-dual', 'marginal LL', 2)(d)} / {tomo('sampled-dual', 'patch LL (10×10)')(d)}"
+        ),
+    ),
+    "t60-dropout": (
+        "tomography-60/results",
+        lambda d: (
+            f"{tomo('mc-dropout', 'marginal LL', 4)(d)} / {tomo('mc-dropout', 'patch LL (10×10)')(d)}"
+        ),
+    ),
+    "t60-exact-k": (
+        "tomography-60/results",
+        lambda d: (
+            f"{tomo('exact (K = 128)', 'marginal LL', 2)(d)} / {tomo('exact (K = 128)', 'patch LL (10×10)')(d)}"
+        ),
+    ),
+    "t60-exact": (
+        "tomography-60/results",
+        lambda d: f"{tomo('exact', 'marginal LL')(d)} / {tomo('exact', 'patch LL (10×10)')(d)}",
+    ),
+    "t60-wall": (
+        "tomography-60/results",
+        lambda d: (
+            f"{tomo('sampled-dual', 'wall-clock [min]')(d)} min against {tomo('exact', 'wall-clock [min]')(d)} min"
+        ),
+    ),
+    "t60-ratio": ("tomography-60/results", tomo_ratio),
+    "t120-sampled": (
+        "tomography-120/results",
+        lambda d: (
+            f"{tomo('sampled-dual', 'marginal LL')(d)} / {tomo('sampled-dual', 'patch LL (10×10)')(d)}"
+        ),
+    ),
+    "t120-dropout": (
+        "tomography-120/results",
+        lambda d: (
+            f"{tomo('mc-dropout', 'marginal LL')(d)} / {tomo('mc-dropout', 'patch LL (10×10)')(d)}"
+        ),
+    ),
+    "t120-exact-k": (
+        "tomography-120/results",
+        lambda d: (
+            f"{tomo('exact (K = 64)', 'marginal LL')(d)} / {tomo('exact (K = 64)', 'patch LL (10×10)')(d)}"
+        ),
+    ),
+    "t120-wall": (
+        "tomography-120/results",
+        lambda d: (
+            f"{tomo('exact', 'wall-clock [min]', 2)(d)} min against sampled's {tomo('sampled-dual', 'wall-clock [min]', 2)(d)} min"
+        ),
+    ),
+    # the Fashion-MNIST ResNet-8
+    "resnet-k5": (
+        RESNET,
+        lambda d: (
+            f"{lora('sampled', 'joint LL κ=5', 4)(d)} against the MAP's {lora('map', 'joint LL κ=5', 4)(d)}"
+        ),
+    ),
+    "resnet-alpha": (RESNET, lambda d: alpha_gap("sampled", "exact")([d])),
+    "resnet-em": (RESNET, lambda d: em_convergence(("sampled", "exact"))([d])),
+    # the Fashion-MNIST CNN, calibrated and overconfident
+    "cnn-map": (CNN, seed_paired("sampled", "map")),
+    "cnn-ensemble": (CNN, seed_paired("sampled", "ensemble")),
+    "cnn-kfac": (CNN, seed_paired("sampled", "lt-kron-marglik")),
+    "cnn-alpha": (CNN, alpha_gap("sampled", "exact")),
+    "cnn-em": (CNN, em_convergence(("sampled", "exact"))),
+    "over-confidence": (OVER, seed_value("map", "confidence")),
+    "over-accuracy": (OVER, seed_value("map", "accuracy")),
+    "over-ece": (OVER, seed_value("map", "ECE")),
+    "over-map": (OVER, seed_paired("sampled-isotropic", "map")),
+    "over-ensemble": (OVER, seed_paired("sampled-isotropic", "ensemble")),
+    "over-kfac": (OVER, seed_paired("sampled-isotropic", "lt-kron-marglik")),
+    "over-alpha": (OVER, alpha_gap("sampled-isotropic", "exact-isotropic")),
+    "over-em": (OVER, em_convergence(("sampled-isotropic", "exact-isotropic"))),
+    # LoRA
+    "lora-alpha": ("lora/results", lora_alpha_gap),
+    # scaling
+    "ratio-cnn": ("scaling-ratio-cpu", ratio("cnn")),
+    "ratio-resnet": ("scaling-ratio-cpu", ratio("resnet")),
+    "ratio-cnn-vmap": ("scaling-ratio-cpu", ratio("cnn", "vmap")),
+    "ratio-resnet-vmap": ("scaling-ratio-cpu", ratio("resnet", "vmap")),
+    "dim-3m": (
+        "scaling-dimension",
+        lambda d: (
+            f"{scaling_row('3M', 'sampled', 'seconds', 3)(d)} s and {sig(row(d['rows'], d='3M', method='sampled')['peak memory [MB]'] / 1024, 2)} GB"
+        ),
+    ),
+    "dim-20k-bound": ("scaling-dimension", full_laplace_bound),
+    "dim-20k-error": (
+        "scaling-dimension",
+        lambda d: pct(row(d["rows"], d="20k", method="sampled")["variance error (mean)"]),
+    ),
+    "dim-3k-speedup": (
+        "scaling-dimension",
+        lambda d: (
+            span(
+                [
+                    row(d["rows"], d="3k", method=f"lt-full-{b}")["time / sampled"]
+                    for b in ("curvlinops", "backpack", "asdl")
+                ],
+                lambda x: sig(x, 2),
+            )
+            + "×"
+        ),
+    ),
+    "data-memory": ("scaling-data", data_memory),
+    "batching-mlp": ("tangent_batching", batching("MLP", (16, 64))),
+    "batching-cnn": ("tangent_batching", batching("CNN", (16, 64))),
+    "dense-subnetwork": ("dense_features", dense("subnetwork (1,000 weights)")),
+    "dense-exact": ("dense_features", dense("exact (all weights)")),
+}
