@@ -9,6 +9,7 @@ never log-probabilities, which would be a lower bound, not the predictive.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -371,24 +372,38 @@ def _patches(images: Tensor, p: int) -> Tensor:
     return blocks.reshape(-1, s, ph * pw)
 
 
-def grid_nll(
-    ggn: Tensor, jac: Tensor, f0: Tensor, y: Tensor, sigma_noise: float | None, grid: Tensor
-) -> list[float]:
-    """Mean NLL of the linearised predictive on ``(f0, jac, y)`` at each isotropic precision.
+def grid_scores(ggn: Tensor, jac: Tensor, grid: Tensor, score: Callable[[Tensor], float]) -> list:
+    """``score`` of the linearised predictive's factor at each isotropic precision in ``grid``.
 
-    The posterior is ``N(0, (M + α I)^{-1})`` for ``M`` = ``ggn``; ``jac`` ``[N, C, P]``.
-    Regression (``sigma_noise`` given) adds the noise; classification (``None``) uses the probit
-    approximation ``softmax(f0 / (1 + π σ²/8)^{1/2})``.
+    The posterior is ``N(0, (M + α I)^{-1})`` for ``M`` = ``ggn``; ``jac`` ``[N, C, P]``; ``score``
+    takes ``half`` ``[N, C, P]`` with ``half halfᵀ`` the functional covariance (for example
+    :func:`linearised_nll` or :func:`linearised_joint_nll` with the data bound).
     """
     eye = torch.eye(jac.shape[-1], dtype=torch.float64, device=jac.device)
-    return [
-        linearised_nll(f0, whiten(cholesky(ggn + alpha * eye), jac), y, sigma_noise)
-        for alpha in grid
-    ]
+    return [score(whiten(cholesky(ggn + alpha * eye), jac)) for alpha in grid]
+
+
+def linearised_joint_nll(
+    f0: Tensor, half: Tensor, y: Tensor, kappa: int, n_samples: int = 64, seed: int = 0
+) -> float:
+    """Negative κ-adic joint log-likelihood (:func:`joint_log_likelihood`) of ``N(f0, half halfᵀ)``.
+
+    ``n_samples`` function samples ``f0 + half ε``, ``ε ~ N(0, I)`` drawn from ``seed``: the same
+    ``ε`` and the same sets for every call with the same shapes, so scores over a grid of priors
+    differ by the posterior alone. ``f0`` ``[N, C]`` logits, ``half`` ``[N, C, R]``.
+    """
+    gen = seeded_generator("linearised_joint_nll", seed)
+    eps = torch.randn(half.shape[-1], n_samples, generator=gen, dtype=torch.float64)
+    samples = f0 + torch.einsum("ncr,rs->snc", half.double(), eps.to(half.device))
+    return float(-joint_log_likelihood(samples, y, kappa, seed=seed).mean())
 
 
 def linearised_nll(f0: Tensor, half: Tensor, y: Tensor, sigma_noise: float | None) -> float:
-    """Mean NLL of the linearised predictive ``N(f0, half halfᵀ)`` (see :func:`grid_nll`)."""
+    """Mean NLL of the linearised predictive ``N(f0, half halfᵀ)``.
+
+    Regression (``sigma_noise`` given) adds the noise; classification (``None``) uses the probit
+    approximation ``softmax(f0 / (1 + π σ²/8)^{1/2})``.
+    """
     if sigma_noise is not None:
         cov = half @ half.transpose(1, 2)
         return float(-gaussian_log_likelihood(f0, cov, y, sigma_noise).mean())

@@ -363,3 +363,35 @@ def test_diagonal_output_is_the_covariances_diagonal(method):
     classifier = lla.ExactLaplace(mlp(), **FIT).fit(classification_data(12))
     with pytest.raises(ValueError, match="applies to regression"):
         classifier(x, diagonal_output=True)
+
+
+# ---------------------------------------------- validation grid search: objectives, the grid's edge
+@pytest.mark.parametrize("name", ["exact", "sampled", "subnetwork", "nystrom"])
+def test_joint_objective_at_a_vanishing_posterior_scores_the_map(name):
+    (x, y), (val, val_y) = classification_data(40), classification_data(30, seed=5)
+    la = METHODS[name](mlp()).fit((x, y))
+    grid = torch.tensor([1.0, 1e12], dtype=torch.float64)
+    with pytest.warns(UserWarning, match="grid"):
+        chosen = la.select_prior_precision((val, val_y), grid, objective="joint", kappa=3)
+    with torch.no_grad():
+        logits = mlp()(val).double()[None].expand(64, -1, -1)
+    deterministic = -lla.metrics.joint_log_likelihood(logits, val_y, 3, seed=3).mean()
+    assert chosen["objective"] == "joint" and "nll" not in chosen
+    torch.testing.assert_close(torch.tensor(chosen["scores"][1]), deterministic, rtol=1e-6, atol=0)
+    assert chosen["scores"][0] != chosen["scores"][1]  # the posterior's spread changes the score
+
+
+def test_an_interior_choice_does_not_warn_and_an_edge_choice_does(recwarn):
+    (x, y), (val, val_y) = classification_data(40), classification_data(30, seed=5)
+    la = METHODS["exact"](mlp()).fit((x, y))
+    fine = torch.logspace(-3, 5, 17, dtype=torch.float64)
+    scores = la.select_prior_precision((val, val_y), fine)["scores"]
+    best = int(torch.tensor(scores).argmin())
+    assert 0 < best < len(fine) - 1, "the fixture's optimum should lie inside the fine grid"
+    recwarn.clear()
+    around = fine[best - 1 : best + 2]
+    chosen = la.select_prior_precision((val, val_y), around)
+    assert not chosen["at_edge"] and not [w for w in recwarn if "grid" in str(w.message)]
+    assert chosen["prior_precision"] == float(fine[best]) and chosen["nll"] == chosen["scores"]
+    with pytest.warns(UserWarning, match="the largest value of the grid"):
+        assert la.select_prior_precision((val, val_y), fine[: best - 1])["at_edge"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -38,6 +39,7 @@ from ..likelihoods import (
 from ..linear_model import FEATURE_MEMORY_GIB, LinearGaussianModel
 from ..linearisation import Linearisation, TangentBatching
 from ..mean import MeanMode, mean_mode
+from ..metrics import linearised_joint_nll, linearised_nll
 from ..parameters import ParameterSpec
 from ..posteriors import Posterior
 from ..priors import make_prior
@@ -432,24 +434,46 @@ class Laplace:
             return torch.softmax(kappa * self.linearisation.forward(x), dim=-1)
         raise ValueError(f"`link_approx` must be 'mc' or 'probit', got {link_approx!r}.")
 
-    def select_prior_precision(self, val_loader: TrainingData, grid: Tensor | None = None) -> dict:
-        r"""Choose ``α`` on a grid by the validation negative log-likelihood, then refit at it.
+    def select_prior_precision(
+        self,
+        val_loader: TrainingData,
+        grid: Tensor | None = None,
+        objective: Literal["nll", "joint"] = "nll",
+        kappa: int = 5,
+    ) -> dict:
+        r"""Choose ``α`` on a grid by a validation score, then refit at it.
 
         The alternative to EM that the ELLA paper and laplace-torch's ``gridsearch`` use; the
-        prior becomes isotropic. Classification is scored with the probit predictive, regression
-        with the Gaussian predictive including the noise. A dense posterior refactorises the
-        ``P × P`` posterior per grid point (cheap for subnetworks and Nyström bases); a sampled one
-        re-solves its samples per grid point from the same noise, warm-started, and scores the
-        sample covariance of ``f``. Call :meth:`fit` first.
+        prior becomes isotropic. A dense posterior refactorises the ``P × P`` posterior per grid
+        point (cheap for subnetworks and Nyström bases); a sampled one re-solves its samples per
+        grid point from the same noise, warm-started, and scores the sample covariance of ``f``.
+        Call :meth:`fit` first. A choice at either end of the grid warns: the best ``α`` may lie
+        beyond it.
 
         Args:
             val_loader: Validation data, as for :meth:`fit`.
             grid: Candidate precisions (default ``10^{-4} … 10^{4}``, 21 points).
+            objective: ``"nll"``: the marginal NLL (classification with the probit predictive,
+                regression with the Gaussian predictive including the noise); ``"joint"``
+                (classification): the negative κ-adic joint log-likelihood of ``kappa`` points
+                (:func:`~linearised_laplace.metrics.linearised_joint_nll`, 64 function samples of
+                the linearised predictive, the same draws for every ``α``), the seed paper's
+                metric of joint predictions.
+            kappa: Points per set for ``objective="joint"``.
 
         Returns:
-            ``{"grid": [...], "nll": [...], "prior_precision": best}``.
+            ``{"grid", "objective", "scores", "prior_precision", "at_edge"}`` (and ``"nll"``, the
+            scores, for ``objective="nll"``).
         """
         fit = self._fitted_data("select_prior_precision")
+        if objective not in ("nll", "joint"):
+            raise ValueError(f"`objective` must be 'nll' or 'joint', got {objective!r}.")
+        kappa = check_positive_int("kappa", kappa)
+        if objective == "joint" and isinstance(self.likelihood, Gaussian):
+            raise ValueError(
+                "objective='joint' scores sets of class labels (the κ-adic joint log-likelihood); "
+                "for regression use objective='nll'."
+            )
         grid = check_positive(
             "grid", torch.logspace(-4, 4, 21, dtype=torch.float64) if grid is None else grid
         )
@@ -457,6 +481,10 @@ class Laplace:
         x, y = val.subset(torch.arange(len(val)))
         x = self.linearisation.check_inputs(x, "the val_loader's inputs")
         check_finite("The val_loader targets", y)
+        if objective == "joint" and kappa > len(val):
+            raise ValueError(
+                f"`kappa` ({kappa}) exceeds the {len(val)} validation points; pass a smaller kappa."
+            )
         features = self.coordinates.transform(self.linearisation)
         f0 = features.forward(x).to(torch.float64)
         try:
@@ -464,10 +492,28 @@ class Laplace:
         except (TypeError, ValueError) as err:
             raise type(err)(f"The val_loader targets do not fit the model: {err}") from err
         sigma = self.likelihood.sigma if isinstance(self.likelihood, Gaussian) else None
-        scores = fit.grid_search(features, x, f0, y, sigma, grid, self.seed, self.progress)
-        best = float(grid[int(torch.tensor(scores).argmin())])
+
+        def score(half: Tensor) -> float:
+            if objective == "nll":
+                return linearised_nll(f0, half, y, sigma)
+            return linearised_joint_nll(f0, half, y, kappa, seed=self.seed)
+
+        scores = fit.grid_search(features, x, grid, score, self.seed, self.progress)
+        index = int(torch.tensor(scores).argmin())
+        best = float(grid[index])
         self.prior = self.prior.with_precision(best)
-        return {"grid": grid.tolist(), "nll": scores, "prior_precision": best}
+        at_edge = len(grid) > 1 and index in (0, len(grid) - 1)
+        if at_edge:
+            end = "smallest" if index == 0 else "largest"
+            warnings.warn(
+                f"select_prior_precision chose α = {best:.4g}, the {end} value of the grid: the "
+                f"best α may lie beyond it. Extend `grid` past {best:.4g} and select again.",
+                UserWarning,
+                stacklevel=2,
+            )
+        chosen = {"grid": grid.tolist(), "objective": objective, "scores": scores}
+        chosen.update(prior_precision=best, at_edge=at_edge)
+        return chosen | ({"nll": scores} if objective == "nll" else {})
 
     def optimize_prior_precision(
         self,

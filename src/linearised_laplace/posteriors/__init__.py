@@ -28,8 +28,8 @@ class Posterior(Protocol):
     def functional_factor(self, features, x: Tensor) -> Tensor:
         """``G`` ``[N, C, R]`` with ``G_a G_bᵀ = J(x_a) Σ J(x_b)ᵀ`` for ``features`` ``J``."""
 
-    def grid_search(self, features, x, f0, y, sigma, grid: Tensor, seed: int, progress) -> list:
-        """Validation NLL of ``f0 + J(x) ζ`` per isotropic precision in ``grid``; refit at the best."""
+    def grid_search(self, features, x, grid: Tensor, score, seed: int, progress) -> list:
+        """``score`` of ``J(x) ζ``'s factor per isotropic precision in ``grid``; refit at the best."""
 
     def extra_samples(self, count: int, seed: int) -> Tensor:
         """``count`` samples beyond the stored ones (or raise)."""

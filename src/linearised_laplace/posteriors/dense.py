@@ -16,7 +16,7 @@ from .._checks import check_sample_budget
 from ..distributed import is_main_process
 from ..em import Expectation, exact_e_step, log_evidence
 from ..mean import solve_mean
-from ..metrics import grid_nll
+from ..metrics import grid_scores
 from ..noise import NoiseSource
 from ..solvers.cholesky import exact_samples, whiten
 from ..solvers.newton import Newton
@@ -158,11 +158,9 @@ class DensePosterior:
         step = exact_e_step(model, ggn, eigenvalues, mode, anchor, seed, solve)
         return Expectation(step, refit, estimated=False)
 
-    def grid_search(
-        self, features, x, f0: Tensor, y: Tensor, sigma, grid: Tensor, seed: int, progress
-    ) -> list[float]:
-        """:func:`~linearised_laplace.metrics.grid_nll` of the fitted GGN; refits at the best."""
-        scores = grid_nll(self.ggn, features.to_dense(x).double(), f0, y, sigma, grid)
+    def grid_search(self, features, x, grid: Tensor, score, seed: int, progress) -> list[float]:
+        """:func:`~linearised_laplace.metrics.grid_scores` of the fitted GGN; refits at the best."""
+        scores = grid_scores(self.ggn, features.to_dense(x).double(), grid, score)
         best = self.model.prior.with_precision(grid[int(torch.tensor(scores).argmin())])
         self.fit(self.model.with_prior(best), len(self.samples), seed, progress, self.ggn)
         return scores

@@ -15,7 +15,6 @@ from .._checks import check_positive_int
 from ..em import Expectation, check_gamma, sampled_e_step
 from ..likelihoods import Gaussian
 from ..mean import solve_mean
-from ..metrics import linearised_nll
 from ..solvers.auto import (
     check_sharding,
     check_solver,
@@ -64,17 +63,14 @@ class SampledPosterior:
         result = draw_samples(model, choice, n_samples, seed, self.strict, warm, sketch, progress)
         self.model, self.samples, self.solve_info = model, result.samples, result.info
 
-    def grid_search(
-        self, features, x, f0: Tensor, y: Tensor, sigma, grid: Tensor, seed: int, progress
-    ) -> list[float]:
-        r"""Validation NLL of the samples re-solved at each isotropic ``α``; keeps the best.
+    def grid_search(self, features, x, grid: Tensor, score, seed: int, progress) -> list[float]:
+        r"""``score`` of the samples re-solved at each isotropic ``α``; keeps the best.
 
         The fit's noise (``ξ``, ``u``: a pure function of ``seed``, rebuilt in one data pass
         rather than held beside the samples) is rescaled to each ``α`` (``A θ_0 + u``), not
         redrawn, and each solve is warm-started from the last (a primal one first from the fitted
-        samples), so the scores differ by ``α`` alone. The predictive is
-        :func:`~linearised_laplace.metrics.linearised_nll` with the sample covariance
-        ``(1/S) Σ_s (J ζ_s)(J ζ_s)ᵀ``.
+        samples), so the scores differ by ``α`` alone. ``score`` takes the factor ``[N, C, S]`` of
+        the sample covariance ``(1/S) Σ_s (J ζ_s)(J ζ_s)ᵀ`` (lower is better).
         """
         choice = choose_solver(self.model, self.solver, self.space)
         noise = choice_noise(self.model, choice, len(self.samples), seed, progress=progress)
@@ -84,7 +80,7 @@ class SampledPosterior:
             model = self.model.with_prior(self.model.prior.with_precision(alpha))
             result, warm = solve_samples(model, noise, choice, warm, seed, self.strict, progress)
             half = sample_factor(features.jvp(x, result.samples)[1]).double()
-            scores.append(linearised_nll(f0, half, y, sigma))
+            scores.append(score(half))
             if best is None or scores[-1] < min(scores[:-1]):
                 best = model, result
         (self.model, result) = best
