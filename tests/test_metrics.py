@@ -286,3 +286,15 @@ def test_shrinkage_halves_the_off_diagonal_and_keeps_few_samples_finite():
     assert metrics.patch_log_likelihood(
         few, mean, truth, 2, shrink=True
     ) > metrics.patch_log_likelihood(few, mean, truth, 2)
+
+
+def test_linearised_joint_nll_draws_the_same_functions_every_call():
+    gen = torch.Generator().manual_seed(0)
+    f0, y = torch.randn(12, 3, generator=gen), torch.randint(0, 3, (12,), generator=gen)
+    half = torch.randn(12, 3, 7, generator=gen)
+    score = metrics.linearised_joint_nll(f0, half, y, 3, seed=2)
+    assert score == metrics.linearised_joint_nll(f0, half, y, 3, seed=2)
+    assert score != metrics.linearised_joint_nll(f0, half, y, 3, seed=4)
+    deterministic = -metrics.joint_log_likelihood(f0[None].expand(64, -1, -1), y, 3, seed=2).mean()
+    zero = metrics.linearised_joint_nll(f0, torch.zeros_like(half), y, 3, seed=2)
+    assert zero == pytest.approx(float(deterministic), rel=1e-12)
