@@ -2,7 +2,7 @@
 
 ``lla demo`` runs the main job on embedded data (digits, a small CNN, every method that fits) in a
 few minutes; ``lla benchmark classification`` runs the full comparison, ``lla benchmark
-tomography`` the linearised deep image prior (the seed paper's Table 3) and ``lla benchmark lora``
+tomography`` the linearised deep image prior (Antorán et al., 2023, Table 3) and ``lla benchmark lora``
 Bayesian LoRA adapters on a small Hugging Face BERT (the ``[hf]`` extra). Every command has
 ``--help``. Mistakes (a missing data set, an unknown name, an unwritable folder) print one line
 saying what to do, not a traceback.

@@ -2,7 +2,7 @@ r"""The posterior mean ``θ̄`` of the linear model: the weights that enter the 
 
 ``θ̄`` minimises ``F(w) = Σ_i −log p(y_i | g_i(w)) + ½ wᵀ A w``, a convex problem, with outputs
 
-* ``"tangent"`` (default; the seed paper's classification code): ``g_i(w) = Φ_i w``;
+* ``"tangent"`` (default; Antorán et al.'s (2023) classification code): ``g_i(w) = Φ_i w``;
 * ``"affine"`` (its tomography code): ``g_i(w) = f_0(x_i) + Φ_i (w − w*)``, ``w*`` the network's
   weights in the features' coordinates;
 * ``"network"``: no solve, ``θ̄ = w*`` (the network's own weights, as laplace-torch uses).
@@ -12,7 +12,7 @@ linear model (early stopping, normalisation layers), and using it makes the MacK
 and the predictive strongly underconfident (Antorán et al., ICLR 2023, §4; Antorán et al., ICML 2022).
 
 Two solvers: full-batch Newton-CG (:class:`~linearised_laplace.solvers.newton.Newton`; precise, each CG iteration one data pass) and
-minibatch SGD (:class:`~linearised_laplace.solvers.SGD`; the seed paper's choice, scalable).
+minibatch SGD (:class:`~linearised_laplace.solvers.SGD`; Antorán et al.'s (2023) choice, scalable).
 """
 
 from __future__ import annotations

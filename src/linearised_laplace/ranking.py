@@ -11,8 +11,9 @@ trained values. Strategies rank weights and keep the top ``S``:
 
 Weights without curvature (``M_jj ≈ 0``: dead units, inputs that are always zero) are never chosen:
 they cannot change the predictive on the training distribution, and ranking by diagonal-Laplace
-variance otherwise picks them first (measured with laplace-torch 0.3: 68–80% of 1,000 chosen
-weights had zero curvature and the subnetwork model collapsed to the plain network).
+variance would otherwise pick them first (as laplace-torch 0.3's does, which can leave the
+subnetwork model no different from the plain network; ``benchmarks/results/siblings.md`` counts
+them).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-r"""Image classification as in the seed paper: Table 1, Figure 5 (shift) and Figure 6 (EM).
+r"""Image classification as in Antorán et al. (2023): Table 1, Figure 5 (shift) and Figure 6 (EM).
 
 One network is trained to its MAP estimate; every method then produces function samples
 ``[S, N, C]`` on the clean test set, on rotated copies (0°–180°) and on out-of-distribution inputs,
@@ -225,7 +225,7 @@ def build_predictor(
     tag = Path(s.out) / "checkpoints" / network_tag(s, s.seed)
     name, (method, variant) = method, split_variant(method)
     em = {k: variant.pop(k) for k in EM_OPTIONS if k in variant}
-    own = {**kw, "g_prior": True, **variant}  # sampled and exact: the seed paper's g-prior
+    own = {**kw, "g_prior": True, **variant}  # sampled and exact: Antorán et al.'s (2023) g-prior
     # sampled and exact share the mean's solver, so that they differ only in γ and the samples
     mean_solver = None if s.mean_epochs is None else SGD(n_epochs=s.mean_epochs)
     if method == "sampled":

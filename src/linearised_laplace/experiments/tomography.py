@@ -1,4 +1,4 @@
-r"""Computed tomography (the seed paper's Table 3): uncertainty of a deep-image-prior reconstruction.
+r"""Computed tomography (Antorán et al., 2023, Table 3): uncertainty of a deep-image-prior reconstruction.
 
 A phantom is measured by a parallel-beam ray transform with additive Gaussian noise, reconstructed
 by a deep image prior, and every method returns image samples; they are scored by the per-pixel

@@ -457,7 +457,7 @@ class Laplace:
                 regression with the Gaussian predictive including the noise); ``"joint"``
                 (classification): the negative κ-adic joint log-likelihood of ``kappa`` points
                 (:func:`~linearised_laplace.metrics.linearised_joint_nll`, 64 function samples of
-                the linearised predictive, the same draws for every ``α``), the seed paper's
+                the linearised predictive, the same draws for every ``α``), Antorán et al.'s (2023)
                 metric of joint predictions.
             kappa: Points per set for ``objective="joint"``.
 

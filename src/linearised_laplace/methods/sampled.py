@@ -29,7 +29,7 @@ class SampledLaplace(Laplace):
             :func:`~linearised_laplace.solvers.auto.choose_solver`), ``lla.SGD(...)`` (primal
             only), ``lla.SDD(...)`` (dual only), ``lla.CG(...)`` or ``lla.Cholesky()``.
         mean_solver: For the mean in EM: ``lla.Newton(...)`` (default; full-batch Newton-CG,
-            precise) or ``lla.SGD(...)`` (minibatch, as the seed paper).
+            precise) or ``lla.SGD(...)`` (minibatch, as Antorán et al., 2023).
         space: ``"primal"`` (``K × D`` unknowns), ``"dual"`` (``K × n·C`` unknowns, pathwise
             conditioning; :mod:`linearised_laplace.solvers.dual`) or ``"auto"`` (default: dual
             when ``n·C < D``, unless SGD; always for SDD). Both give the same samples for a seed.

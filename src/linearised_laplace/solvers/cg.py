@@ -30,9 +30,9 @@ class CG:
     Args:
         rtol: Relative residual at which every sample stops; a sample above it at ``max_iter``
             raises a :class:`~linearised_laplace.ConvergenceWarning`. ``None`` (default): ``1e-4``
-            for float32 features, ``1e-8`` for float64; float32 sums over thousands of points
-            stall near ``1e-5`` (``benchmarks/results/solver_fidelity.md``), and a residual of
-            ``1e-4`` already puts samples within 0.01% of exact there.
+            for float32 features, ``1e-8`` for float64: float32 sums over thousands of points
+            stall a little below ``1e-4``. What that residual means for the samples' error is
+            measured in ``benchmarks/results/solver_fidelity.md``.
         max_iter: Iteration cap.
         preconditioner_rank: Rank of the low-rank part of the preconditioner (0: Jacobi in the
             primal space, none in the dual).

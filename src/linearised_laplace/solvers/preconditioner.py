@@ -15,9 +15,9 @@ Nyström approximation ``M_r ⪯ M`` of the GGN (Frangella, Tropp & Udell, "Rand
 preconditioning", SIAM J. Matrix Anal. Appl., 2023). The spectrum of ``P^{-1} H`` then lies in
 ``[1, 1 + λ_{r+1}(A^{-1/2} M A^{-1/2})]`` up to the sketch's error: clustered near 1 once ``r``
 exceeds the number of eigenvalues of ``M`` that are large against ``A``. Without a sketch the
-preconditioner is Jacobi's, ``A + diag(M̂)`` from a Hutchinson estimate. Adding that diagonal's
-remainder to ``A + M_r`` was measured to hurt: the estimate's noise (about 20% per entry with 32
-probes) swamps ``A`` in the directions that ``M_r`` already captures.
+preconditioner is Jacobi's, ``A + diag(M̂)`` from a Hutchinson estimate. That diagonal's
+remainder is not added to ``A + M_r``: the estimate's per-entry noise would swamp ``A`` in the
+directions that ``M_r`` already captures.
 """
 
 from __future__ import annotations

@@ -49,11 +49,10 @@ from .base import check_settings
 class SDD:
     """Stochastic dual descent: minibatch block-coordinate descent on the dual (``space="dual"``).
 
-    Unpreconditioned, so its steps grow with the condition number of ``I + LᵀKL``: on the
-    small-noise MLP of ``benchmarks/fidelity_problems.py`` (``λ_max ≈ 1.3·10⁵``) the mean
-    functional variance came within 10% of exact after about 1,000 epochs (4,000 steps, 20 s),
-    where preconditioned dual CG needed 5 iterations (0.5 s). Prefer :class:`CG` unless a full
-    data pass per iteration is unaffordable.
+    Unpreconditioned, so the epochs it needs grow with the condition number of ``I + LᵀKL``
+    (``benchmarks/results/solver_fidelity-sdd.md`` gives them on three ill-conditioned
+    problems, against preconditioned dual CG). Prefer :class:`CG` unless a full data pass per
+    iteration is unaffordable.
 
     Args:
         n_epochs: Passes over the training data (each step visits one minibatch).
@@ -67,8 +66,7 @@ class SDD:
         curvature_iters: Lanczos iterations for that estimate.
         rtol: A sample whose final relative residual ``‖M w̄ − b‖ / ‖b‖`` (one extra data pass)
             exceeds this raises a :class:`~linearised_laplace.ConvergenceWarning`. ``None``
-            (default): ``1e-2``, at which the samples' test-point functions were about 10% off
-            exact on the small-noise MLP (residual ``1.4·10⁻²``: 12%; ``1.9·10⁻²``: 27%).
+            (default): ``1e-2``.
     """
 
     n_epochs: int = 50

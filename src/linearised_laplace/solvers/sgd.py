@@ -84,8 +84,8 @@ class SGD:
             ``r + 10`` GGN products (capped by its memory for very large ``D``); ``0`` is Jacobi,
             ``P = A + diag(M̂)`` from the noise pass' free Hutchinson estimate. The default
             deflates the top of the GGN's spectrum, which small-noise regression needs to
-            converge at all; on the digits CNN it also took SGD from 11% to 0.7% off exact
-            samples (``benchmarks/results/solver_fidelity.md``, ``SGD-jacobi``).
+            converge at all (``benchmarks/results/solver_fidelity.md`` compares it with Jacobi,
+            ``SGD-jacobi``).
         curvature_points: Data points in the random subsample on which ``λ̂`` is estimated;
             defaults to the batch size, so that ``λ̂`` reflects a minibatch's curvature (larger
             than the full data's), which is what limits a stable step.
@@ -96,10 +96,9 @@ class SGD:
         tol: A sample whose final error estimate, the relative residual in the preconditioner's
             inverse norm ``‖H ζ − A θⁿ‖_{P⁻¹} / ‖A θⁿ‖_{P⁻¹}`` (≈ the relative error in the
             energy norm), exceeds this raises a :class:`~linearised_laplace.ConvergenceWarning`.
-            The Euclidean residual (also reported) cannot tell: in
-            ``benchmarks/results/solver_fidelity.md`` samples within 0.4% of exact ended at 0.53
-            and samples 11% off at 0.20, while the error estimate was at most 0.043 for every
-            run within 3.1% of exact samples and at least 0.128 for every run 11% or more off.
+            The Euclidean residual (also reported), which the stiffest directions dominate, does
+            not tell good samples from bad ones; how well each separates them is measured in
+            ``benchmarks/results/solver_fidelity.md`` (the README quotes it).
     """
 
     n_epochs: int = 50
