@@ -16,6 +16,16 @@ def test_small_problems_get_cholesky_in_the_cheaper_space():
     assert choose_solver(model, None, "dual").space == "dual"
 
 
+def test_where_both_dense_solves_fit_the_dual_runs_when_it_costs_under_half_the_flops():
+    wide = matrix_model(n=4, c=3, d=60)  # n·C = 12: the dual's 2·12²·60 flops ≪ the primal's
+    assert dense_cost(60, 12, "dual")[0] * auto.DUAL_ADVANTAGE < dense_cost(60, 12, "primal")[0]
+    choice = choose_solver(wide, None)
+    assert isinstance(choice.solver, lla.Cholesky) and choice.space == "dual"
+    assert "a dense dual solve is cheap" in choice.reason
+    even = matrix_model(n=10, c=1, d=10)  # the same sizes: equal flops, the primal stays
+    assert choose_solver(even, None).space == "primal"
+
+
 def test_dense_cost_model():
     assert dense_cost(100, 1000, "primal") == (2.0 * 1000 * 100**2 + 100**3 / 3, 100**2 * 8 / 2**30)
     assert dense_cost(100, 10, "dual")[0] == 2.0 * 10**2 * 100 + 10**3 / 3

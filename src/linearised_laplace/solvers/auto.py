@@ -2,9 +2,11 @@ r"""``solver="auto"``: the solver and space for a linear model, from its sizes a
 
 The rules, in order (``D`` parameters, ``n·C`` observations):
 
-1. **Cholesky** where a dense solve is cheap: in the primal space when building and factorising
-   ``H`` (``2 n C D² + D³/3`` flops, ``D²`` floats) fits the budget, else in the dual space when
-   ``I + LᵀKL`` does (``2 (nC)² D + (nC)³/3`` flops, ``nC·D`` floats). Exact to round-off.
+1. **Cholesky** where a dense solve is cheap: building and factorising ``H`` in the primal space
+   (``2 n C D² + D³/3`` flops, ``D²`` floats) or ``I + LᵀKL`` in the dual space
+   (``2 (nC)² D + (nC)³/3`` flops, ``nC·D`` floats) within the budget. Where both fit, the primal
+   solve runs unless the dual one costs under half its flops (:data:`DUAL_ADVANTAGE`: the flop
+   counts leave out the passes that build each matrix). Exact to round-off.
 2. Otherwise **the dual space** when ``n·C < D`` on one process (fewer unknowns), solved by
    preconditioned CG.
 3. Otherwise **the primal space** with :data:`PRIMAL_SOLVER`: conjugate gradients preconditioned by
@@ -40,6 +42,8 @@ DENSE_FLOPS = 2e11
 """Largest dense solve ``auto`` takes (about a minute on two CPU cores)."""
 DENSE_GIB = 2.0
 """Largest dense matrix ``auto`` builds (float64)."""
+DUAL_ADVANTAGE = 2.0
+"""How many times fewer flops a dense dual solve needs before ``auto`` prefers it to a primal one."""
 PRIMAL_SOLVER = CG()
 DUAL_SOLVER = CG()
 
@@ -85,13 +89,17 @@ def choose_solver(
     spaces = ("primal", "dual") if space == "auto" else (space,)
     if parallel:
         spaces = ("primal",)
-    for candidate in spaces:
-        flops, gib = dense_cost(d, n_obs, candidate)
-        if flops <= DENSE_FLOPS and gib <= DENSE_GIB:
-            reason = (
-                f"auto: Cholesky, a dense {candidate} solve is cheap ({sizes}, {flops:.1e} flops)"
-            )
-            return Choice(Cholesky(), candidate, reason)
+    costs = {candidate: dense_cost(d, n_obs, candidate) for candidate in spaces}
+    cheap = {
+        s: flops for s, (flops, gib) in costs.items() if flops <= DENSE_FLOPS and gib <= DENSE_GIB
+    }
+    if cheap:
+        candidate = next(iter(cheap))
+        if "dual" in cheap and cheap["dual"] * DUAL_ADVANTAGE < cheap.get("primal", float("inf")):
+            candidate = "dual"
+        flops = cheap[candidate]
+        reason = f"auto: Cholesky, a dense {candidate} solve is cheap ({sizes}, {flops:.1e} flops)"
+        return Choice(Cholesky(), candidate, reason)
     if space == "dual" or (space == "auto" and n_obs < d and not parallel):
         return Choice(DUAL_SOLVER, "dual", f"auto: preconditioned CG in the dual space ({sizes})")
     return Choice(PRIMAL_SOLVER, "primal", f"auto: preconditioned CG in the primal space ({sizes})")
