@@ -156,13 +156,21 @@ def mackay_update(
     that can be negative), to at least 1 (``½``); an exact ``γ`` lies in ``(0, min(d_g, n·C))``
     already and is used as it is.
     """
-    sizes = group_sum(torch.ones_like(mean, dtype=torch.float64), group_ids, n_groups)
     if clip:
-        low = torch.clamp(sizes / 2, max=1.0)
-        high = sizes if n_observations is None else sizes.clamp_max(n_observations)
-        gamma = torch.minimum(torch.maximum(gamma, low) if floor else gamma, high - low)
+        low, high = gamma_range(group_ids, n_groups, n_observations)
+        gamma = torch.minimum(torch.maximum(gamma, low) if floor else gamma, high)
     norm_sq = group_sum(mean.double().square(), group_ids, n_groups)
     return gamma / norm_sq.clamp_min(torch.finfo(torch.float64).tiny)
+
+
+def gamma_range(
+    group_ids: Tensor, n_groups: int, n_observations: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """``(low, high)`` ``[G]``: the range :func:`mackay_update` clips an estimated ``γ̂`` to."""
+    sizes = group_sum(torch.ones_like(group_ids, dtype=torch.float64), group_ids, n_groups)
+    low = torch.clamp(sizes / 2, max=1.0)
+    high = sizes if n_observations is None else sizes.clamp_max(n_observations)
+    return low, high - low
 
 
 def implausible_gamma(
@@ -195,6 +203,8 @@ class EStep:
         residual_sq: ``‖y − g(θ̄)‖²`` over the training set (for the noise update), if computed.
         positive_gamma: ``γ̂`` is positive by construction (the function-space estimate), so it
             is not floored at 1 (see :func:`mackay_update`).
+        solved: Every sample solve reached its solver's tolerance (a step whose samples did not
+            never counts toward EM's convergence).
     """
 
     mean: Tensor
@@ -202,6 +212,7 @@ class EStep:
     samples: Tensor | None = None
     residual_sq: float | None = None
     positive_gamma: bool = False
+    solved: bool = True
 
 
 @dataclass(frozen=True)
@@ -233,8 +244,9 @@ class EMState:
         samples: ``[K, D]`` last samples (warm start), if any.
         history: One dict per completed step: ``step``, ``prior_precision`` (after the update),
             ``gamma``, ``mean_norm_sq``, ``sigma_noise``, ``damping`` (per group, the fraction of
-            the MacKay step in ``log α`` taken), ``at_bound``, ``converged``, ``seconds``; entry 0
-            holds the start.
+            the MacKay step in ``log α`` taken), ``at_bound``, ``clipped`` (the estimated ``γ̂``
+            was clipped), ``solved`` (every sample solve reached its tolerance), ``converged``,
+            ``seconds``; entry 0 holds the start.
         converged: Whether the stopping rule fired.
     """
 
@@ -309,7 +321,8 @@ def sampled_e_step(
             g = function_space_gamma(current, result.samples, n_groups, result.ggn_samples)
         else:
             g = weight_space_gamma(prior, result.samples, model.prior.groups, n_groups)
-        return EStep(mean, g, warm, residual, positive_gamma=gamma == "function")
+        solved = bool(result.info.converged)
+        return EStep(mean, g, warm, residual, positive_gamma=gamma == "function", solved=solved)
 
     return step
 
@@ -451,12 +464,16 @@ def run_em(
                 abs(math.log(sigma / state.sigma)),
             )
             pinned = at_bound and bool(torch.equal(precision, state.precision))
+            clipped = clip_gamma and _clipped(result, group_ids, n_groups, n_observations)
+            # a clipped γ̂ or unconverged samples give no evidence of a fixed point
+            converged = change < tol and not at_bound and not clipped and result.solved
             record = _record(state.step + 1, precision, sigma, start)
             record["gamma"] = result.gamma.tolist()
             record["mean_norm_sq"] = group_sum(
                 result.mean.double().square(), group_ids, n_groups
             ).tolist()
-            record.update(damping=damping.tolist(), at_bound=at_bound, converged=change < tol)
+            record.update(damping=damping.tolist(), at_bound=at_bound, clipped=clipped)
+            record.update(solved=result.solved, converged=converged)
             state = EMState(
                 state.step + 1,
                 precision,
@@ -464,7 +481,7 @@ def run_em(
                 result.mean,
                 result.samples,
                 [*state.history, record],
-                change < tol and not at_bound,
+                converged,
             )
             if checkpoint is not None and is_main_process():
                 save_checkpoint(checkpoint, state, fingerprint)
@@ -473,6 +490,13 @@ def run_em(
     if not state.converged:
         _warn_unconverged(state, tol, pinned)
     return state
+
+
+def _clipped(result: EStep, group_ids: Tensor, n_groups: int, n_observations) -> bool:
+    """Whether :func:`mackay_update` clips this E-step's ``γ̂`` in any group."""
+    low, high = gamma_range(group_ids, n_groups, n_observations)
+    low = low if not result.positive_gamma else torch.zeros_like(low)
+    return bool(((result.gamma < low) | (result.gamma > high)).any())
 
 
 CHECKPOINT_KIND = "em-checkpoint"
@@ -575,6 +599,17 @@ def _warn_unconverged(state: EMState, tol: float, pinned: bool) -> None:
             f"({last['prior_precision']}) and MacKay's update points beyond it (at such a prior "
             "the posterior is the prior to float32 round-off). Start from a moderate "
             "prior_precision (e.g. 1.0), check the targets' scale, or fix prior_precision by hand"
+        )
+    elif last.get("clipped") or last.get("solved") is False:
+        cause = (
+            "its γ̂ was clipped to the feasible range"
+            if last.get("clipped")
+            else ("its samples missed their solver's tolerance")
+        )
+        why = (
+            f"the last of {state.step} steps cannot count, as {cause}: such a step is no evidence "
+            "of a fixed point. Give the sampler more steps (a larger solver budget) or raise "
+            "n_em_samples, or use ExactLaplace where D allows"
         )
     else:
         why = (
