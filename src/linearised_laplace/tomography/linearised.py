@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from .._progress import progress_bar
 from ..data import Data
+from ..em import EMState, EStep, run_em
 from ..features import OutputMap
 from ..g_prior import ScaledFeatures
 from ..likelihoods import Gaussian
@@ -117,8 +118,9 @@ def exact_linearised_dip(
 
     Builds ``G = Lᵀ J̃ J̃ᵀ L`` (``m × m``, ``L = σ^{-1} A``) column by column from VJPs and JVPs, so
     that at precision ``α`` the observation system is ``I + G/α``. Its eigendecomposition gives
-    the exact ``γ = Σ g_i / (g_i + α)`` and the affine mean in closed form for every EM step, and
-    exact Matheron image samples ``J̃ ζ``.
+    the exact ``γ = Σ g_i / (g_i + α)`` and the affine mean (one VJP) for every EM step, run by the
+    library's damped, guarded MacKay loop (:func:`~linearised_laplace.em.run_em`), and exact
+    Matheron image samples ``J̃ ζ``.
 
     Args:
         unet: The fitted DIP network.
@@ -129,7 +131,7 @@ def exact_linearised_dip(
         scale: The g-prior scale ``s`` (from :class:`LinearisedDIP`), or ``None``.
         prior_precision: Initial ``α``.
         max_iter: EM steps at most.
-        tol: Stop when ``|Δ log α| < tol``.
+        tol: Stop when ``|Δ log α| < tol`` (else warn at ``max_iter``).
         n_samples: Exact image samples.
         chunk: Unit vectors (and samples) per batch.
         seed: Seeds the samples.
@@ -162,23 +164,20 @@ def exact_linearised_dip(
     f0, jw = features.jvp(z, anchor[None])
     target = ((y.to(f0.dtype) - f0 + jw[0]) / sigma_noise).double().reshape(-1)
     projected = vectors.T @ target
-    alpha, history = (
-        float(prior_precision),
-        [{"step": 0, "prior_precision": [float(prior_precision)]}],
+    group_ids = torch.zeros(lin.n_params, dtype=torch.long)
+
+    def e_step(state: EMState) -> EStep:
+        alpha = float(state.precision[0])
+        w = vectors @ (projected / (1 + values / alpha))  # (I + G/α)^{-1} Lᵀ t
+        at_alpha = model.with_prior(unit.with_precision(alpha))
+        mean = dual_pullback(at_alpha, w[None].to(lin.dtype))[0].double() / alpha  # J̃ᵀ L w / α
+        return EStep(mean, (values / (values + alpha)).sum()[None])
+
+    initial = EMState(0, torch.tensor([float(prior_precision)], dtype=torch.float64), 1.0, anchor)
+    state = run_em(
+        e_step, initial, group_ids, max_iter=max_iter, tol=tol, clip_gamma=False, progress=progress
     )
-    for step in range(1, max_iter + 1):
-        shrink = 1 / (1 + values / alpha)
-        w = vectors @ (shrink * projected)  # (I + G/α)^{-1} Lᵀ t
-        mean_sq = float(w @ gram @ w) / alpha**2  # ‖θ̄‖² = ‖J̃ᵀ L w‖² / α²
-        gamma = float((values / (values + alpha)).sum())
-        new = gamma / mean_sq
-        history.append(
-            {"step": step, "prior_precision": [new], "gamma": [gamma], "mean_norm_sq": [mean_sq]}
-        )
-        converged = abs(math.log(new / alpha)) < tol
-        alpha = new
-        if converged:
-            break
+    alpha, history = float(state.precision[0]), state.history
     # Exact Matheron samples: ζ = θ₀ − J̃ᵀ L w / α, (I + G/α) w = Lᵀ J̃ θ₀ − ν.
     model = LinearGaussianModel(
         features, Gaussian(sigma_noise), unit.with_precision(alpha), Data((z, y))
