@@ -46,12 +46,11 @@ from ._checks import check_positive_int
 from ._progress import progress_bar
 from .distributed import is_main_process
 from .exceptions import ConvergenceWarning, DivergenceError
-from .linalg import add_diagonal
+from .linalg import add_diagonal, cholesky
 from .linear_model import LinearGaussianModel
 from .mean import MeanMode, MeanProblem, log_likelihood, posterior_mean
 from .noise import PosteriorNoise
 from .seeds import derive_seed
-from .solvers.cholesky import cholesky
 
 GAMMA_ESTIMATORS = ("function", "weight")
 PRECISION_RANGE = (1e-12, 1e12)

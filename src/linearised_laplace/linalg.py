@@ -229,3 +229,26 @@ def add_diagonal(matrix: Tensor, diagonal: Tensor) -> Tensor:
     result = matrix.clone()
     result.diagonal().add_(diagonal.to(matrix.dtype))
     return result
+
+
+def cholesky(precision: Tensor) -> Tensor:
+    """Lower Cholesky factor of a posterior precision, with an actionable error if it fails."""
+    factor, info = torch.linalg.cholesky_ex(precision)
+    if int(info) != 0:
+        raise ValueError(
+            "The posterior precision is not numerically positive definite (Cholesky failed at "
+            f"column {int(info)}). Increase `prior_precision` or use float64 parameters."
+        )
+    return factor
+
+
+def cholesky_solve(factor: Tensor, rhs: Tensor) -> Tensor:
+    """Solve ``H ζ_k = b_k`` row-wise given ``H = R Rᵀ``: ``[K, D]`` (float64)."""
+    return torch.cholesky_solve(rhs.to(factor.dtype).T, factor).T
+
+
+def whiten(factor: Tensor, jac: Tensor) -> Tensor:
+    """``J R^{-T}`` for ``J`` ``[N, C, P]`` and ``H = R Rᵀ``, so that ``J H^{-1} Jᵀ = W Wᵀ``."""
+    n, c, p = jac.shape
+    half = torch.linalg.solve_triangular(factor, jac.reshape(n * c, p).T, upper=False)
+    return half.T.reshape(n, c, p)

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from ._checks import check_finite, check_positive_int, plain_int
+from .linalg import cholesky, whiten
 from .seeds import seeded_generator
-from .solvers.cholesky import cholesky, whiten
 
 __all__ = [
     "accuracy",

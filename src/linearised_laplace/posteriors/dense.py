@@ -15,10 +15,11 @@ from .. import persistence
 from .._checks import check_sample_budget
 from ..distributed import is_main_process
 from ..em import Expectation, exact_e_step, log_evidence
+from ..linalg import whiten
 from ..mean import solve_mean
 from ..metrics import grid_scores
 from ..noise import NoiseSource
-from ..solvers.cholesky import exact_samples, whiten
+from ..solvers.cholesky import exact_samples
 from ..solvers.newton import Newton
 from ..solvers.sgd import SGD
 

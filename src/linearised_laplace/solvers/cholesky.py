@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..linalg import add_diagonal
+from ..linalg import add_diagonal, cholesky, cholesky_solve, whiten  # noqa: F401 (re-exported)
 from ..linear_model import LinearGaussianModel
 from ..noise import NoiseSource, PosteriorNoise, draw_posterior_noise
 from .base import SolveInfo, SolveResult, relative_residual
@@ -22,22 +22,6 @@ def posterior_precision(model: LinearGaussianModel) -> Tensor:
     """Dense ``H = Φᵀ B Φ + A``: float64 ``[D, D]``."""
     ggn = model.dense_ggn()
     return add_diagonal(ggn, model.prior.diag(torch.float64, ggn.device))
-
-
-def cholesky(precision: Tensor) -> Tensor:
-    """Lower Cholesky factor of a posterior precision, with an actionable error if it fails."""
-    factor, info = torch.linalg.cholesky_ex(precision)
-    if int(info) != 0:
-        raise ValueError(
-            "The posterior precision is not numerically positive definite (Cholesky failed at "
-            f"column {int(info)}). Increase `prior_precision` or use float64 parameters."
-        )
-    return factor
-
-
-def cholesky_solve(factor: Tensor, rhs: Tensor) -> Tensor:
-    """Solve ``H ζ_k = b_k`` row-wise given ``H = R Rᵀ``: ``[K, D]`` (float64)."""
-    return torch.cholesky_solve(rhs.to(factor.dtype).T, factor).T
 
 
 @dataclass(frozen=True)
@@ -72,10 +56,3 @@ def exact_samples(
     prior = model.prior.diag(torch.float64, ggn.device)
     factor = cholesky(add_diagonal(ggn, prior))
     return factor, cholesky_solve(factor, noise.rhs(prior)).to(model.features.dtype)
-
-
-def whiten(factor: Tensor, jac: Tensor) -> Tensor:
-    """``J R^{-T}`` for ``J`` ``[N, C, P]`` and ``H = R Rᵀ``, so that ``J H^{-1} Jᵀ = W Wᵀ``."""
-    n, c, p = jac.shape
-    half = torch.linalg.solve_triangular(factor, jac.reshape(n * c, p).T, upper=False)
-    return half.T.reshape(n, c, p)
