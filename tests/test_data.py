@@ -11,7 +11,7 @@ from torch.utils.data import (
 )
 
 from linearised_laplace import Data
-from linearised_laplace.persistence import digest
+from linearised_laplace.checksums import digest
 
 
 class _Pairs(Dataset):

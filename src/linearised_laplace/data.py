@@ -33,9 +33,9 @@ from torch.utils.data import (
 from torch.utils.data.distributed import DistributedSampler
 
 from . import inputs as trees
+from .checksums import digest
 from .distributed import Shard
 from .inputs import Inputs
-from .persistence import digest
 
 Batch = tuple[Tensor, Inputs, Tensor]  # (indices [b], inputs [b, ...], targets [b, ...])
 

@@ -10,7 +10,6 @@ bit cannot load silently; a floating tensor with a NaN or an infinity is refused
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -24,6 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from .checksums import checksum, digest  # noqa: F401 (digest: re-exported)
 from .linearisation import BATCHINGS
 from .parameters import ParameterSelection
 
@@ -54,21 +54,6 @@ class Tensors(dict):
             f"{self.path} has no tensor {name!r}, which this kind of file holds (it has: "
             f"{', '.join(list(self)[:8])}); it was edited or written by other code. Re-create it."
         )
-
-
-def checksum(tensor: Tensor) -> str:
-    """SHA-256 (hex) of a CPU tensor's dtype, shape and bytes."""
-    digest = hashlib.sha256(f"{tensor.dtype}{list(tensor.shape)}".encode())
-    digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def digest(tensors: dict[str, Tensor]) -> str:
-    """One SHA-256 over named tensors (names, dtypes, shapes and values; on any device)."""
-    combined = hashlib.sha256()
-    for name, tensor in tensors.items():
-        combined.update(f"{name}:{checksum(tensor.detach().cpu())};".encode())
-    return combined.hexdigest()
 
 
 def check_writable(path: str | os.PathLike, name: str | None = None) -> Path:
