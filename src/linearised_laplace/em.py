@@ -156,20 +156,23 @@ def mackay_update(
     already and is used as it is.
     """
     if clip:
-        low, high = gamma_range(group_ids, n_groups, n_observations)
-        gamma = torch.minimum(torch.maximum(gamma, low) if floor else gamma, high)
+        gamma = clipped_gamma(gamma, group_ids, n_groups, n_observations, floor)
     norm_sq = group_sum(mean.double().square(), group_ids, n_groups)
     return gamma / norm_sq.clamp_min(torch.finfo(torch.float64).tiny)
 
 
-def gamma_range(
-    group_ids: Tensor, n_groups: int, n_observations: int | None = None
-) -> tuple[Tensor, Tensor]:
-    """``(low, high)`` ``[G]``: the range :func:`mackay_update` clips an estimated ``γ̂`` to."""
+def clipped_gamma(
+    gamma: Tensor,
+    group_ids: Tensor,
+    n_groups: int,
+    n_observations: int | None = None,
+    floor: bool = True,
+) -> Tensor:
+    """``γ̂`` ``[G]`` clipped to the feasible range, as :func:`mackay_update` describes."""
     sizes = group_sum(torch.ones_like(group_ids, dtype=torch.float64), group_ids, n_groups)
     low = torch.clamp(sizes / 2, max=1.0)
     high = sizes if n_observations is None else sizes.clamp_max(n_observations)
-    return low, high - low
+    return torch.minimum(torch.maximum(gamma, low) if floor else gamma, high - low)
 
 
 def implausible_gamma(
@@ -437,15 +440,11 @@ def run_em(
         while state.step < max_iter and not state.converged and not pinned:
             start = time.perf_counter()
             result = _guarded(e_step, state)
-            proposed = mackay_update(
-                result.gamma,
-                result.mean,
-                group_ids,
-                n_groups,
-                clip_gamma,
-                n_observations,
-                floor=not result.positive_gamma,
-            )
+            gamma = result.gamma
+            if clip_gamma:
+                floor = not result.positive_gamma
+                gamma = clipped_gamma(gamma, group_ids, n_groups, n_observations, floor)
+            proposed = mackay_update(gamma, result.mean, group_ids, n_groups, clip=False)
             if clip_gamma and result.samples is not None:
                 _warn_implausible(result, group_ids, n_groups, n_observations, state)
             if not bool(torch.isfinite(proposed).all() & (proposed > 0).all()):
@@ -463,7 +462,7 @@ def run_em(
                 abs(math.log(sigma / state.sigma)),
             )
             pinned = at_bound and bool(torch.equal(precision, state.precision))
-            clipped = clip_gamma and _clipped(result, group_ids, n_groups, n_observations)
+            clipped = bool((gamma != result.gamma).any())
             # a clipped γ̂ or unconverged samples give no evidence of a fixed point
             converged = change < tol and not at_bound and not clipped and result.solved
             record = _record(state.step + 1, precision, sigma, start)
@@ -489,13 +488,6 @@ def run_em(
     if not state.converged:
         _warn_unconverged(state, tol, pinned)
     return state
-
-
-def _clipped(result: EStep, group_ids: Tensor, n_groups: int, n_observations) -> bool:
-    """Whether :func:`mackay_update` clips this E-step's ``γ̂`` in any group."""
-    low, high = gamma_range(group_ids, n_groups, n_observations)
-    low = low if not result.positive_gamma else torch.zeros_like(low)
-    return bool(((result.gamma < low) | (result.gamma > high)).any())
 
 
 CHECKPOINT_KIND = "em-checkpoint"
