@@ -40,6 +40,25 @@ def row(rows: list[dict], **match) -> dict:
     return found[0]
 
 
+def value(key: str, digits: int = 3, table: str = "rows", **match) -> Callable:
+    """A figure: ``key`` of the one row of ``data[table]`` matching ``match``, to ``digits``."""
+    return lambda data: sig(row(data[table], **match)[key], digits)
+
+
+def joined(template: str, *figures: Callable) -> Callable:
+    """A figure: ``template`` filled with ``figures`` in order."""
+    return lambda data: template.format(*(figure(data) for figure in figures))
+
+
+def tomography_lls(method: str, marginal_digits: int = 3) -> Callable:
+    """A figure: ``method``'s marginal and 10×10-patch log-likelihoods, ``marginal / patch``."""
+    return joined(
+        "{} / {}",
+        value("marginal LL", marginal_digits, "results", method=method),
+        value("patch LL (10×10)", 3, "results", method=method),
+    )
+
+
 def pct(x: float, digits: int = 2, sign: bool = False) -> str:
     """``x`` as a percentage to ``digits`` significant digits, at most 3 decimals, minus as ``−``."""
     value = 100 * x
@@ -262,10 +281,6 @@ def sampler(problem: str, objective: str, key: str = "weight-space rel. error") 
     return figure
 
 
-def em(prior: str, method: str, key: str = "final α") -> Callable:
-    return lambda data: sig(row(data["rows"], prior=prior, method=method)[key], 3)
-
-
 def em_gap(data) -> str:
     gaps = [
         row(data["rows"], prior=p, method="SampledLaplace")["final α"]
@@ -274,10 +289,6 @@ def em_gap(data) -> str:
         for p in ("isotropic", "g-prior")
     ]
     return pct(max(abs(g) for g in gaps))
-
-
-def sibling(method: str, key: str, digits: int = 3) -> Callable:
-    return lambda data: sig(row(data["rows"], method=method)[key], digits)
 
 
 def sibling_range(methods: list[str], key: str) -> Callable:
@@ -293,15 +304,8 @@ def resnet18(key: str, fmt=times) -> Callable:
 def r18_uncertainty(data) -> str:
     """The sampler epoch's uncertainty from the spread of the fits' repeats, relative to it."""
     r = data["rows"][0]
-    spread = sum(
-        max(r[f"{fit} CPU, each repeat [s]"]) - min(r[f"{fit} CPU, each repeat [s]"])
-        for fit in ("1-epoch fit", "3-epoch fit")
-    )
-    return f"±{pct(spread / (4 * r['k']) / r['sampler epoch per sample CPU [s]'], 2)}"
-
-
-def tomo(method: str, key: str, digits: int = 3) -> Callable:
-    return lambda data: sig(row(data["results"], method=method)[key], digits)
+    uncertainty = r["sampler epoch per sample CPU uncertainty [s]"]
+    return f"±{pct(uncertainty / r['sampler epoch per sample CPU [s]'], 2)}"
 
 
 def tomo_ratio(data) -> str:
@@ -311,10 +315,6 @@ def tomo_ratio(data) -> str:
         / row(rows, method="sampled-dual")["wall-clock [min]"],
         2,
     )
-
-
-def scaling_row(d: str, method: str, key: str, digits: int = 2) -> Callable:
-    return lambda data: sig(row(data["rows"], d=d, method=method)[key], digits)
 
 
 def full_laplace_bound(data) -> str:
@@ -328,20 +328,12 @@ def data_memory(data) -> str:
     return " → ".join(sig(r["method memory [MB]"], 3) for r in data["rows"])
 
 
-def ratio(model: str, batching: str = "loop") -> Callable:
-    return lambda data: sig(row(data["rows"], model=model, batching=batching)["ratio"], 3)
-
-
 def batching(network: str, ks: tuple[int, ...]) -> Callable:
     def figure(data) -> str:
         rows = [r for r in data["rows"] if r["network"].startswith(network) and r["K"] in ks]
         return span([1 / r["vmap / loop"] for r in rows], lambda x: sig(x, 2))
 
     return figure
-
-
-def dense(method: str) -> Callable:
-    return lambda data: sig(row(data["rows"], method=method)["speed-up"], 2)
 
 
 def seed_paired(reference: str, other: str, kappa: int = 5) -> Callable:
@@ -386,17 +378,6 @@ def em_convergence(methods: tuple[str, ...]) -> Callable:
         )
 
     return figure
-
-
-def lora(method: str, key: str, digits: int = 3) -> Callable:
-    return lambda data: sig(row(data["results"], method=method)[key], digits)
-
-
-def lora_alpha_gap(data) -> str:
-    rows = data["results"]
-    sampled = row(rows, method="sampled").get("prior_precision")
-    exact = row(rows, method="exact").get("prior_precision")
-    return pct(sampled[0] / exact[0] - 1, 2, sign=True)
 
 
 CNN = "fashion-mnist-cnn/calibrated"
@@ -446,10 +427,13 @@ FIGURES: dict[str, tuple[str, Callable]] = {
     "sc-mlp-naive": ("sampler_convergence", sampler("MLP", "naive")),
     # EM
     "em-gap": ("em_trajectory", em_gap),
-    "em-iso-sampled": ("em_trajectory", em("isotropic", "SampledLaplace")),
-    "em-iso-exact": ("em_trajectory", em("isotropic", "ExactLaplace")),
-    "em-g-sampled": ("em_trajectory", em("g-prior", "SampledLaplace")),
-    "em-g-exact": ("em_trajectory", em("g-prior", "ExactLaplace")),
+    "em-iso-sampled": (
+        "em_trajectory",
+        value("final α", prior="isotropic", method="SampledLaplace"),
+    ),
+    "em-iso-exact": ("em_trajectory", value("final α", prior="isotropic", method="ExactLaplace")),
+    "em-g-sampled": ("em_trajectory", value("final α", prior="g-prior", method="SampledLaplace")),
+    "em-g-exact": ("em_trajectory", value("final α", prior="g-prior", method="ExactLaplace")),
     "em-g-exact-converged": (
         "em_trajectory",
         lambda d: (
@@ -459,14 +443,14 @@ FIGURES: dict[str, tuple[str, Callable]] = {
         ),
     ),
     # siblings
-    "sib-nll-sampled": ("siblings", sibling("sampled-em", "NLL")),
-    "sib-nll-exact": ("siblings", sibling("exact-em", "NLL")),
-    "sib-dyadic-sampled": ("siblings", sibling("sampled-em", "dyadic κ=10")),
-    "sib-dyadic-exact": ("siblings", sibling("exact-em", "dyadic κ=10")),
-    "sib-mem-sampled": ("siblings", sibling("sampled-em", "peak memory [MB]")),
-    "sib-mem-exact": ("siblings", sibling("exact-em", "peak memory [MB]")),
-    "sib-full-seconds": ("siblings", sibling("lt-full-marglik", "fit [s]")),
-    "sib-full-mem": ("siblings", sibling("lt-full-marglik", "peak memory [MB]")),
+    "sib-nll-sampled": ("siblings", value("NLL", method="sampled-em")),
+    "sib-nll-exact": ("siblings", value("NLL", method="exact-em")),
+    "sib-dyadic-sampled": ("siblings", value("dyadic κ=10", method="sampled-em")),
+    "sib-dyadic-exact": ("siblings", value("dyadic κ=10", method="exact-em")),
+    "sib-mem-sampled": ("siblings", value("peak memory [MB]", method="sampled-em")),
+    "sib-mem-exact": ("siblings", value("peak memory [MB]", method="exact-em")),
+    "sib-full-seconds": ("siblings", value("fit [s]", method="lt-full-marglik")),
+    "sib-full-mem": ("siblings", value("peak memory [MB]", method="lt-full-marglik")),
     "sib-peers-val": (
         "siblings",
         sibling_range(["lt-kron-val", "lt-diag-val", "lt-lastlayer-val"], "dyadic κ=10"),
@@ -477,11 +461,11 @@ FIGURES: dict[str, tuple[str, Callable]] = {
             ["lt-kron-marglik", "lt-diag-marglik", "lt-lastlayer-marglik"], "dyadic κ=10"
         ),
     ),
-    "sib-map-dyadic": ("siblings", sibling("MAP", "dyadic κ=10")),
-    "sib-nystrom": ("siblings", sibling("nystrom-em", "dyadic κ=10", 2)),
-    "sib-exact-val": ("siblings", sibling("exact-val", "dyadic κ=10", 2)),
-    "sib-ella": ("siblings", sibling("lt-ella-val", "dyadic κ=10", 2)),
-    "sib-map-nll": ("siblings", sibling("MAP", "NLL", 2)),
+    "sib-map-dyadic": ("siblings", value("dyadic κ=10", method="MAP")),
+    "sib-nystrom": ("siblings", value("dyadic κ=10", 2, method="nystrom-em")),
+    "sib-exact-val": ("siblings", value("dyadic κ=10", 2, method="exact-val")),
+    "sib-ella": ("siblings", value("dyadic κ=10", 2, method="lt-ella-val")),
+    "sib-map-nll": ("siblings", value("NLL", 2, method="MAP")),
     # ResNet-18
     "r18-sampler-train": ("scaling-resnet18", resnet18("sampler ÷ train (CPU)")),
     "r18-sampler-floor": ("scaling-resnet18", resnet18("sampler ÷ floor (CPU)")),
@@ -489,66 +473,45 @@ FIGURES: dict[str, tuple[str, Callable]] = {
     "r18-setup": ("scaling-resnet18", resnet18("with set-up ÷ train (CPU)")),
     "r18-uncertainty": ("scaling-resnet18", r18_uncertainty),
     # tomography
-    "t60-alpha-sampled": ("tomography-60/results", tomo("sampled-dual", "prior_precision", 4)),
-    "t60-alpha-exact": ("tomography-60/results", tomo("exact", "prior_precision", 4)),
-    "t60-sampled": (
+    "t60-alpha-sampled": (
         "tomography-60/results",
-        lambda d: (
-            f"{tomo('sampled-dual', 'marginal LL', 2)(d)} / {tomo('sampled-dual', 'patch LL (10×10)')(d)}"
-        ),
+        value("prior_precision", 4, "results", method="sampled-dual"),
     ),
-    "t60-dropout": (
+    "t60-alpha-exact": (
         "tomography-60/results",
-        lambda d: (
-            f"{tomo('mc-dropout', 'marginal LL', 4)(d)} / {tomo('mc-dropout', 'patch LL (10×10)')(d)}"
-        ),
+        value("prior_precision", 4, "results", method="exact"),
     ),
-    "t60-exact-k": (
-        "tomography-60/results",
-        lambda d: (
-            f"{tomo('exact (K = 128)', 'marginal LL', 2)(d)} / {tomo('exact (K = 128)', 'patch LL (10×10)')(d)}"
-        ),
-    ),
-    "t60-exact": (
-        "tomography-60/results",
-        lambda d: f"{tomo('exact', 'marginal LL')(d)} / {tomo('exact', 'patch LL (10×10)')(d)}",
-    ),
+    "t60-sampled": ("tomography-60/results", tomography_lls("sampled-dual", 2)),
+    "t60-dropout": ("tomography-60/results", tomography_lls("mc-dropout", 4)),
+    "t60-exact-k": ("tomography-60/results", tomography_lls("exact (K = 128)", 2)),
+    "t60-exact": ("tomography-60/results", tomography_lls("exact")),
     "t60-wall": (
         "tomography-60/results",
-        lambda d: (
-            f"{tomo('sampled-dual', 'wall-clock [min]')(d)} min against {tomo('exact', 'wall-clock [min]')(d)} min"
+        joined(
+            "{} min against {} min",
+            value("wall-clock [min]", 3, "results", method="sampled-dual"),
+            value("wall-clock [min]", 3, "results", method="exact"),
         ),
     ),
     "t60-ratio": ("tomography-60/results", tomo_ratio),
-    "t120-sampled": (
-        "tomography-120/results",
-        lambda d: (
-            f"{tomo('sampled-dual', 'marginal LL')(d)} / {tomo('sampled-dual', 'patch LL (10×10)')(d)}"
-        ),
-    ),
-    "t120-dropout": (
-        "tomography-120/results",
-        lambda d: (
-            f"{tomo('mc-dropout', 'marginal LL')(d)} / {tomo('mc-dropout', 'patch LL (10×10)')(d)}"
-        ),
-    ),
-    "t120-exact-k": (
-        "tomography-120/results",
-        lambda d: (
-            f"{tomo('exact (K = 64)', 'marginal LL')(d)} / {tomo('exact (K = 64)', 'patch LL (10×10)')(d)}"
-        ),
-    ),
+    "t120-sampled": ("tomography-120/results", tomography_lls("sampled-dual")),
+    "t120-dropout": ("tomography-120/results", tomography_lls("mc-dropout")),
+    "t120-exact-k": ("tomography-120/results", tomography_lls("exact (K = 64)")),
     "t120-wall": (
         "tomography-120/results",
-        lambda d: (
-            f"{tomo('exact', 'wall-clock [min]', 2)(d)} min against sampled's {tomo('sampled-dual', 'wall-clock [min]', 2)(d)} min"
+        joined(
+            "{} min against sampled's {} min",
+            value("wall-clock [min]", 2, "results", method="exact"),
+            value("wall-clock [min]", 2, "results", method="sampled-dual"),
         ),
     ),
     # the Fashion-MNIST ResNet-8
     "resnet-k5": (
         RESNET,
-        lambda d: (
-            f"{lora('sampled', 'joint LL κ=5', 4)(d)} against the MAP's {lora('map', 'joint LL κ=5', 4)(d)}"
+        joined(
+            "{} against the MAP's {}",
+            value("joint LL κ=5", 4, "results", method="sampled"),
+            value("joint LL κ=5", 4, "results", method="map"),
         ),
     ),
     "resnet-alpha": (RESNET, lambda d: alpha_gap("sampled", "exact")([d])),
@@ -568,16 +531,18 @@ FIGURES: dict[str, tuple[str, Callable]] = {
     "over-alpha": (OVER, alpha_gap("sampled-isotropic", "exact-isotropic")),
     "over-em": (OVER, em_convergence(("sampled-isotropic", "exact-isotropic"))),
     # LoRA
-    "lora-alpha": ("lora/results", lora_alpha_gap),
+    "lora-alpha": ("lora/results", lambda d: alpha_gap("sampled", "exact")([d])),
     # scaling
-    "ratio-cnn": ("scaling-ratio-cpu", ratio("cnn")),
-    "ratio-resnet": ("scaling-ratio-cpu", ratio("resnet")),
-    "ratio-cnn-vmap": ("scaling-ratio-cpu", ratio("cnn", "vmap")),
-    "ratio-resnet-vmap": ("scaling-ratio-cpu", ratio("resnet", "vmap")),
+    "ratio-cnn": ("scaling-ratio-cpu", value("ratio", model="cnn", batching="loop")),
+    "ratio-resnet": ("scaling-ratio-cpu", value("ratio", model="resnet", batching="loop")),
+    "ratio-cnn-vmap": ("scaling-ratio-cpu", value("ratio", model="cnn", batching="vmap")),
+    "ratio-resnet-vmap": ("scaling-ratio-cpu", value("ratio", model="resnet", batching="vmap")),
     "dim-3m": (
         "scaling-dimension",
-        lambda d: (
-            f"{scaling_row('3M', 'sampled', 'seconds', 3)(d)} s and {sig(row(d['rows'], d='3M', method='sampled')['peak memory [MB]'] / 1024, 2)} GB"
+        joined(
+            "{} s and {} GB",
+            value("seconds", 3, d="3M", method="sampled"),
+            lambda d: sig(row(d["rows"], d="3M", method="sampled")["peak memory [MB]"] / 1024, 2),
         ),
     ),
     "dim-20k-bound": ("scaling-dimension", full_laplace_bound),
@@ -601,6 +566,9 @@ FIGURES: dict[str, tuple[str, Callable]] = {
     "data-memory": ("scaling-data", data_memory),
     "batching-mlp": ("tangent_batching", batching("MLP", (16, 64))),
     "batching-cnn": ("tangent_batching", batching("CNN", (16, 64))),
-    "dense-subnetwork": ("dense_features", dense("subnetwork (1,000 weights)")),
-    "dense-exact": ("dense_features", dense("exact (all weights)")),
+    "dense-subnetwork": (
+        "dense_features",
+        value("speed-up", 2, method="subnetwork (1,000 weights)"),
+    ),
+    "dense-exact": ("dense_features", value("speed-up", 2, method="exact (all weights)")),
 }

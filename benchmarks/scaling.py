@@ -443,11 +443,13 @@ def resnet18_section() -> None:
             max(row[f"{fit} CPU, each repeat [s]"]) - min(row[f"{fit} CPU, each repeat [s]"])
             for fit in ("1-epoch fit", "3-epoch fit")
         ]
+        row["sampler epoch per sample CPU uncertainty [s]"] = sum(spread) / (4 * k)
         note += (
             f"The fits' repeats spread over {spread[0]:.1f} s (1 epoch) and {spread[1]:.1f} s "
             f"(3 epochs) of CPU time, against a difference of medians of "
             f"{row['3-epoch fit CPU [s]'] - row['1-epoch fit CPU [s]']:.1f} s: the sampler epoch "
-            f"per sample is uncertain by about ±{sum(spread) / (4 * k):.1f} s, so its ratios are "
+            "per sample is uncertain by about "
+            f"±{row['sampler epoch per sample CPU uncertainty [s]']:.1f} s, so its ratios are "
             "rough; CPU time is the less noisy clock here.\n\n"
         )
     if "error" in row:
