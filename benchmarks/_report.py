@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from linearised_laplace.experiments.provenance import (  # noqa: F401 (earlier_provenance: re-exported)
+from linearised_laplace.experiments.provenance import (
     earlier_provenance,
     provenance,
     provenance_line,
@@ -37,6 +37,13 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def committed(name: str) -> tuple[dict, dict]:
+    """``results/<name>.json`` and how it was made (recorded, or its last commit), for a rewrite."""
+    path = RESULTS / f"{name}.json"
+    payload = json.loads(path.read_text())
+    return payload, payload.get("provenance") or earlier_provenance(path)
 
 
 def write(name: str, payload: dict, markdown: str, made: dict | None = None) -> None:

@@ -17,11 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 from figures import FIGURES, RESULTS, load
+
+from linearised_laplace.experiments.provenance import earlier_provenance, git
 
 ROOT = RESULTS.parent.parent
 DOCUMENTS = (
@@ -41,7 +42,7 @@ def render(text: str, figures: dict = FIGURES) -> str:
     def fill(match: re.Match, block: bool) -> str:
         name = match["name"]
         if name not in figures:
-            raise KeyError(f"unknown figure {name!r}: add it to benchmarks/readme.py's FIGURES")
+            raise KeyError(f"unknown figure {name!r}: add it to benchmarks/figures.py's FIGURES")
         source, figure = figures[name]
         value = figure(load(source))
         if block:
@@ -57,9 +58,8 @@ def regions(text: str) -> list[tuple[str, str, str]]:
     found = []
     for pattern in (BLOCK, INLINE):
         for match in pattern.finditer(text):
-            before = (
-                match.start() - 2 if pattern is BLOCK else match.start()
-            )  # a block: and the paragraph above
+            # a block's paragraph is the one above it
+            before = match.start() - 2 if pattern is BLOCK else match.start()
             start = max(text.rfind("\n\n", 0, before), text.rfind("\n- ", 0, before))
             ends = [
                 i
@@ -68,6 +68,13 @@ def regions(text: str) -> list[tuple[str, str, str]]:
             ]
             found.append((match["name"], match["text"], text[start : min(ends, default=len(text))]))
     return found
+
+
+def disagreements(text: str, figures: dict = FIGURES) -> dict[str, tuple[str, str]]:
+    """``{name: (as written, as its source gives it)}`` for every figure of ``text`` that differs."""
+    written = {name: value for name, value, _ in regions(text)}
+    fresh = {name: value for name, value, _ in regions(render(text, figures))}
+    return {name: (written[name], fresh[name]) for name in fresh if written[name] != fresh[name]}
 
 
 def unnamed_sources(text: str, figures: dict = FIGURES) -> list[str]:
@@ -81,11 +88,6 @@ def unnamed_sources(text: str, figures: dict = FIGURES) -> list[str]:
     return missing
 
 
-def _git(root: Path, *args: str) -> str:
-    done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-    return done.stdout.strip() if done.returncode == 0 else ""
-
-
 def stale(results: Path = RESULTS, root: Path = ROOT) -> list[str]:
     """Results files made at a commit after which ``src/`` or their own script changed.
 
@@ -95,12 +97,10 @@ def stale(results: Path = RESULTS, root: Path = ROOT) -> list[str]:
     pages = {*results.glob("*.json"), *results.rglob("results.json")}
     for path in sorted(pages):
         made = json.loads(path.read_text()).get("provenance") or {}
-        commit = made.get("commit") or _git(root, "log", "-1", "--format=%H", "--", str(path))
+        commit = made.get("commit") or earlier_provenance(path, root)["commit"]
         script = re.search(r"benchmarks/\w+\.py", made.get("command", ""))
         paths = ["src/linearised_laplace"] + ([script[0]] if script else [])
-        changed = (
-            _git(root, "rev-list", "--count", f"{commit}..HEAD", "--", *paths) if commit else ""
-        )
+        changed = git("rev-list", "--count", f"{commit}..HEAD", "--", *paths, root=root)
         if changed and int(changed) > 0:
             lines.append(
                 f"{path.relative_to(results)}: made at {commit[:10]}; {changed} commits have "
@@ -121,17 +121,14 @@ def main(argv: list[str] | None = None) -> int:
         text = path.read_text()
         new = render(text)
         failures += [f"{document}: {line}" for line in unnamed_sources(new)]
-        if new != text:
-            if args.check:
-                old_regions = {n: t for n, t, _ in regions(text)}
-                failures += [
-                    f"{document}: figure {n} reads {old_regions.get(n, '')!r}, its source gives {t!r}"
-                    for n, t, _ in regions(new)
-                    if old_regions.get(n) != t
-                ]
-            else:
-                path.write_text(new)
-                print(f"rewrote {document}")
+        if args.check:
+            failures += [
+                f"{document}: figure {name} reads {written!r}, its source gives {fresh!r}"
+                for name, (written, fresh) in disagreements(text).items()
+            ]
+        elif new != text:
+            path.write_text(new)
+            print(f"rewrote {document}")
     for line in stale():
         print(f"older than its code: {line}")
     for line in failures:

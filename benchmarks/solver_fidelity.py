@@ -36,7 +36,7 @@ import warnings
 
 import matplotlib
 import torch
-from _report import RESULTS, earlier_provenance, markdown_table, write
+from _report import RESULTS, committed, markdown_table, write
 from fidelity_problems import PROBLEMS, Problem, mean_variance, monte_carlo_error
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -209,13 +209,11 @@ def page(samples: int, rows: list[dict]) -> str:
 
 def render(name: str) -> None:
     """Rewrite ``results/<name>.md`` from its JSON, applying :func:`passes` anew."""
-    path = RESULTS / f"{name}.json"
-    payload = json.loads(path.read_text())
+    payload, made = committed(name)
     for row in payload["rows"]:
         row["pass"] = passes(row)
         row.setdefault("repeats", 1)
     payload["pass rule"] = PASS_RULE
-    made = payload.get("provenance") or earlier_provenance(path)
     write(name, payload, page(payload["samples"], payload["rows"]), made=made)
 
 

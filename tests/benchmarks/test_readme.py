@@ -24,10 +24,7 @@ readme, figures = _load("readme"), _load("figures")
 
 @pytest.mark.parametrize("document", readme.DOCUMENTS)
 def test_every_marked_figure_agrees_with_its_results_file(document):
-    text = (ROOT / document).read_text()
-    stale = {n: t for n, t, _ in readme.regions(text)}
-    fresh = {n: t for n, t, _ in readme.regions(readme.render(text))}
-    differ = {n: (stale[n], fresh[n]) for n in fresh if stale[n] != fresh[n]}
+    differ = readme.disagreements((ROOT / document).read_text())
     assert not differ, f"run `make readme`; {document} disagrees with its results: {differ}"
 
 
@@ -42,10 +39,11 @@ def test_every_figure_is_used_somewhere():
     assert set(figures.FIGURES) - used == set()
 
 
-def test_a_changed_figure_is_put_back_from_its_source():
+def test_a_changed_figure_is_reported_and_put_back_from_its_source():
     text = "in `sampler_convergence`: <!-- fig sc-blr-lv -->99 %<!-- /fig -->"
     value = figures.FIGURES["sc-blr-lv"][1](figures.load("sampler_convergence"))
     assert value != "99 %"
+    assert readme.disagreements(text) == {"sc-blr-lv": ("99 %", value)}
     assert (
         readme.render(text)
         == f"in `sampler_convergence`: <!-- fig sc-blr-lv -->{value}<!-- /fig -->"

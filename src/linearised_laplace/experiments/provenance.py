@@ -12,9 +12,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[3]  # the checkout, where the package is installed editable
 
 
-def _git(*args: str) -> str:
+def git(*args: str, root: Path = ROOT) -> str:
+    """``git ARGS`` in ``root``: its output, or ``""`` where git or the checkout is missing."""
     try:
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True)
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         return ""
     return done.stdout.strip()
@@ -32,16 +33,16 @@ def provenance() -> dict:
     """The record of a run made now (``commit`` is ``None`` outside a git checkout)."""
     return {
         "command": " ".join([_program(), *sys.argv[1:]]),
-        "commit": _git("rev-parse", "HEAD") or None,
-        "uncommitted changes": bool(_git("status", "--porcelain", "--", "src", "benchmarks/*.py")),
+        "commit": git("rev-parse", "HEAD") or None,
+        "uncommitted changes": bool(git("status", "--porcelain", "--", "src", "benchmarks/*.py")),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "threads": torch.get_num_threads(),
     }
 
 
-def earlier_provenance(path: Path) -> dict:
+def earlier_provenance(path: Path, root: Path = ROOT) -> dict:
     """The record of a results file made before records were kept: the last commit that changed it."""
-    found = _git("log", "-1", "--format=%H %cs", "--", str(path)) or "unknown unknown"
+    found = git("log", "-1", "--format=%H %cs", "--", str(path), root=root) or "unknown unknown"
     commit, date = found.split()
     return {
         "commit": commit,
