@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 import torch
-from _report import RESULTS, earlier_provenance, markdown_table, write
+from _report import RESULTS, committed, markdown_table, write
 from safetensors import safe_open
 
 import linearised_laplace as lla
@@ -40,6 +40,7 @@ SAMPLED = {
     "sampled-isotropic-mapmean": "isotropic",
 }
 OUT = RESULTS / "fashion-mnist-cnn-overconfident" / "seed-0"
+TIMES = ("wall [s]", "CPU [s]")  # a grid row's cost, where it was timed
 COLUMNS = [
     "prior",
     "α",
@@ -106,7 +107,7 @@ def page(out: Path, rows: list[dict], map_mean: list[dict]) -> tuple[dict, str]:
     for method in ("map", "ensemble", "sampled", "exact", "sampled-isotropic", "exact-isotropic"):
         if (r := _row(out, method)) is not None:
             alpha = r.get("prior_precision", [None])[0]
-            reference.append({**r, "prior": method, "α": alpha or ""})
+            reference.append({**r, "prior": method, "α": alpha or "", "EM": _em_outcome(r)})
     markdown = "\n".join(
         [
             "# Exact LLA over a grid of prior precisions: the overconfident Fashion-MNIST CNN",
@@ -117,12 +118,13 @@ def page(out: Path, rows: list[dict], map_mean: list[dict]) -> tuple[dict, str]:
             "network's own weights (laplace-torch's, and the `-isotropic` rows'; its KFAC row learnt "
             "α = 18.5 so). The benchmark's rows for reference below.",
             "",
-            markdown_table(rows, [*COLUMNS, "wall [s]", "CPU [s]"]),
+            markdown_table(rows, [*COLUMNS, *(c for c in TIMES if any(c in r for r in rows))]),
             "",
-            "Benchmark rows (seed 0's `methods/*.json` as committed now, α from EM after its 5 "
-            "steps; `--render` rereads them):",
+            "Benchmark rows (seed 0's `methods/*.json` as committed now, α from EM; the `EM` "
+            "column says whether it converged, and an unconverged α is EM's last iterate, not its "
+            "fixed point; `--render` rereads them):",
             "",
-            markdown_table(reference, COLUMNS),
+            markdown_table(reference, [*COLUMNS, "EM"]),
             "",
             *[
                 f'Exact EM with the MAP\'s weights as the mean (`mean="network"`, the '
@@ -139,11 +141,18 @@ def page(out: Path, rows: list[dict], map_mean: list[dict]) -> tuple[dict, str]:
 
 def render(name: str = "prior_sweep") -> None:
     """Rewrite the page from its JSON and the benchmark's rows as committed now; run nothing."""
-    path = RESULTS / f"{name}.json"
-    payload = json.loads(path.read_text())
-    made = payload.get("provenance") or earlier_provenance(path)
+    payload, made = committed(name)
     new, markdown = page(OUT, payload["grid"], payload.get("map mean fixed point", []))
     write(name, new, markdown, made=made)
+
+
+def _em_outcome(result: dict) -> str:
+    """``"converged after k steps"`` or ``"unconverged after k steps"`` from a row's EM history."""
+    history = result.get("em_history")
+    if not history:
+        return ""
+    state = "converged" if history[-1].get("converged") else "unconverged"
+    return f"{state} after {len(history) - 1} steps"
 
 
 def _row(out: Path, method: str) -> dict | None:
@@ -191,7 +200,7 @@ def _fidelity(prior: str, sampled: dict | None, rows: list[dict]) -> list[str]:
     return [
         "",
         f"Fidelity: the `{sampled['method']}` row against exact LLA at its EM α = {alpha:.4g} "
-        f"({prior}; same network and prior, 32 samples each: they differ by the sampler's error "
+        f"(EM {_em_outcome(sampled)}; {prior}; same network and prior, 32 samples each: they differ by the sampler's error "
         "and Monte-Carlo error):",
         "",
         markdown_table(table, ["", "sampled", "exact", "relative difference"]),
