@@ -166,3 +166,10 @@ def test_tensor_inputs_keep_their_fingerprint():
 def test_bad_tree_sources_raise(source, error, match):
     with pytest.raises(error, match=match):
         Data(source)
+
+
+def test_n_batches_counts_the_batches_of_one_pass():
+    x, y = torch.randn(10, 2), torch.randn(10)
+    for batch_size in (1, 3, 5, 10, 64):
+        data = Data(DataLoader(TensorDataset(x, y), batch_size=batch_size))
+        assert data.n_batches == len(list(data.batches()))

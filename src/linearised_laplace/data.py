@@ -174,6 +174,11 @@ class Data:
     def __len__(self) -> int:
         return self.n
 
+    @property
+    def n_batches(self) -> int:
+        """Batches in one pass of :meth:`batches` at the data's batch size."""
+        return -(-self.n // self.batch_size)
+
     def batches(
         self, order: Tensor | None = None, batch_size: int | None = None
     ) -> Iterator[Batch]:

@@ -136,8 +136,8 @@ class LinearGaussianModel:
         jacobian = torch.empty(n, c, d, dtype=dtype, device=device)
         offset = torch.empty(n, c, dtype=dtype, device=device)
         targets = []
-        n_batches = -(-n // self.data.batch_size)
-        bar = progress_bar(self.data.batches(), enabled=progress, desc="features", total=n_batches)
+        batches = self.data.batches()
+        bar = progress_bar(batches, enabled=progress, desc="features", total=self.data.n_batches)
         for idx, x, y in bar:
             offset[idx] = self.features.forward(x)
             self.check_batch(x, y, offset[idx])

@@ -151,8 +151,9 @@ def draw_posterior_noise(
     extra = NoiseSource(source.seed, source.chunk, stream="probe")
     n_extra = max(0, n_probes - n_samples)
     u = xi.new_zeros(n_samples + n_extra, features.n_params)
-    n_batches = -(-len(data) // data.batch_size)
-    for idx, x, y in progress_bar(data.batches(), enabled=progress, total=n_batches, desc="noise"):
+    for idx, x, y in progress_bar(
+        data.batches(), enabled=progress, total=data.n_batches, desc="noise"
+    ):
         f0, pull = features.pullback(x)
         model.check_batch(x, y, f0)
         nu = source.points(idx, n_samples, f0.shape[-1], **kw)

@@ -64,7 +64,7 @@ def swag_variance(
     prior_diag = model.prior_diag()
     theta = lin.theta_star.clone().requires_grad_(True)
     optimiser = torch.optim.SGD([theta], lr=lr / curvature, momentum=0.9, nesterov=True)
-    steps_per_epoch = -(-len(data) // data.batch_size)
+    steps_per_epoch = data.n_batches
     every = max(1, steps_per_epoch // 4)
     first = torch.zeros_like(theta, dtype=torch.float64)
     second = torch.zeros_like(first)

@@ -45,13 +45,14 @@ def write_report(report: dict, out: Path) -> None:
     failed = [r for r in report["results"] if "error" in r]
     names = [r["method"] for r in done]
     s = report["settings"]
+    sentences = summary(done)
     lines = [
         f"# {s['dataset']} / {s['model']}: marginal and joint log-likelihoods",
         "",
         f"{s['n_samples']} posterior samples per predictive; EM for {s['em_steps']} steps; "
         f"seed {s['seed']}. {PROTOCOL} Dyadic: the neural testbed's pairs with 10 labels.",
         "",
-        *(["## What this run shows", "", " ".join(summary(done)), ""] if summary(done) else []),
+        *(["## What this run shows", "", " ".join(sentences), ""] if sentences else []),
         "Columns of the summary (on the test set):",
         "",
         *(f"- **{name}** ({better} is better): {text}." for name, better, text in LEGEND),
