@@ -27,9 +27,9 @@ from _report import RESULTS, committed, markdown_table, write
 from safetensors import safe_open
 
 import linearised_laplace as lla
-from linearised_laplace.em import eigen_gamma
 from linearised_laplace.experiments import classification as bench
 from linearised_laplace.experiments.timing import stopwatch
+from linearised_laplace.posteriors.gamma import eigen_gamma
 
 GRID = (30.0, 100.0, 1000.0)  # g-prior; and the sampled row's EM α, for the fidelity table
 ISOTROPIC_GRID = (3.0, 10.0, 30.0, 100.0)  # an isotropic prior on the network's own weights

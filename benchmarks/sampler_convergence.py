@@ -15,8 +15,9 @@ from _report import RESULTS, markdown_table, write
 from torch import nn
 
 import linearised_laplace as lla
+from linearised_laplace.core.linalg import cholesky, cholesky_solve
 from linearised_laplace.experiments.timing import stopwatch
-from linearised_laplace.solvers.cholesky import cholesky, cholesky_solve, posterior_precision
+from linearised_laplace.solvers.cholesky import posterior_precision
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

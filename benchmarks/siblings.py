@@ -100,8 +100,8 @@ def scores(log_probs: torch.Tensor, y: torch.Tensor) -> dict:
 
 def zero_curvature_share(net: nn.Module, train_data, indices: torch.Tensor) -> float:
     """Share of the chosen weights whose GGN diagonal is (numerically) zero on the training data."""
-    from linearised_laplace.g_prior import ggn_diagonal_exact
-    from linearised_laplace.ranking import ZERO_CURVATURE
+    from linearised_laplace.coordinates.g_prior import ggn_diagonal_exact
+    from linearised_laplace.coordinates.ranking import ZERO_CURVATURE
 
     lin = lla.Linearisation(net)
     prior = lla.make_prior(1.0, lin.selection.group_ids, lin.selection.names)

@@ -44,7 +44,7 @@ def dense_parts(model: LinearGaussianModel):
     phi = model.features.to_dense(idx)
     f0 = model.features.forward(idx)
     hess, factor = model.likelihood.hessian(f0), model.likelihood.factor(f0)
-    precision = torch.einsum("ncd,nce,nef->df", phi, hess, phi) + torch.diag(model.prior_diag())
+    precision = torch.einsum("ncd,nce,nef->df", phi, hess, phi) + torch.diag(model.precision.prior)
     return phi, hess, factor, precision
 
 

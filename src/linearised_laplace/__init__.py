@@ -10,23 +10,23 @@ Imported as ``lla`` in the documentation::
 """
 
 from . import metrics
-from .coordinates import Coordinates
-from .data import Data
+from .coordinates.coordinates import Coordinates
+from .coordinates.g_prior import ScaledFeatures
 from .exceptions import ConvergenceError, ConvergenceWarning, DivergenceError, NotFittedError
-from .features import FeatureOperator, MatrixFeatures
-from .g_prior import ScaledFeatures
-from .likelihoods import Categorical, Gaussian, Likelihood
-from .linear_model import LinearGaussianModel
-from .linearisation import Linearisation
 from .methods.base import Laplace
 from .methods.exact import ExactLaplace
 from .methods.nystrom import NystromLaplace
 from .methods.sampled import SampledLaplace
 from .methods.subnetwork import SubnetworkLaplace
-from .noise import NoiseSource, PosteriorNoise, draw_posterior_noise
-from .parameters import ParameterSelection, select_parameters
+from .model.data import Data
+from .model.likelihoods import Categorical, Gaussian, Likelihood
+from .model.linear_model import LinearGaussianModel
+from .model.noise import NoiseSource, PosteriorNoise, draw_posterior_noise
+from .model.priors import Prior, make_prior
+from .network.features import FeatureOperator, MatrixFeatures
+from .network.linearisation import Linearisation
+from .network.parameters import ParameterSelection, select_parameters
 from .posteriors import DensePosterior, SampledPosterior
-from .priors import Prior, make_prior
 from .solvers import CG, SDD, SGD, Cholesky, Objective, SolveInfo, SolveResult
 from .solvers.newton import Newton
 

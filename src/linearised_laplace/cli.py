@@ -16,11 +16,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from .experiments import explanation, lora, peers
+from .experiments.catalogue import ALL_METHODS, CORE_METHODS, OUR_METHODS
 from .experiments.classification import (
-    ALL_METHODS,
-    CORE_METHODS,
     DATASETS,
-    OUR_METHODS,
     WEIGHT_DECAY,
     Settings,
     run,
@@ -34,7 +32,7 @@ DEMO_PEERS = ("lt-kron-marglik", "lt-kron-val", "lt-lastlayer-val", "lt-ella-val
 
 
 def _prepare_output(out: str) -> None:
-    from .persistence import check_writable
+    from .core.persistence import check_writable
 
     try:
         Path(out).mkdir(parents=True, exist_ok=True)

@@ -14,9 +14,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ._checks import check_finite, check_positive_int, plain_int
-from .linalg import cholesky, whiten
-from .seeds import seeded_generator
+from .core.checks import check_finite, check_positive_int, plain_int
+from .core.linalg import cholesky, whiten
+from .core.seeds import seeded_generator
 
 __all__ = [
     "accuracy",

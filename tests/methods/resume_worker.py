@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import linearised_laplace as lla
+from linearised_laplace.core import persistence
 
 from ..cases import classification_data
 
@@ -32,14 +33,14 @@ def run(checkpoint: str | None = None, max_iter: int = 8) -> lla.SampledLaplace:
 
 def kill_after(step: int) -> None:
     """SIGKILL this process once the checkpoint of EM step ``step`` is written."""
-    write = lla.persistence.write
+    write = persistence.write
 
     def write_then_kill(path, tensors, metadata):
         write(path, tensors, metadata)
         if metadata.get("step") == step:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    lla.persistence.write = write_then_kill
+    persistence.write = write_then_kill
 
 
 if __name__ == "__main__":

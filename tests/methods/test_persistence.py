@@ -5,10 +5,10 @@ import torch
 from torch import nn
 
 import linearised_laplace as lla
-from linearised_laplace import persistence
+from linearised_laplace.core import persistence
 
 from ..cases import classification_data, regression_data
-from ..test_persistence import flip_payload_bit
+from ..core.test_persistence import flip_payload_bit
 
 QUIET = {"progress": False}
 

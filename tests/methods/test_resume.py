@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import linearised_laplace as lla
-from linearised_laplace import persistence
+from linearised_laplace.core import persistence
 
 from ..cases import classification_data
 from .resume_worker import run

@@ -86,7 +86,7 @@ def test_ranked_strategies_never_choose_weights_without_curvature(strategy):
 
 
 def test_swag_variance_is_deterministic_and_positive():
-    from linearised_laplace.ranking import swag_variance
+    from linearised_laplace.coordinates.ranking import swag_variance
 
     net = mlp()
     x, y = classification_data(40)

@@ -12,7 +12,7 @@ def closed_form(model, noise):
     phi, hess, factor, _ = dense_parts(model)
     idx = torch.arange(len(model.data))
     nu = noise.source.points(idx, noise.n_samples, phi.shape[1], dtype=phi.dtype, device="cpu")
-    return reference.sto_closed_form(phi, factor, model.prior_diag(), noise.xi, nu, hess)
+    return reference.sto_closed_form(phi, factor, model.precision.prior, noise.xi, nu, hess)
 
 
 @pytest.mark.parametrize("likelihood", ["classification", "regression"])

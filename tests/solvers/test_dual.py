@@ -2,14 +2,9 @@ import pytest
 import torch
 
 import linearised_laplace as lla
-from linearised_laplace.mean import MeanMode, MeanProblem, solve_mean
-from linearised_laplace.solvers.dual import (
-    dual_matrix,
-    gaussian_mean,
-    kernel_vec,
-    observations,
-    solve_dual,
-)
+from linearised_laplace.solvers.dual import gaussian_mean, solve_dual
+from linearised_laplace.solvers.kernel import dual_matrix, kernel_vec, observations
+from linearised_laplace.solvers.mean import MeanMode, MeanProblem, solve_mean
 from linearised_laplace.solvers.newton import Newton
 
 from ..cases import classification_data, mlp
@@ -83,7 +78,7 @@ def test_gaussian_mean_in_the_dual_equals_the_primal_mode(mode):
     model = matrix_model(n=12, d=50, likelihood="regression", alpha=[0.5, 3.0])
     problem = MeanProblem(model, mode, torch.randn(model.n_params))
     zero = torch.zeros(1, model.n_params)
-    primal = solve_mean(problem, Newton(rtol=1e-12), zero[0], model.prior_diag())
+    primal = solve_mean(problem, Newton(rtol=1e-12), zero[0], model.precision.prior)
     targets = lambda x, y: y - problem.outputs(x, zero)[0]  # noqa: E731
     for solver, tol in ((lla.Cholesky(), 1e-10), (lla.CG(rtol=1e-8, preconditioner_rank=10), 1e-6)):
         dual = gaussian_mean(model, targets, solver)

@@ -5,7 +5,7 @@ import torch
 
 import linearised_laplace as lla
 from linearised_laplace import reference
-from linearised_laplace.linearisation import Linearisation
+from linearised_laplace.network.linearisation import Linearisation
 from linearised_laplace.tomography import RayTransform, shepp_logan
 from linearised_laplace.tomography.dip import DIPConfig, fit_dip
 from linearised_laplace.tomography.linearised import LinearisedDIP, exact_linearised_dip
@@ -61,7 +61,7 @@ def test_image_samples_equal_the_exact_posterior_for_the_same_noise(problem, spa
     nu = noise.source.points(torch.arange(1), 4, m, dtype=phi.dtype, device="cpu")
     factors = torch.eye(m)[None] / SIGMA
     zeta = reference.sto_closed_form(
-        phi[None], factors, model.prior_diag(), noise.xi, nu, factors @ factors
+        phi[None], factors, model.precision.prior, noise.xi, nu, factors @ factors
     )
     expected = (zeta @ image.T).reshape(4, 16, 16)
     assert relative_error(la.image_samples(z), expected) < 1e-7

@@ -11,8 +11,8 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from ..inputs import logits
-from ..linearisation import eval_mode
+from ..network.inputs import logits
+from ..network.linearisation import eval_mode
 
 
 def ensemble_samples(models: list[nn.Module], x: Tensor) -> Tensor:

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .. import metrics
-from .._progress import progress_bar
+from ..core.progress import progress_bar
 from ..methods.exact import ExactLaplace
 from ..methods.nystrom import NystromLaplace
 from ..methods.sampled import SampledLaplace
@@ -29,28 +29,15 @@ from ..methods.subnetwork import SubnetworkLaplace
 from ..solvers import SGD
 from . import peers
 from .baselines import ensemble_samples, mc_dropout_samples
+from .catalogue import ALL_METHODS, EM_OPTIONS, OUR_METHODS, VARIANTS
 from .datasets import ImageData, digits, fashion_mnist, out_of_distribution, rotate
 from .models import ARCHITECTURES, build
 from .provenance import provenance
+from .report import seed_reports, write_report, write_seed_report
 from .timing import stopwatch
 from .training import TrainConfig, train_map
 from .workers import run_worker, use_idle_cores
 
-CORE_METHODS = ("map", "ensemble", "mc-dropout", "sampled", "exact", "subnetwork", "nystrom")
-# Variants of sampled and exact: the last layer only, an isotropic prior instead of the g-prior,
-# and EM with the MAP's weights as the mean (laplace-torch's marglik fixed point) instead of θ̄.
-VARIANTS = {
-    "-lastlayer": {"parameters": "last_layer"},
-    "-isotropic": {"g_prior": False},
-    "-mapmean": {"mean": "network"},
-}
-EM_OPTIONS = ("mean",)  # variant options of EM rather than of the linear model
-OUR_METHODS = CORE_METHODS + tuple(
-    f"{m}{v}"
-    for v in ("-lastlayer", "-isotropic", "-isotropic-mapmean")
-    for m in ("sampled", "exact")
-)
-ALL_METHODS = OUR_METHODS + peers.PEER_METHODS  # a report's row order
 WEIGHT_DECAY = 1e-4
 DATASETS = ("digits", "fashion-mnist")
 ANGLES = (0, 15, 30, 45, 60, 75, 90, 120, 150, 180)
@@ -417,8 +404,6 @@ def run(settings: Settings, progress: bool | None = None) -> dict:
         "provenance": provenance(),
     }
     (out / "results.json").write_text(json.dumps(report, indent=1))
-    from .report import write_report
-
     write_report(report, out)
     return report
 
@@ -429,8 +414,6 @@ def run_seeds(settings: Settings, seeds: list[int], progress: bool | None = None
     ``out/results.md`` then holds the mean ± standard error over every ``seed-*`` folder in ``out``,
     those of earlier runs too (their settings must match, bar the seed, methods and angles).
     """
-    from .report import seed_reports, write_seed_report
-
     reports = [
         run(replace(settings, seed=seed, out=str(Path(settings.out) / f"seed-{seed}")), progress)
         for seed in seeds

@@ -33,11 +33,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .._progress import progress_bar
-from ..inputs import logits
+from ..core.progress import progress_bar
+from ..core.seeds import seeded_generator
 from ..methods.exact import ExactLaplace
 from ..methods.sampled import SampledLaplace
-from ..seeds import seeded_generator
+from ..network.inputs import logits
 from ..solvers import SGD
 from . import peers
 from .baselines import ensemble_samples, mc_dropout_samples

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ..linearisation import Linearisation
+from ..network.linearisation import Linearisation
 
 BATCH = 100
 # ASDL's predictive takes a jacrev over each batch: activations of (C·b) × b images

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .classification import ALL_METHODS, OUR_METHODS  # noqa: E402
+from .catalogue import ALL_METHODS, OUR_METHODS  # noqa: E402
 from .explanation import LEGEND, summary  # noqa: E402
 
 SUMMARY = [

@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .. import persistence
-from .._checks import check_positive_int
-from .._progress import progress_bar
-from ..inputs import logits
-from ..seeds import seeded_generator
+from ..core import persistence
+from ..core.checks import check_positive_int
+from ..core.progress import progress_bar
+from ..core.seeds import seeded_generator
+from ..network.inputs import logits
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def train_map(
 
     Args:
         model: The network (trained in place and left in evaluation mode); its outputs may be a
-            ``ModelOutput`` (its ``.logits``; :func:`~linearised_laplace.inputs.logits`). Only
+            ``ModelOutput`` (its ``.logits``; :func:`~linearised_laplace.network.inputs.logits`). Only
             parameters that require gradients change (e.g. a ``peft`` model's adapters).
         data: Inputs ``[N, ...]`` and integer labels ``[N]``.
         config: Settings.

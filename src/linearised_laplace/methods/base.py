@@ -3,7 +3,7 @@ r"""The one linearised-Laplace class: coordinates × posterior, with the predict
 A method linearises ``model`` at its parameters ``θ*`` as they are when ``fit`` or
 ``optimize_prior_precision`` starts (a network trained after the method was built is linearised at
 its trained weights; anything fitted at other weights is discarded), and infers the posterior of
-the tangent linear model ``f(x; θ*) + J(x) ζ`` in its :class:`~linearised_laplace.coordinates.
+the tangent linear model ``f(x; θ*) + J(x) ζ`` in its :class:`~linearised_laplace.coordinates.coordinates.
 Coordinates` (g-prior scaled, a subnetwork, a Nyström basis). Predictions are centred on the
 network's own outputs; the posterior enters through zero-mean samples or its covariance.
 """
@@ -21,14 +21,19 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from .. import persistence
-from .._checks import check_finite, check_memory_gib, check_positive, check_positive_int, check_seed
-from ..coordinates import Coordinates
-from ..data import Data
-from ..em import EMState, check_em_settings, run_em, run_fingerprint
+from ..coordinates.coordinates import Coordinates
+from ..core import persistence
+from ..core.checks import (
+    check_finite,
+    check_memory_gib,
+    check_positive,
+    check_positive_int,
+    check_seed,
+)
 from ..exceptions import NotFittedError
-from ..inputs import Inputs, as_inputs
-from ..likelihoods import (
+from ..metrics import linearised_joint_nll, linearised_nll
+from ..model.data import Data
+from ..model.likelihoods import (
     Categorical,
     Gaussian,
     Likelihood,
@@ -36,13 +41,16 @@ from ..likelihoods import (
     make_likelihood,
     with_noise,
 )
-from ..linear_model import FEATURE_MEMORY_GIB, LinearGaussianModel
-from ..linearisation import Linearisation, TangentBatching
-from ..mean import MeanMode, mean_mode
-from ..metrics import linearised_joint_nll, linearised_nll
-from ..parameters import ParameterSpec
+from ..model.linear_model import FEATURE_MEMORY_GIB, LinearGaussianModel
+from ..model.priors import make_prior
+from ..network.inputs import Inputs, as_inputs
+from ..network.linearisation import Linearisation, TangentBatching
+from ..network.parameters import ParameterSpec
 from ..posteriors import Posterior
-from ..priors import make_prior
+from ..solvers.mean import MeanMode, mean_mode
+from ..tuning.checkpoint import run_fingerprint
+from ..tuning.em import check_em_settings, run_em
+from ..tuning.state import EMState
 
 LikelihoodSpec = Literal["classification", "regression"] | Likelihood
 TrainingData = DataLoader | tuple[Inputs, Tensor]
@@ -86,12 +94,12 @@ class Laplace:
             a tensor ``[N, ...]`` (``model(x)``), a tuple of tensors (``model(*x)``) or a dict of
             them (``model(**x)``, e.g. a Hugging Face batch), ``N`` rows each. The outputs may be
             a tensor, a tuple or list (its first element), a dict (its ``"logits"``, else its first
-            value) or a ``ModelOutput`` (its ``.logits``): :mod:`~linearised_laplace.inputs`.
+            value) or a ``ModelOutput`` (its ``.logits``): :mod:`~linearised_laplace.network.inputs`.
         likelihood: ``"classification"`` (softmax over ``C`` logits), ``"regression"`` (Gaussian),
-            or a :class:`~linearised_laplace.likelihoods.Likelihood`.
+            or a :class:`~linearised_laplace.model.likelihoods.Likelihood`.
         posterior: A :class:`~linearised_laplace.posteriors.DensePosterior` or
             :class:`~linearised_laplace.posteriors.SampledPosterior`.
-        coordinates: Keywords of :class:`~linearised_laplace.coordinates.Coordinates` (``ranking``,
+        coordinates: Keywords of :class:`~linearised_laplace.coordinates.coordinates.Coordinates` (``ranking``,
             ``basis``, ``output_map``).
         prior_precision: ``α > 0``, one value per linearised parameter tensor (layerwise), or
             ``[D]``, one per linearised weight (diagonal; not learnt by EM).
@@ -100,7 +108,7 @@ class Laplace:
         n_samples: Posterior samples ``S`` drawn by ``fit``.
         seed: Seeds every random draw; equal seeds give equal samples.
         parameters: Which parameters to linearise: ``"all"``, ``"last_layer"``, names or patterns,
-            or flat indices (see :func:`~linearised_laplace.parameters.select_parameters`).
+            or flat indices (see :func:`~linearised_laplace.network.parameters.select_parameters`).
         exclude_norm: Leave normalisation-layer affine parameters out.
         g_prior: Rescale features to unit GGN diagonal and put the prior on rescaled weights.
         g_prior_probes: Probes of the per-example estimate of ``diag(JᵀBJ)``, used when one
@@ -115,7 +123,7 @@ class Laplace:
             ``functional_covariance`` keep the autograd graph to inputs that require grad.
 
     Attributes:
-        coordinates: The :class:`~linearised_laplace.coordinates.Coordinates`; ``posterior``: the
+        coordinates: The :class:`~linearised_laplace.coordinates.coordinates.Coordinates`; ``posterior``: the
             backend; ``em_history``: the last EM run's records.
     """
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..mean import mean_mode
 from ..posteriors.dense import DensePosterior, check_dense
+from ..solvers.mean import mean_mode
 from ..solvers.newton import Newton
 from ..solvers.sgd import SGD
 from .base import Laplace

@@ -1,7 +1,7 @@
 r"""Nyström linearised Laplace (ELLA; Deng et al., 2022): the posterior in a ``K``-dimensional basis.
 
 The basis spans the top-``K`` eigendirections of the NTK on ``M`` training points (see
-:mod:`linearised_laplace.ntk_basis`); features ``ψ(x) = J(x) V`` come from ``K`` forward-mode JVPs.
+:mod:`linearised_laplace.coordinates.ntk_basis`); features ``ψ(x) = J(x) V`` come from ``K`` forward-mode JVPs.
 The posterior is exact in those ``K`` dimensions: EM, the evidence and the predictive are those of
 ``ExactLaplace`` on ``K × K`` matrices (``posterior_precision`` is not defined outside the basis).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..ntk_basis import Basis
+from ..coordinates.ntk_basis import Basis
 from ..solvers.newton import Newton
 from .exact import ExactLaplace
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .._checks import check_positive_int
-from ..parameters import ParameterSelection
-from ..ranking import Ranking, check_subnetwork
+from ..coordinates.ranking import Ranking, check_subnetwork
+from ..core.checks import check_positive_int
+from ..network.parameters import ParameterSelection
 from ..solvers.newton import Newton
 from .exact import ExactLaplace
 

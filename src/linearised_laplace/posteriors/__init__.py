@@ -4,7 +4,7 @@ from typing import Protocol
 
 from torch import Tensor
 
-from ..em import Expectation
+from .expectation import Expectation
 from .dense import DensePosterior
 from .sampled import SampledPosterior
 

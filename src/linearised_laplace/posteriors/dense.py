@@ -6,22 +6,26 @@ exact MacKay EM, and the evidence and a validation grid search refactorise ``H``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from .. import persistence
-from .._checks import check_sample_budget
-from ..distributed import is_main_process
-from ..em import Expectation, exact_e_step, log_evidence
-from ..linalg import whiten
-from ..mean import solve_mean
+from ..core import persistence
+from ..core.checks import check_sample_budget
+from ..core.distributed import is_main_process
+from ..core.linalg import cholesky, whiten
+from ..core.seeds import derive_seed
 from ..metrics import grid_scores
-from ..noise import NoiseSource
+from ..model.linear_model import LinearGaussianModel
+from ..model.noise import NoiseSource
 from ..solvers.cholesky import exact_samples
+from ..solvers.mean import MeanMode, log_likelihood, posterior_mean, solve_mean
 from ..solvers.newton import Newton
 from ..solvers.sgd import SGD
+from .expectation import EStep, Expectation, Iterate, MeanSolve
+from .gamma import dense_gamma, eigen_gamma
 
 
 def check_dense(dim: int, what: str) -> None:
@@ -36,6 +40,65 @@ def check_dense(dim: int, what: str) -> None:
 def _scaled(ggn: Tensor, ratio: float) -> Tensor:
     """``M`` at a new noise (``ratio²`` ``M``), without a ``D × D`` copy when unchanged."""
     return ggn if ratio == 1 else ggn * ratio**2
+
+
+def log_evidence(
+    model: LinearGaussianModel,
+    ggn: Tensor,
+    mode: MeanMode,
+    anchor: Tensor,
+    seed: int,
+    solve: MeanSolve,
+) -> Tensor:
+    r"""Laplace evidence ``Σ_i log p(y_i | g_i(θ̄)) − ½ θ̄ᵀAθ̄ − ½ log|H| + ½ log|A|`` (float64).
+
+    ``ggn``: the dense ``M`` of ``model``; ``θ̄`` by ``solve``.
+    """
+    prior = model.precision.prior64
+    factor = cholesky(model.precision.dense(ggn))
+    init = anchor.clone() if mode is MeanMode.AFFINE else torch.zeros_like(anchor)
+    preconditioner = (ggn.diagonal() + prior).to(model.features.dtype)
+    theta, _ = posterior_mean(model, mode, anchor, lambda p: solve(p, init, preconditioner, seed))
+    fit = log_likelihood(model, mode, anchor, theta)
+    theta = theta.double()
+    return torch.tensor(
+        fit
+        - 0.5 * float((prior * theta * theta).sum())
+        - float(factor.diagonal().log().sum())
+        + 0.5 * float(prior.log().sum()),
+        dtype=torch.float64,
+    )
+
+
+def exact_e_step(
+    model: LinearGaussianModel,
+    ggn: Tensor,
+    eigenvalues: Tensor | None,
+    mode: MeanMode,
+    anchor: Tensor,
+    seed: int,
+    solve: MeanSolve,
+) -> Callable[[Iterate], EStep]:
+    """The exact E-step on the dense GGN ``ggn`` of ``model``: ``θ̄`` by ``solve``, exact ``γ``.
+
+    ``γ`` comes from ``M``'s ``eigenvalues`` if given (an isotropic prior), else from ``H^{-1}``.
+    """
+
+    def step(state: Iterate) -> EStep:
+        current, ratio = model.at(state.precision, state.sigma)
+        prior = current.precision.prior64
+        if eigenvalues is None:
+            gamma = dense_gamma(ggn * ratio**2, prior, model.prior.groups, len(state.precision))
+        else:  # no D × D copy: the GGN scales by ratio², so its eigenvalues do
+            gamma = eigen_gamma(eigenvalues * ratio**2, prior[0])
+        preconditioner = (ggn.diagonal() * ratio**2 + prior).to(model.features.dtype)
+        step_seed = derive_seed(seed, "em", state.step)
+        mean, residual = posterior_mean(
+            current, mode, anchor, lambda p: solve(p, state.mean, preconditioner, step_seed)
+        )
+        return EStep(mean, gamma, None, residual)
+
+    return step
 
 
 GGN_KIND = "dense-ggn"
@@ -148,7 +211,7 @@ class DensePosterior:
         ).samples[0]
 
     def expectation(self, model, mode, anchor: Tensor, seed: int, progress) -> Expectation:
-        """Exact MacKay EM (:func:`~linearised_laplace.em.exact_e_step`), refit at the end."""
+        """Exact MacKay EM (:func:`exact_e_step`), refit at the end."""
         ggn, eigenvalues = self.dense_ggn(model, eigenvalues=model.prior.is_isotropic)
 
         def refit(state, n_samples: int) -> None:
@@ -167,7 +230,7 @@ class DensePosterior:
         return scores
 
     def log_evidence(self, precision: Tensor, sigma: float, mode, anchor, seed: int, progress):
-        """:func:`~linearised_laplace.em.log_evidence` of the fit at these hyperparameters."""
+        """:func:`log_evidence` of the fit at these hyperparameters."""
         current, ratio = self.model.at(precision, sigma)
         return log_evidence(
             current, _scaled(self.ggn, ratio), mode, anchor, seed, self.solver_of_mean(progress)

@@ -8,13 +8,15 @@ samples' noise across steps, rescaled to each ``σ``, and warm-starts every solv
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from torch import Tensor
 
-from .._checks import check_positive_int
-from ..em import Expectation, check_gamma, sampled_e_step
-from ..likelihoods import Gaussian
-from ..mean import solve_mean
+from ..core.checks import check_positive_int
+from ..core.seeds import derive_seed
+from ..model.likelihoods import Gaussian
+from ..model.linear_model import LinearGaussianModel
+from ..model.noise import PosteriorNoise
 from ..solvers.auto import (
     check_sharding,
     check_solver,
@@ -26,12 +28,52 @@ from ..solvers.auto import (
 )
 from ..solvers.base import check_convergence
 from ..solvers.dual import dual_mean
+from ..solvers.mean import MeanMode, posterior_mean, solve_mean
 from ..solvers.newton import Newton
+from .expectation import EStep, Expectation, Iterate, MeanSolve
+from .gamma import check_gamma, function_space_gamma, weight_space_gamma
 
 
 def sample_factor(jz: Tensor) -> Tensor:
     r"""``[S, N, C] → [N, C, S]``, ``G = (J ζ_s)_s / √S``: ``G_a G_bᵀ = (1/S) Σ_s (J_a ζ_s)(J_b ζ_s)ᵀ``."""
     return jz.permute(1, 2, 0) / math.sqrt(jz.shape[0])
+
+
+def sampled_e_step(
+    model: LinearGaussianModel,
+    noise: PosteriorNoise,
+    mode: MeanMode,
+    anchor: Tensor,
+    seed: int,
+    gamma: str,
+    solve: MeanSolve,
+    sample: Callable,
+) -> Callable[[Iterate], EStep]:
+    """The sampled E-step: ``θ̄`` by ``solve``, ``γ̂`` from samples of the kept ``noise``.
+
+    ``noise`` is rescaled to each step's ``σ``; ``sample(model, noise, init, seed)`` returns the
+    solve's result and the warm start of the next step's.
+    """
+
+    def step(state: Iterate) -> EStep:
+        current, ratio = model.at(state.precision, state.sigma)
+        scaled, prior, n_groups = noise.scaled(ratio), current.precision.prior, len(state.precision)
+        step_seed = derive_seed(seed, "em", state.step)
+        mean, residual = posterior_mean(
+            current,
+            mode,
+            anchor,
+            lambda p: solve(p, state.mean, scaled.ggn_diag + prior, step_seed),
+        )
+        result, warm = sample(current, scaled, state.samples, step_seed)
+        if gamma == "function":
+            g = function_space_gamma(current, result.samples, n_groups, result.ggn_samples)
+        else:
+            g = weight_space_gamma(prior, result.samples, model.prior.groups, n_groups)
+        solved = bool(result.info.converged)
+        return EStep(mean, g, warm, residual, positive_gamma=gamma == "function", solved=solved)
+
+    return step
 
 
 class SampledPosterior:
@@ -120,7 +162,7 @@ class SampledPosterior:
     def expectation(
         self, model, mode, anchor, seed: int, progress, *, gamma="function", n_em_samples=8
     ) -> Expectation:
-        """Sample-based EM (:func:`~linearised_laplace.em.sampled_e_step`), refit at the end.
+        """Sample-based EM (:func:`sampled_e_step`), refit at the end.
 
         ``gamma``: the ``γ̂`` estimator; ``n_em_samples``: samples per step.
         """

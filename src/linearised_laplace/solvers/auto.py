@@ -22,16 +22,17 @@ from dataclasses import dataclass, replace
 
 from torch import Tensor
 
-from .. import persistence
-from .._progress import progress_note
-from ..linear_model import LinearGaussianModel
-from ..noise import NoiseSource, PosteriorNoise, draw_posterior_noise
+from ..core import persistence
+from ..core.lowrank import LowRank
+from ..core.progress import progress_note
+from ..model.linear_model import LinearGaussianModel
+from ..model.noise import NoiseSource, PosteriorNoise, draw_posterior_noise
 from .base import SolveResult, check_convergence
 from .cg import CG
 from .cholesky import Cholesky
 from .dual import solve_dual
 from .newton import Newton
-from .preconditioner import LowRank, with_ggn_sketch
+from .preconditioner import with_ggn_sketch
 from .sdd import SDD
 from .sgd import SGD
 
@@ -188,7 +189,7 @@ def draw_samples(
     noise = choice_noise(model, choice, n_samples, seed, sketch, progress)
     init = None
     if warm is not None and choice.space == "primal":
-        init = noise.theta0(model.prior_diag()).clone()
+        init = noise.theta0(model.precision.prior).clone()
         init[: len(warm)] = warm[: len(init)]
     return solve_samples(model, noise, choice, init, seed, strict, progress)[0]
 

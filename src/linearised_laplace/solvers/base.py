@@ -9,9 +9,9 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
-from .._checks import as_int
+from ..core.checks import as_int
 from ..exceptions import ConvergenceError, ConvergenceWarning
-from ..linear_model import LinearGaussianModel
+from ..model.linear_model import LinearGaussianModel
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class SolveResult:
 
 def relative_residual(model: LinearGaussianModel, samples: Tensor, rhs: Tensor) -> Tensor:
     """``‖H ζ_k − b_k‖ / ‖b_k‖`` over the full training set (one pass): ``[K]``."""
-    return relative_norm(model.precision_vec(samples) - rhs, rhs)
+    return relative_norm(model.precision.matvec(samples) - rhs, rhs)
 
 
 def relative_norm(residual: Tensor, rhs: Tensor) -> Tensor:

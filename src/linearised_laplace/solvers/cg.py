@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..linalg import conjugate_gradient
-from ..linear_model import LinearGaussianModel
-from ..noise import PosteriorNoise
+from ..core.linalg import conjugate_gradient
+from ..model.linear_model import LinearGaussianModel
+from ..model.noise import PosteriorNoise
 from .base import SolveInfo, SolveResult, check_settings
-from .preconditioner import precision_preconditioner, with_ggn_sketch
+from .preconditioner import with_ggn_sketch
 
 
 @dataclass(frozen=True)
@@ -75,11 +75,11 @@ class CG:
     ) -> SolveResult:
         """Solve for the samples, warm-started from ``init`` ``[K, D]`` if given."""
         start = time.perf_counter()
-        prior = model.prior_diag()
+        prior = model.precision.prior
         noise = with_ggn_sketch(model, noise, self.sketch_rank(model), seed)
-        preconditioner = precision_preconditioner(prior, noise.ggn_diag, noise.ggn_low_rank)
+        preconditioner = model.precision.preconditioner(noise.ggn_diag, noise.ggn_low_rank)
         samples, n_iter, residual = conjugate_gradient(
-            model.precision_vec,
+            model.precision.matvec,
             noise.rhs(prior),
             init,
             rtol=self.tolerance(prior.dtype),

@@ -9,19 +9,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
-from ..linalg import add_diagonal, cholesky, cholesky_solve, whiten  # noqa: F401 (re-exported)
-from ..linear_model import LinearGaussianModel
-from ..noise import NoiseSource, PosteriorNoise, draw_posterior_noise
+from ..core.linalg import cholesky, cholesky_solve
+from ..model.linear_model import LinearGaussianModel
+from ..model.noise import NoiseSource, PosteriorNoise, draw_posterior_noise
 from .base import SolveInfo, SolveResult, relative_residual
 
 
 def posterior_precision(model: LinearGaussianModel) -> Tensor:
     """Dense ``H = Φᵀ B Φ + A``: float64 ``[D, D]``."""
-    ggn = model.dense_ggn()
-    return add_diagonal(ggn, model.prior.diag(torch.float64, ggn.device))
+    return model.precision.dense(model.dense_ggn())
 
 
 @dataclass(frozen=True)
@@ -35,10 +33,10 @@ class Cholesky:
         """Exact samples ``ζ_k = H^{-1}(A θ_0 + u_k)`` (extra keywords are ignored)."""
         start = time.perf_counter()
         factor = cholesky(posterior_precision(model))
-        rhs = noise.rhs(model.prior.diag(torch.float64, factor.device))
+        rhs = noise.rhs(model.precision.prior64)
         samples = cholesky_solve(factor, rhs)
         residual = relative_residual(
-            model, samples.to(noise.u.dtype), noise.rhs(model.prior_diag())
+            model, samples.to(noise.u.dtype), noise.rhs(model.precision.prior)
         )
         info = SolveInfo(self.name, 0, residual, time.perf_counter() - start)
         return SolveResult(samples.to(noise.u.dtype), info)
@@ -53,6 +51,7 @@ def exact_samples(
     those of any other solver with that seed.
     """
     noise = draw_posterior_noise(model, n_samples, NoiseSource(seed), progress)
-    prior = model.prior.diag(torch.float64, ggn.device)
-    factor = cholesky(add_diagonal(ggn, prior))
-    return factor, cholesky_solve(factor, noise.rhs(prior)).to(model.features.dtype)
+    factor = cholesky(model.precision.dense(ggn))
+    return factor, cholesky_solve(factor, noise.rhs(model.precision.prior64)).to(
+        model.features.dtype
+    )

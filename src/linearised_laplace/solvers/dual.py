@@ -21,88 +21,23 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .._checks import check_sample_budget
-from ..linalg import conjugate_gradient
-from ..linear_model import LinearGaussianModel
-from ..noise import NoiseSource
-from ..seeds import seeded_generator
+from ..core.linalg import cholesky, conjugate_gradient
+from ..model.linear_model import LinearGaussianModel
+from ..model.noise import NoiseSource
 from .base import SolveInfo, SolveResult, relative_norm
 from .cg import CG
-from .cholesky import Cholesky, cholesky
-from .preconditioner import Preconditioner, nystrom
+from .cholesky import Cholesky
+from .kernel import (
+    dual_matrix,
+    dual_pullback,
+    dual_rhs,
+    kernel_preconditioner,
+    kernel_vec,
+    observations,
+)
 from .sdd import SDD, stochastic_dual_descent
 
 DualSolver = CG | Cholesky | SDD
-
-
-def observations(model: LinearGaussianModel) -> int:
-    """``n·C``, the number of observations."""
-    return len(model.data) * model.n_outputs
-
-
-def dual_rhs(model: LinearGaussianModel, theta0: Tensor, source: NoiseSource) -> Tensor:
-    """``b = Lᵀ Φ θ_0 − ν``: ``[K, n·C]`` (one JVP pass; validates every batch)."""
-    features, likelihood, data = model.features, model.likelihood, model.data
-    out = theta0.new_empty(theta0.shape[0], len(data), model.n_outputs)
-    kw = {"dtype": features.dtype, "device": features.device}
-    for idx, x, y in data.batches():
-        f0, jt = features.jvp(x, theta0)
-        model.check_batch(x, y, f0)
-        nu = source.points(idx, theta0.shape[0], f0.shape[-1], **kw)
-        out[:, idx] = likelihood.factor_t_vec(f0, jt) - nu
-    return out.reshape(theta0.shape[0], -1)
-
-
-def dual_pullback(model: LinearGaussianModel, w: Tensor) -> Tensor:
-    """``Φᵀ L w`` for ``w`` ``[K, n·C]``: ``[K, D]`` (one VJP pass)."""
-    w = w.reshape(w.shape[0], len(model.data), model.n_outputs)
-    total = w.new_zeros(w.shape[0], model.n_params)
-    for idx, x, _ in model.data.batches():
-        f0, pull = model.features.pullback(x)
-        total += pull(model.likelihood.factor_vec(f0, w[:, idx]))
-    return total
-
-
-def kernel_vec(model: LinearGaussianModel, w: Tensor) -> Tensor:
-    """``Lᵀ Φ A^{-1} Φᵀ L w``: ``[K, n·C]`` (one VJP pass, one JVP pass)."""
-    t = dual_pullback(model, w) / model.prior_diag()
-    out = torch.empty_like(w).reshape(w.shape[0], len(model.data), model.n_outputs)
-    for idx, x, _ in model.data.batches():
-        f0, jt = model.features.jvp(x, t)
-        out[:, idx] = model.likelihood.factor_t_vec(f0, jt)
-    return out.reshape(w.shape[0], -1)
-
-
-def dual_matrix(model: LinearGaussianModel) -> Tensor:
-    """``I + Lᵀ Φ A^{-1} Φᵀ L`` as a dense float64 ``[nC, nC]`` matrix (small problems)."""
-    n_obs = observations(model)
-    check_sample_budget(
-        n_obs * (n_obs + model.n_params),
-        f"A dense dual system over {n_obs} observations",
-        "Use CG (solver=lla.CG(...)) for the dual.",
-    )
-    blocks = []
-    for _, x, _ in model.data.batches():
-        jac = model.features.to_dense(x).to(torch.float64)  # [b, C, D]
-        factor = model.likelihood.factor(model.features.forward(x).to(torch.float64))  # [b, C, C]
-        blocks.append((factor.transpose(1, 2) @ jac).flatten(0, 1))  # rows Lᵀ Φ
-    rows = torch.cat(blocks)
-    prior = model.prior.diag(torch.float64, rows.device)
-    return torch.eye(n_obs, dtype=torch.float64, device=rows.device) + (rows / prior) @ rows.T
-
-
-def kernel_preconditioner(model: LinearGaussianModel, rank: int, seed: int = 0) -> Preconditioner:
-    """``P = I + U Λ Uᵀ`` from a rank-``rank`` Nyström approximation of ``LᵀKL``."""
-    sketch = nystrom(
-        lambda w: kernel_vec(model, w),
-        observations(model),
-        rank,
-        generator=seeded_generator(seed, "dual-preconditioner"),
-        dtype=model.features.dtype,
-        device=model.features.device,
-    )
-    ones = torch.ones(observations(model), dtype=model.features.dtype, device=model.features.device)
-    return Preconditioner(ones, sketch.vectors, sketch.values)
 
 
 def solve_system(
@@ -174,7 +109,7 @@ def solve_dual(
         and the dual solution ``w`` ``[K, n·C]`` (a warm start for the next solve).
     """
     start = time.perf_counter()
-    prior = model.prior_diag()
+    prior = model.precision.prior
     theta0 = xi / prior.sqrt()
     w, n_steps, residual = solve_system(
         model, dual_rhs(model, theta0, source), solver, init, seed, progress
@@ -229,7 +164,7 @@ def gaussian_mean(
     u, n_steps, residual = solve_system(
         model, rhs.reshape(1, -1), solver, seed=seed, progress=progress
     )
-    mean = dual_pullback(model, u) / model.prior_diag()
+    mean = dual_pullback(model, u) / model.precision.prior
     return SolveResult(
         mean, dual_info(f"dual-mean-{solver.name}", solver, n_steps, residual, start)
     )
@@ -238,7 +173,7 @@ def gaussian_mean(
 def dual_mean(
     problem, solver: DualSolver, seed: int = 0, progress: bool | None = False
 ) -> SolveResult:
-    """:func:`gaussian_mean` of a :class:`~linearised_laplace.mean.MeanProblem` (Gaussian)."""
+    """:func:`gaussian_mean` of a :class:`~linearised_laplace.solvers.mean.MeanProblem` (Gaussian)."""
     zero = torch.zeros_like(problem.anchor)[None]
 
     def targets(x: Tensor, y: Tensor) -> Tensor:

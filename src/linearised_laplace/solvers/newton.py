@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from .._progress import progress_bar
-from ..linalg import conjugate_gradient
+from ..core.linalg import conjugate_gradient
+from ..core.progress import progress_bar
 from .base import SolveInfo, SolveResult
 
-if TYPE_CHECKING:
-    from ..mean import MeanProblem
+
+class ConvexObjective(Protocol):
+    """A smooth convex ``F(w)`` over ``[D]`` weights, such as the mean's (:mod:`.mean`)."""
+
+    def value(self, w: Tensor) -> float:
+        """``F(w)``."""
+
+    def gradient(self, w: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """``∇F(w)`` ``[D]`` and the per-batch outputs at ``w`` (reused by :meth:`hessian_vec`)."""
+
+    def hessian_vec(self, outputs: list[Tensor], v: Tensor) -> Tensor:
+        """``∇²F v_k`` ``[K, D]`` at the cached outputs."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +48,7 @@ class Newton:
 
 
 def newton_mean(
-    problem: MeanProblem,
+    problem: ConvexObjective,
     init: Tensor,
     config: Newton,
     preconditioner: Tensor,
@@ -76,7 +86,7 @@ def newton_mean(
 
 
 def _armijo(
-    problem: MeanProblem, w: Tensor, grad: Tensor, direction: Tensor
+    problem: ConvexObjective, w: Tensor, grad: Tensor, direction: Tensor
 ) -> tuple[Tensor, bool]:
     """Backtrack from the full Newton step; returns the new point and whether it moved."""
     slope = float(grad @ direction)

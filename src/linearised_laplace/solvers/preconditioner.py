@@ -1,193 +1,22 @@
-r"""Diagonal-plus-low-rank preconditioners ``P ≈ H`` from matrix-vector products only.
+r"""Preconditioners of the posterior precision ``H = A + M`` for the iterative solvers.
 
-A :class:`Preconditioner` is held in the factored form
-
-$$ P = E^{1/2} (I + U Λ U^\top) E^{1/2}, \qquad U^\top U = I_r, $$
-
-with a positive diagonal ``E`` and ``r ≥ 0`` orthonormal directions, so that ``P^{-1}`` and a
-square root ``C`` with ``C Cᵀ = P^{-1}`` are both cheap:
-
-$$ P^{-1} = E^{-1/2} (I − U \tfrac{Λ}{1+Λ} U^\top) E^{-1/2}, \qquad
-   C = E^{-1/2} (I − U (1 − (1+Λ)^{-1/2}) U^\top). $$
-
-For the posterior precision ``H = A + M`` the preconditioner is ``P = A + M_r`` with a randomised
-Nyström approximation ``M_r ⪯ M`` of the GGN (Frangella, Tropp & Udell, "Randomized Nyström
-preconditioning", SIAM J. Matrix Anal. Appl., 2023). The spectrum of ``P^{-1} H`` then lies in
-``[1, 1 + λ_{r+1}(A^{-1/2} M A^{-1/2})]`` up to the sketch's error: clustered near 1 once ``r``
-exceeds the number of eigenvalues of ``M`` that are large against ``A``. Without a sketch the
-preconditioner is Jacobi's, ``A + diag(M̂)`` from a Hutchinson estimate. That diagonal's
-remainder is not added to ``A + M_r``: the estimate's per-entry noise would swamp ``A`` in the
-directions that ``M_r`` already captures.
+The preconditioner is ``P = A + M_r`` with a randomised Nyström approximation ``M_r ⪯ M`` of the
+GGN (Frangella, Tropp & Udell, "Randomized Nyström preconditioning", SIAM J. Matrix Anal. Appl.,
+2023), built by :meth:`~linearised_laplace.model.precision.PosteriorPrecision.sketch` and applied
+by :meth:`~linearised_laplace.model.precision.PosteriorPrecision.preconditioner`. The spectrum of
+``P^{-1} H`` then lies in ``[1, 1 + λ_{r+1}(A^{-1/2} M A^{-1/2})]`` up to the sketch's error:
+clustered near 1 once ``r`` exceeds the number of eigenvalues of ``M`` that are large against
+``A``. Without a sketch the preconditioner is Jacobi's, ``A + diag(M̂)`` from a Hutchinson
+estimate. That diagonal's remainder is not added to ``A + M_r``: the estimate's per-entry noise
+would swamp ``A`` in the directions that ``M_r`` already captures.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-import torch
-from torch import Tensor
-
-from ..linear_model import LinearGaussianModel
-from ..noise import PosteriorNoise
-from ..seeds import seeded_generator
-
-MatVec = Callable[[Tensor], Tensor]
-
-
-@dataclass(frozen=True)
-class LowRank:
-    """A PSD low-rank matrix ``V diag(λ) Vᵀ`` with ``V`` ``[D, r]`` and ``λ ≥ 0`` ``[r]``."""
-
-    vectors: Tensor
-    values: Tensor
-
-    @property
-    def rank(self) -> int:
-        """``r``."""
-        return self.values.numel()
-
-    def scaled(self, factor: float) -> LowRank:
-        """``factor · V diag(λ) Vᵀ``."""
-        return LowRank(self.vectors, self.values * factor)
-
-    def diagonal(self) -> Tensor:
-        """``diag(V diag(λ) Vᵀ)``: ``[D]``."""
-        return (self.vectors.square() * self.values).sum(-1)
-
-
-def nystrom(
-    matvec: MatVec,
-    n: int,
-    rank: int,
-    *,
-    oversample: int = 10,
-    generator: torch.Generator | None = None,
-    dtype: torch.dtype = torch.float64,
-    device: torch.device | str = "cpu",
-) -> LowRank:
-    """Randomised Nyström approximation of a symmetric PSD operator from one block product.
-
-    Tropp, Yurtsever, Udell & Cevher (2017), Alg. 3: for a test matrix ``Ω`` with ``ℓ = rank +
-    oversample`` orthonormal columns, ``Y = G Ω`` and the approximation ``Y (Ωᵀ Y)^+ Yᵀ ⪯ G``,
-    computed stably with a small shift. Its top ``rank`` eigenpairs are returned. When ``ℓ ≥ n``
-    the operator is applied to the identity, which is exact.
-
-    Args:
-        matvec: ``Z [k, n] ↦ G Z`` row-wise.
-        n: Dimension.
-        rank: Eigenpairs kept.
-        oversample: Extra test vectors.
-        generator: For ``Ω``.
-        dtype: dtype of the products (the small linear algebra runs in float64).
-        device: Their device.
-    """
-    width = min(rank + oversample, n)
-    if width == n:
-        omega = torch.eye(n, dtype=torch.float64)
-    else:
-        gaussian = torch.randn(n, width, generator=generator, dtype=torch.float64)
-        omega = torch.linalg.qr(gaussian)[0]
-    omega = omega.to(device)
-    y = matvec(omega.T.to(dtype).contiguous()).double().T  # [n, ℓ]
-    shift = torch.finfo(dtype).eps * n**0.5 * float(y.norm())
-    y = y + shift * omega
-    small = omega.T @ y
-    factor = torch.linalg.cholesky(0.5 * (small + small.T))
-    b = torch.linalg.solve_triangular(factor, y.T, upper=False).T  # y C^{-T}
-    vectors, sigma, _ = torch.linalg.svd(b, full_matrices=False)
-    values = (sigma.square() - shift).clamp_min(0.0)
-    keep = min(rank, width)
-    return LowRank(vectors[:, :keep].to(dtype), values[:keep].to(dtype))
-
-
-@dataclass(frozen=True)
-class Preconditioner:
-    """``P = E^{1/2} (I + U Λ Uᵀ) E^{1/2}`` (see the module docstring).
-
-    Attributes:
-        inv_sqrt_diag: ``E^{-1/2}`` ``[D]``.
-        directions: ``U`` ``[D, r]``, orthonormal.
-        values: ``Λ`` ``[r]``, non-negative.
-    """
-
-    inv_sqrt_diag: Tensor
-    directions: Tensor
-    values: Tensor
-
-    @classmethod
-    def diagonal(cls, diag: Tensor) -> Preconditioner:
-        """Jacobi: ``P = diag``."""
-        return cls(diag.rsqrt(), diag.new_zeros(diag.numel(), 0), diag.new_zeros(0))
-
-    @classmethod
-    def diagonal_plus_low_rank(cls, diag: Tensor, low_rank: LowRank) -> Preconditioner:
-        """``P = diag(d) + V diag(λ) Vᵀ``, refactored into the form above (a thin QR)."""
-        if low_rank.rank == 0:
-            return cls.diagonal(diag)
-        inv_sqrt = diag.rsqrt()
-        scaled = (inv_sqrt[:, None] * low_rank.vectors).double()  # E^{-1/2} V
-        q, r = torch.linalg.qr(scaled)
-        core = (r * low_rank.values.double()) @ r.T  # R Λ Rᵀ
-        values, rotation = torch.linalg.eigh(0.5 * (core + core.T))
-        dtype = diag.dtype
-        return cls(inv_sqrt, (q @ rotation).to(dtype), values.clamp_min(0.0).to(dtype))
-
-    @property
-    def rank(self) -> int:
-        """``r``."""
-        return self.values.numel()
-
-    def _inner(self, r: Tensor, weights: Tensor) -> Tensor:
-        if self.rank == 0:
-            return r
-        return r - ((r @ self.directions) * weights) @ self.directions.T
-
-    def solve(self, r: Tensor) -> Tensor:
-        """``P^{-1} r`` row-wise for ``r`` ``[K, D]``."""
-        inner = self._inner(r * self.inv_sqrt_diag, self.values / (1 + self.values))
-        return inner * self.inv_sqrt_diag
-
-    def half(self, w: Tensor) -> Tensor:
-        """``C w`` row-wise, with ``C Cᵀ = P^{-1}``."""
-        return self._inner(w, 1 - (1 + self.values).rsqrt()) * self.inv_sqrt_diag
-
-    def half_t(self, w: Tensor) -> Tensor:
-        """``Cᵀ w`` row-wise."""
-        return self._inner(w * self.inv_sqrt_diag, 1 - (1 + self.values).rsqrt())
-
-
-def precision_preconditioner(
-    prior_diag: Tensor, ggn_diag: Tensor, ggn_low_rank: LowRank | None = None
-) -> Preconditioner:
-    """``P = A + M_r`` for ``H = A + M``; Jacobi ``P = A + diag(M̂)`` when ``M_r`` is absent."""
-    if ggn_low_rank is None or ggn_low_rank.rank == 0:
-        return Preconditioner.diagonal(prior_diag + ggn_diag)
-    return Preconditioner.diagonal_plus_low_rank(prior_diag, ggn_low_rank)
-
-
-def ggn_nystrom(model: LinearGaussianModel, rank: int, seed: int = 0) -> LowRank:
-    """Rank-``r`` Nyström approximation ``M_r ⪯ M`` of the GGN (one data pass, ``r + 10`` tangents).
-
-    The sketch is taken in prior-whitened coordinates, ``A^{-1/2} M A^{-1/2}``, so that it ranks
-    directions by their curvature against the prior; for an isotropic prior it does not depend on
-    ``α``, and it is reused across EM steps.
-    """
-    prior_sqrt = model.prior_diag().sqrt()
-
-    def matvec(z: Tensor) -> Tensor:
-        return model.ggn_products(z / prior_sqrt) / prior_sqrt
-
-    sketch = nystrom(
-        matvec,
-        model.n_params,
-        rank,
-        generator=seeded_generator(seed, "ggn-nystrom"),
-        dtype=model.features.dtype,
-        device=model.features.device,
-    )
-    return LowRank(prior_sqrt[:, None] * sketch.vectors, sketch.values)
-
+from ..model.linear_model import LinearGaussianModel
+from ..model.noise import PosteriorNoise
 
 SKETCH_BYTES = 2 * 2**30
 """Memory for a sketch's ``[D, r + 10]`` float64 matrices (four of them); a larger ``D`` gets a
@@ -205,4 +34,4 @@ def with_ggn_sketch(
     rank = max(0, min(rank, model.n_params, affordable))
     if rank == 0 or (noise.ggn_low_rank is not None and noise.ggn_low_rank.rank >= rank):
         return noise
-    return replace(noise, ggn_low_rank=ggn_nystrom(model, rank, seed))
+    return replace(noise, ggn_low_rank=model.precision.sketch(rank, seed))

@@ -37,12 +37,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._progress import progress_bar
+from ..core.linalg import top_eigenvalue
+from ..core.progress import progress_bar
+from ..core.seeds import seeded_generator
 from ..exceptions import DivergenceError
-from ..linalg import top_eigenvalue
-from ..linear_model import LinearGaussianModel
-from ..seeds import seeded_generator
+from ..model.linear_model import LinearGaussianModel
 from .base import check_settings
+from .kernel import dual_pullback
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def estimate_block_curvature(
     subset = data.random_order(generator)[: min(n_points, len(data))]
     batches = [(x, *features.pullback(x)) for _, x, _ in data.batches(subset)]
     sizes = [int(f0.shape[0]) * model.n_outputs for _, f0, _ in batches]
-    prior = model.prior_diag()
+    prior = model.precision.prior
 
     def matvec(w: Tensor) -> Tensor:  # [1, m·C]
         parts = w.split(sizes, dim=-1)
@@ -155,8 +156,6 @@ def stochastic_dual_descent(
     Raises:
         DivergenceError: The iterates became non-finite.
     """
-    from .dual import dual_pullback  # the dual module imports the solvers
-
     features, likelihood, data = model.features, model.likelihood, model.data
     n, k = len(data), rhs.shape[0]
     generator = seeded_generator(seed, "sdd")
@@ -167,7 +166,7 @@ def stochastic_dual_descent(
     n_steps = config.n_epochs * math.ceil(n / batch_size)
     rate = config.averaging or min(1.0, 100 / n_steps)
     step, rho = config.lr / curvature, config.momentum
-    prior = model.prior_diag()
+    prior = model.precision.prior
 
     b = rhs.reshape(k, n, -1)
     if init is None:

@@ -1,6 +1,6 @@
 r"""Sample-then-optimise: posterior samples as minimisers of randomised quadratics, by minibatch SGD.
 
-For noise ``(θ_0, ν)`` (see :class:`~linearised_laplace.noise.PosteriorNoise`) each sample minimises
+For noise ``(θ_0, ν)`` (see :class:`~linearised_laplace.model.noise.PosteriorNoise`) each sample minimises
 one of two objectives with the same minimiser ``ζ = H^{-1}(A θ_0 + Φᵀ L ν) ~ N(0, H^{-1})``:
 
 * naive: ``½ Σ_i ‖Φ_i z − ε_i‖²_{B_i} + ½ ‖z − θ_0‖²_A`` with targets ``ε_i = B_i^+ L_i ν_i``;
@@ -37,14 +37,15 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
-from .._progress import progress_bar
+from ..core.linalg import top_eigenvalue
+from ..core.lowrank import Preconditioner
+from ..core.progress import progress_bar
+from ..core.seeds import seeded_generator
 from ..exceptions import DivergenceError
-from ..linalg import top_eigenvalue
-from ..linear_model import LinearGaussianModel
-from ..noise import PosteriorNoise
-from ..seeds import seeded_generator
+from ..model.linear_model import LinearGaussianModel
+from ..model.noise import PosteriorNoise
 from .base import SolveInfo, SolveResult, check_settings, relative_norm, relative_residual
-from .preconditioner import Preconditioner, precision_preconditioner, with_ggn_sketch
+from .preconditioner import with_ggn_sketch
 
 T = TypeVar("T")
 Callback = Callable[[int, Tensor], None]
@@ -182,7 +183,7 @@ def estimate_top_curvature(
     subset = data.random_order(generator)[: min(n_points, len(data))]
     batches = [x for _, x, _ in data.batches(subset)]
     ratio = len(data) / subset.numel()
-    prior = model.prior_diag()
+    prior = model.precision.prior
     half = (lambda w: w) if preconditioner is None else preconditioner.half
     half_t = (lambda w: w) if preconditioner is None else preconditioner.half_t
 
@@ -240,7 +241,7 @@ def stochastic_minimise(
         DivergenceError: The iterates became non-finite or unbounded.
     """
     features, data = model.features, model.data
-    prior = model.prior_diag()
+    prior = model.precision.prior
     batch_size = config.batch_size or data.batch_size
     z = init.detach().clone().requires_grad_(True)
     n_steps = config.n_epochs * math.ceil(len(data) / batch_size)
@@ -348,10 +349,10 @@ def sample_then_optimise(
     start = time.perf_counter()
     features, likelihood, data = model.features, model.likelihood, model.data
     generator = seeded_generator(seed, "sgd")
-    prior = model.prior_diag()
+    prior = model.precision.prior
     if config.precondition:
         noise = with_ggn_sketch(model, noise, config.sketch_rank(model), seed)
-        preconditioner = precision_preconditioner(prior, noise.ggn_diag, noise.ggn_low_rank)
+        preconditioner = model.precision.preconditioner(noise.ggn_diag, noise.ggn_low_rank)
     else:
         preconditioner = Preconditioner.diagonal(torch.ones_like(prior))
     curvature = estimate_top_curvature(

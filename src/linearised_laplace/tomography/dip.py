@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_finite
-from .._progress import progress_bar
+from ..core.checks import check_finite
+from ..core.progress import progress_bar
 from .ray_transform import RayTransform
 
 

@@ -19,18 +19,20 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .._progress import progress_bar
-from ..data import Data
-from ..em import EMState, EStep, run_em
-from ..features import OutputMap
-from ..g_prior import ScaledFeatures
-from ..likelihoods import Gaussian
-from ..linear_model import LinearGaussianModel
-from ..linearisation import Linearisation
+from ..coordinates.g_prior import ScaledFeatures
+from ..core.progress import progress_bar
 from ..methods.sampled import SampledLaplace
-from ..noise import NoiseSource
-from ..priors import make_prior
-from ..solvers.dual import dual_pullback, dual_rhs, kernel_vec
+from ..model.data import Data
+from ..model.likelihoods import Gaussian
+from ..model.linear_model import LinearGaussianModel
+from ..model.noise import NoiseSource
+from ..model.priors import make_prior
+from ..network.features import OutputMap
+from ..network.linearisation import Linearisation
+from ..solvers.kernel import dual_pullback, dual_rhs, kernel_vec
+from ..posteriors.expectation import EStep
+from ..tuning.em import run_em
+from ..tuning.state import EMState
 from .ray_transform import RayTransform
 from .unet import Flatten
 
@@ -119,7 +121,7 @@ def exact_linearised_dip(
     Builds ``G = Lᵀ J̃ J̃ᵀ L`` (``m × m``, ``L = σ^{-1} A``) column by column from VJPs and JVPs, so
     that at precision ``α`` the observation system is ``I + G/α``. Its eigendecomposition gives
     the exact ``γ = Σ g_i / (g_i + α)`` and the affine mean (one VJP) for every EM step, run by the
-    library's damped, guarded MacKay loop (:func:`~linearised_laplace.em.run_em`), and exact
+    library's damped, guarded MacKay loop (:func:`~linearised_laplace.tuning.em.run_em`), and exact
     Matheron image samples ``J̃ ζ``.
 
     Args:

@@ -1,0 +1,1 @@
+"""Foundations with no knowledge of networks: checks, progress, seeds, linear algebra, files."""

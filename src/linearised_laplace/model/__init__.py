@@ -1,0 +1,1 @@
+"""The conjugate Gaussian linear model: data, likelihood, prior, its precision and noise."""

@@ -1,0 +1,1 @@
+"""The network side: inputs, the parameters to linearise, and the features ``J(x)`` as operators."""

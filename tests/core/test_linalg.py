@@ -1,0 +1,69 @@
+import pytest
+import torch
+
+from linearised_laplace.core.linalg import (
+    add_diagonal,
+    add_gram,
+    conjugate_gradient,
+    symmetrise_upper,
+    top_eigenvalue,
+)
+
+
+def _spd(n=12, seed=0):
+    q = torch.linalg.qr(torch.randn(n, n, generator=torch.Generator().manual_seed(seed)))[0]
+    return q @ torch.diag(torch.logspace(0, 3, n)) @ q.T
+
+
+def test_cg_solves_each_row_and_warm_starts():
+    h = _spd()
+    rhs = torch.randn(3, 12)
+    x, n_iter, res = conjugate_gradient(lambda z: z @ h, rhs, rtol=1e-12)
+    torch.testing.assert_close(x, torch.linalg.solve(h, rhs.T).T, rtol=1e-9, atol=1e-12)
+    assert n_iter <= 40 and bool((res < 1e-12).all())
+    _, warm_iter, _ = conjugate_gradient(lambda z: z @ h, rhs, x, rtol=1e-12)
+    assert warm_iter <= 1
+
+
+def test_cg_respects_max_iter():
+    h = _spd()
+    _, n_iter, res = conjugate_gradient(lambda z: z @ h, torch.randn(2, 12), rtol=1e-14, max_iter=3)
+    assert n_iter == 3 and bool((res > 1e-14).all())
+
+
+def test_lanczos_finds_top_eigenvalue():
+    h = _spd()
+    gen = torch.Generator().manual_seed(1)
+    exact = float(torch.linalg.eigvalsh(h)[-1])
+    assert abs(top_eigenvalue(lambda z: z @ h, 12, n_iter=12, generator=gen) - exact) < 1e-8 * exact
+    rough = top_eigenvalue(lambda z: z @ h, 12, n_iter=6, generator=gen)
+    assert 0.5 * exact < rough <= exact * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_add_gram_sums_batches_of_rows_in_float64(dtype):
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(k, 7, generator=gen, dtype=dtype) for k in (5, 1, 9)]
+    total, buffer = torch.zeros(7, 7, dtype=torch.float64), None
+    for rows in batches:
+        buffer = add_gram(total, rows, buffer)
+    assert (buffer is None) == (dtype == torch.float64)
+    stacked = torch.cat(batches).double()
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(symmetrise_upper(total), stacked.T @ stacked, rtol=tol, atol=tol)
+
+
+def test_add_gram_accepts_strided_rows():
+    rows = torch.randn(6, 10, dtype=torch.float64)[:, ::2]
+    total = torch.zeros(5, 5, dtype=torch.float64)
+    add_gram(total, rows)
+    torch.testing.assert_close(symmetrise_upper(total), rows.T @ rows)
+
+
+def test_symmetrise_upper_over_blocks_and_add_diagonal():
+    a = torch.randn(9, 9, dtype=torch.float64)
+    expected = a.triu() + a.triu(1).T
+    torch.testing.assert_close(symmetrise_upper(a.clone(), block=4), expected)
+    d = torch.rand(9, dtype=torch.float64)
+    torch.testing.assert_close(add_diagonal(a, d), a + torch.diag(d))
+    assert not torch.equal(add_diagonal(a, d), a)  # a new tensor; `a` is untouched

@@ -1,0 +1,320 @@
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import linearised_laplace as lla
+from linearised_laplace.posteriors.expectation import EStep
+from linearised_laplace.posteriors.gamma import exact_gamma, function_space_gamma, weight_space_gamma
+from linearised_laplace.tuning.em import run_em
+from linearised_laplace.tuning.mackay import PRECISION_RANGE, mackay_update
+from linearised_laplace.tuning.state import EMState
+
+from ..helpers import dense_parts, matrix_model
+
+
+def test_gamma_estimators_are_unbiased_with_the_predicted_variances():
+    # R4: γ = tr(H⁻¹M) = Σ r_j, r_j = μ_j/(μ_j + α); Var[ζᵀMζ] = 2Σr², Var[α‖ζ‖²] = 2Σ(1 − r)².
+    model = matrix_model(n=30, d=8, alpha=2.0, likelihood="regression")
+    _, _, _, precision = dense_parts(model)
+    ggn = precision - 2.0 * torch.eye(8)
+    mu = torch.linalg.eigvalsh(ggn)
+    r = mu / (mu + 2.0)
+    gamma = float(r.sum())
+    cov = torch.linalg.inv(precision)
+    torch.testing.assert_close(
+        exact_gamma(cov.diagonal(), model.precision.prior, torch.zeros(8, dtype=torch.long), 1),
+        torch.tensor([gamma]),
+    )
+    k = 20_000
+    chol = torch.linalg.cholesky(cov)
+    samples = torch.randn(k, 8, generator=torch.Generator().manual_seed(0)) @ chol.T
+    per_sample_fn = torch.einsum("kd,de,ke->k", samples, ggn, samples)
+    per_sample_w = 8 - 2.0 * samples.square().sum(1)
+    for values, variance in (
+        (per_sample_fn, 2 * (r**2).sum()),
+        (per_sample_w, 2 * ((1 - r) ** 2).sum()),
+    ):
+        assert abs(float(values.mean()) - gamma) < 4 * math.sqrt(variance / k)
+        assert abs(float(values.var()) / float(variance) - 1) < 0.1
+    # the library's estimators compute the same per-sample quantities
+    fn = function_space_gamma(model, samples[:50], 1)
+    torch.testing.assert_close(fn, per_sample_fn[:50].mean().reshape(1))
+    w = weight_space_gamma(model.precision.prior, samples[:50], torch.zeros(8, dtype=torch.long), 1)
+    torch.testing.assert_close(w, per_sample_w[:50].mean().reshape(1))
+
+
+def test_layerwise_function_space_gamma_matches_trace_per_group():
+    model = matrix_model(n=30, d=8, alpha=[1.0, 3.0])
+    _, _, _, precision = dense_parts(model)
+    ggn = precision - torch.diag(model.precision.prior)
+    samples = torch.randn(7, 8)
+    expected = torch.stack(
+        [
+            torch.einsum("kd,de,ke->k", samples[:, g], ggn[g][:, :], samples).mean()
+            for g in (slice(0, 4), slice(4, 8))
+        ]
+    )
+    torch.testing.assert_close(function_space_gamma(model, samples, 2), expected)
+    ggn_z = samples @ ggn  # products a solver already computed: no data pass, same estimate
+    torch.testing.assert_close(function_space_gamma(model, samples, 2, ggn_z), expected)
+    single = matrix_model(n=30, d=8, alpha=2.0)
+    torch.testing.assert_close(
+        function_space_gamma(single, samples, 1, ggn_z), function_space_gamma(single, samples, 1)
+    )
+
+
+def test_mackay_update_clips_estimates_only():
+    ids = torch.tensor([0, 0, 0, 1])
+    mean = torch.tensor([1.0, 1.0, 0.0, 2.0])
+    clipped = mackay_update(torch.tensor([5.0, 0.1]), mean, ids, 2)
+    torch.testing.assert_close(clipped, torch.tensor([2.0 / 2.0, 0.5 / 4.0]))
+    exact = mackay_update(torch.tensor([2.5, 0.9]), mean, ids, 2, clip=False)
+    torch.testing.assert_close(exact, torch.tensor([2.5 / 2.0, 0.9 / 4.0]))
+
+
+def test_mackay_update_clips_estimates_to_the_rank_of_the_ggn():
+    ids = torch.zeros(100, dtype=torch.long)
+    mean = torch.ones(100)
+    # 10 observations: M has rank ≤ 10, so γ̂ = 40 (an overshoot) is clipped to 10 − 1
+    clipped = mackay_update(torch.tensor([40.0]), mean, ids, 1, n_observations=10)
+    torch.testing.assert_close(clipped, torch.tensor([9.0 / 100.0], dtype=torch.float64))
+    unbounded = mackay_update(torch.tensor([40.0]), mean, ids, 1)
+    torch.testing.assert_close(unbounded, torch.tensor([40.0 / 100.0], dtype=torch.float64))
+
+
+def _regression_problem(n=100, d=40):
+    """y = Xθ + ε with decaying feature scales, as a linear network (J = X), γ well inside (1, d−1)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, d, generator=gen) * torch.logspace(0, -2, d)
+    y = x @ (0.5 * torch.randn(d, generator=gen)) + 0.3 * torch.randn(n, generator=gen)
+    net = nn.Linear(d, 1, bias=False)
+    nn.init.zeros_(net.weight)
+    return net, x, y[:, None]
+
+
+def _exact_fixed_point_and_evidence(x, y, sigma):
+    d = x.shape[1]
+    ggn = x.T @ x / sigma**2
+    mu = torch.linalg.eigvalsh(ggn)
+    rhs = x.T @ y[:, 0] / sigma**2
+
+    def evidence(alpha):
+        h = ggn + alpha * torch.eye(d)
+        theta = torch.linalg.solve(h, rhs)
+        resid = y[:, 0] - x @ theta
+        return float(
+            -0.5 * resid @ resid / sigma**2
+            - 0.5 * alpha * theta @ theta
+            - 0.5 * torch.logdet(h)
+            + 0.5 * d * math.log(alpha)
+            - len(y) * (math.log(sigma) + 0.5 * math.log(2 * math.pi))
+        )
+
+    alpha = 1.0
+    for _ in range(500):
+        theta = torch.linalg.solve(ggn + alpha * torch.eye(d), rhs)
+        alpha = float((mu / (mu + alpha)).sum() / (theta @ theta))
+    return alpha, evidence
+
+
+def test_exact_em_reaches_the_mackay_fixed_point_which_maximises_the_evidence():
+    # R5, exact: the fixed point maximises the closed-form evidence (to grid resolution).
+    net, x, y = _regression_problem()
+    alpha, evidence = _exact_fixed_point_and_evidence(x, y, 0.3)
+    grid = torch.logspace(-2, 3, 2001)
+    best = float(grid[torch.tensor([evidence(float(a)) for a in grid]).argmax()])
+    assert abs(math.log(best / alpha)) < 2 * math.log(grid[1] / grid[0])
+    la = lla.ExactLaplace(net, "regression", sigma_noise=0.3, n_samples=2, progress=False)
+    history = la.optimize_prior_precision((x, y), max_iter=100, tol=1e-9)
+    assert abs(float(la.prior_precision) / alpha - 1) < 1e-6
+    assert history[0]["prior_precision"] == [1.0] and len(history[-1]["gamma"]) == 1
+    assert abs(float(la.log_marginal_likelihood()) - evidence(float(la.prior_precision))) < 1e-8
+    assert float(la.log_marginal_likelihood(prior_precision=10 * alpha)) < float(
+        la.log_marginal_likelihood()
+    )
+
+
+@pytest.mark.parametrize("gamma", ["function", "weight"])
+def test_sampled_em_lands_within_ten_percent_of_the_fixed_point(gamma):
+    # R5, sampled: K = 16 samples, default SGD; the noise is fixed across steps.
+    net, x, y = _regression_problem()
+    alpha, _ = _exact_fixed_point_and_evidence(x, y, 0.3)
+    la = lla.SampledLaplace(net, "regression", sigma_noise=0.3, n_samples=4, progress=False)
+    history = la.optimize_prior_precision(
+        (x, y), max_iter=15, tol=1e-3, gamma=gamma, n_em_samples=16
+    )
+    assert abs(float(la.prior_precision) / alpha - 1) < 0.1
+    assert len(history) >= 3 and la.posterior_samples.shape == (4, 40)
+
+
+def test_noise_update_reaches_mackays_sigma():
+    net, x, y = _regression_problem()
+    la = lla.ExactLaplace(net, "regression", sigma_noise=1.0, n_samples=2, progress=False)
+    la.optimize_prior_precision((x, y), max_iter=200, tol=1e-10, update_sigma=True)
+    alpha, sigma = float(la.prior_precision), float(la.sigma_noise)
+    ggn = x.T @ x
+    theta = torch.linalg.solve(ggn / sigma**2 + alpha * torch.eye(40), x.T @ y[:, 0] / sigma**2)
+    gamma = float(
+        (
+            torch.linalg.eigvalsh(ggn / sigma**2) / (torch.linalg.eigvalsh(ggn / sigma**2) + alpha)
+        ).sum()
+    )
+    resid = y[:, 0] - x @ theta
+    assert abs(sigma**2 / (float(resid @ resid) / (100 - gamma)) - 1) < 1e-6
+    assert abs(alpha / (gamma / float(theta @ theta)) - 1) < 1e-6
+
+
+def test_run_em_stops_on_tolerance_or_max_iter():
+    calls = []
+
+    def e_step(state):
+        calls.append(state.step)
+        return EStep(torch.ones(4), torch.tensor([2.0]))
+
+    start = EMState(0, torch.tensor([3.0]), 1.0, torch.zeros(4))
+    ids = torch.zeros(4, dtype=torch.long)
+    final = run_em(e_step, start, ids, max_iter=10, tol=1e-3, progress=False)
+    assert final.converged and final.step == 2 and calls == [0, 1]  # 3 → 0.5 → 0.5
+    assert [h["prior_precision"] for h in final.history] == [[3.0], [0.5], [0.5]]
+    with pytest.warns(lla.ConvergenceWarning, match="Raise max_iter"):
+        capped = run_em(e_step, start, ids, max_iter=1, tol=1e-3, progress=False)
+    assert capped.step == 1 and not capped.converged
+    assert [h.get("converged") for h in capped.history] == [None, False]
+
+
+def _em_with_update(update, start: float, max_iter: int = 40):
+    """``run_em`` where MacKay's update of ``α`` is ``update(α)`` (``γ = 4·update``, ``‖θ̄‖² = 4``)."""
+
+    def e_step(state):
+        return EStep(torch.ones(4), 4 * update(state.precision))
+
+    state = EMState(0, torch.tensor([start], dtype=torch.float64), 1.0, torch.zeros(4))
+    ids = torch.zeros(4, dtype=torch.long)
+    return run_em(e_step, state, ids, max_iter=max_iter, tol=1e-6, clip_gamma=False)
+
+
+def test_em_damps_a_two_cycle_until_it_converges():
+    # log α ↦ 2 log 3 − log α: undamped, α = 100 and 0.09 alternate forever.
+    final = _em_with_update(lambda a: 9.0 / a, 100.0)
+    assert final.converged and final.step < 5
+    assert abs(float(final.precision) - 3.0) < 1e-9
+    assert final.history[2]["damping"] == [0.5]
+    small = _em_with_update(lambda a: 9.0 / a, 4.0)  # a two-cycle 4 ↔ 2.25, within a factor 2
+    assert small.converged and abs(float(small.precision) - 3.0) < 1e-6
+
+
+def test_em_is_bounded_and_warns_when_it_runs_away():
+    with pytest.warns(lla.ConvergenceWarning, match="reached the bound"):
+        final = _em_with_update(lambda a: a**2, 1e8)  # the runaway a γ floor of 1 caused
+    assert float(final.precision) == PRECISION_RANGE[1] and not final.converged
+    assert final.step < 5  # stops once pinned at the bound
+
+
+def test_em_turns_a_failed_factorisation_and_a_nan_update_into_divergence_errors():
+    def failing(state):
+        raise torch.linalg.LinAlgError("linalg.cholesky: The factorization could not be completed")
+
+    state = EMState(0, torch.tensor([1e30]), 1.0, torch.zeros(4))
+    ids = torch.zeros(4, dtype=torch.long)
+    with pytest.raises(lla.DivergenceError, match=r"EM step 1 at prior precision.*moderate"):
+        run_em(failing, state, ids, max_iter=3, tol=1e-3)
+    with pytest.raises(lla.DivergenceError, match="MacKay update"):
+        _em_with_update(lambda a: a * float("nan"), 1.0)
+
+
+def test_the_function_space_estimate_is_not_floored():
+    mean, ids = torch.ones(4, dtype=torch.float64), torch.zeros(4, dtype=torch.long)
+    tiny = torch.tensor([1e-6], dtype=torch.float64)
+    assert float(mackay_update(tiny, mean, ids, 1)) == pytest.approx(0.25)  # floored at γ = 1
+    assert float(mackay_update(tiny, mean, ids, 1, floor=False)) == pytest.approx(2.5e-7)
+
+
+@pytest.mark.parametrize("method", [lla.ExactLaplace, lla.SampledLaplace])
+def test_em_from_a_huge_prior_precision_comes_back_without_a_linalg_error(method):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2))
+    x = torch.randn(40, 3)
+    y = torch.randn(40, 2)
+    kw = {"sigma_noise": 0.5, "n_samples": 4, "progress": False}
+    ref = lla.ExactLaplace(net, "regression", prior_precision=1.0, **kw)
+    ref.optimize_prior_precision((x, y), max_iter=40)
+    la = method(net, "regression", prior_precision=1e8, **kw)
+    history = la.optimize_prior_precision((x, y), max_iter=40)
+    assert history[-1]["converged"]
+    assert 0.2 < float(la.prior_precision / ref.prior_precision) < 5  # not 1e25
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_iter": 0}, "`max_iter` must be an integer >= 1"),
+        ({"tol": 0.0}, "`tol` must be > 0"),
+        ({"gamma": "trace"}, "`gamma` must be one of"),
+        ({"mean": "map"}, "`mean` must be one of 'tangent', 'affine', 'network'"),
+        ({"n_em_samples": 0}, "`n_em_samples` must be an integer >= 1"),
+        ({"update_sigma": True}, "needs a regression"),
+    ],
+)
+def test_bad_em_settings_raise_before_any_work(kwargs, match):
+    la = lla.SampledLaplace(nn.Linear(3, 2), n_samples=2, progress=False)
+    x, y = torch.randn(10, 3), torch.randint(0, 2, (10,))
+    with pytest.raises(ValueError, match=match):
+        la.optimize_prior_precision((x, y), **kwargs)
+
+
+def test_em_takes_full_steps_again_after_one_overshoot():
+    # A far start whose first update overshoots (as an unconverged first E-step does), then an
+    # update that no longer depends on α: the damping halved by the reversal must recover, or
+    # every later step would only halve the distance to α = 190.
+    def update(a):
+        return torch.where(a < 10, torch.full_like(a, 1e5), torch.full_like(a, 190.0))
+
+    final = _em_with_update(update, 1.0)
+    assert [h.get("damping") for h in final.history[1:4]] == [[1.0], [0.5], [1.0]]
+    assert final.converged and final.step == 4
+    assert float(final.precision) == pytest.approx(190.0, rel=1e-12)
+
+
+def test_an_impossible_sampled_gamma_warns_that_the_samples_are_unconverged():
+    def e_step(gamma):
+        return lambda state: EStep(torch.ones(4), torch.tensor([gamma]), torch.zeros(2, 4))
+
+    start = EMState(0, torch.tensor([3.0]), 1.0, torch.zeros(4))
+    ids = torch.zeros(4, dtype=torch.long)
+    with pytest.warns(lla.ConvergenceWarning, match="far from converged"):
+        run_em(e_step(40.0), start, ids, max_iter=1, tol=10.0, progress=False)
+    with warnings.catch_warnings(record=True) as caught:  # within the MC error of 4 + 4·2
+        warnings.simplefilter("always")
+        state = run_em(e_step(11.0), start, ids, max_iter=2, tol=10.0, progress=False)
+    assert not [w for w in caught if "far from converged" in str(w.message)]
+    assert state.history[-1]["clipped"] and not state.converged  # clipped: no evidence
+
+
+@pytest.mark.parametrize(
+    ("gamma", "solved", "converges"),
+    [(2.0, True, True), (2.0, False, False), (40.0, True, False)],  # D = 4: γ̂ = 40 is clipped
+)
+def test_only_a_step_with_an_unclipped_gamma_and_solved_samples_counts_toward_convergence(
+    gamma, solved, converges
+):
+    def e_step(state):
+        return EStep(torch.ones(4), torch.tensor([gamma]), torch.zeros(2, 4), solved=solved)
+
+    start = EMState(0, torch.tensor([0.5]), 1.0, torch.zeros(4))  # γ/‖θ̄‖² = γ/4
+    ids = torch.zeros(4, dtype=torch.long)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        state = run_em(e_step, start, ids, max_iter=4, tol=1e-6, progress=False)
+    assert state.converged is converges
+    assert [r["converged"] for r in state.history[1:]] == [False] * (len(state.history) - 2) + [
+        converges
+    ]
+    assert all(r["solved"] is solved for r in state.history[1:])
+    unconverged = [w for w in caught if "EM did not converge" in str(w.message)]
+    if not converges:
+        (warning,) = unconverged
+        cause = "clipped" if gamma > 4 else "missed their solver's tolerance"
+        assert cause in str(warning.message)
