@@ -7,7 +7,11 @@ from torch import nn
 
 import linearised_laplace as lla
 from linearised_laplace.posteriors.expectation import EStep
-from linearised_laplace.posteriors.gamma import exact_gamma, function_space_gamma, weight_space_gamma
+from linearised_laplace.posteriors.gamma import (
+    exact_gamma,
+    function_space_gamma,
+    weight_space_gamma,
+)
 from linearised_laplace.tuning.em import run_em
 from linearised_laplace.tuning.mackay import PRECISION_RANGE, mackay_update
 from linearised_laplace.tuning.state import EMState

@@ -14,17 +14,13 @@ import json
 import math
 import os
 import tempfile
-import warnings
 from enum import Enum
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from ..network.linearisation import BATCHINGS
-from ..network.parameters import ParameterSelection
 from .checksums import checksum, digest  # noqa: F401 (digest: re-exported)
 
 FORMAT = "linearised-laplace/2"  # /2: with checksums
@@ -264,90 +260,6 @@ def largest_difference(
             gaps[name] = float(gap.nan_to_num(nan=math.inf).max())
     name = max(gaps, key=gaps.__getitem__, default=None)
     return None if name is None or gaps[name] == 0 else (name, gaps[name])
-
-
-POSTERIOR_FIELDS = {
-    "model": SIGNATURE,
-    "likelihood": frozenset({"classification", "regression"}),
-    "sigma_noise": float,
-    "n_samples": int,
-    "seed": int,
-    "g_prior": bool,
-    "tangent_batching": frozenset(BATCHINGS),
-    "selection": SIGNATURE,
-    "em_history": list,
-}
-"""The fields every saved posterior's header has, and what they may hold."""
-
-
-def check_posterior(meta: dict, class_name: str, path: str | os.PathLike) -> None:
-    """Raise unless ``meta`` is the header of a posterior saved by ``class_name``."""
-    if meta.get("kind") == "em-checkpoint":
-        raise ValueError(
-            f"{path} is an EM checkpoint (written by `optimize_prior_precision(checkpoint=...)`),"
-            " not a saved posterior. To resume that EM run, pass it as `checkpoint=` to "
-            "`optimize_prior_precision` again; to write a loadable posterior, call "
-            "`.save(path)` after fitting."
-        )
-    kind, held = meta.get("kind"), meta.get("class")
-    if kind != "posterior" or not isinstance(held, str):
-        raise ValueError(
-            f"{path} holds {kind!r}, not a saved posterior; pass a file written by `.save(path)`."
-        )
-    if held != class_name:
-        raise ValueError(
-            f"{path} holds a {held}, not a {class_name}; load it with lla.{held}.load."
-        )
-    check_fields(meta, POSTERIOR_FIELDS, path)
-
-
-def write_posterior(path: str | os.PathLike, lin, tensors: dict, meta: dict) -> None:
-    """Write a posterior fitted over the linearisation ``lin``: its point ``θ*``, ``tensors``, ``meta``."""
-    snapshot, selection = lin.snapshot(), lin.selection
-    state = {f"state.{name}": t for name, t in snapshot.items()}
-    shapes = [[n, list(s)] for n, s in zip(selection.names, selection.shapes, strict=True)]
-    header = {"kind": "posterior", "model": model_signature(snapshot), "selection": shapes}
-    write(path, {**state, **tensors}, {**header, "tangent_batching": lin.tangent_batching, **meta})
-
-
-def read_posterior(
-    path: str | os.PathLike, class_name: str, model, strict: bool
-) -> tuple[Tensors, dict, dict[str, Tensor], dict]:
-    """A posterior saved by ``class_name`` for ``model``: tensors, header, network state, keywords.
-
-    The keywords are the shared constructor settings. A different architecture raises; different
-    weights warn (or raise, with ``strict``).
-    """
-    tensors, meta = read(path)
-    check_posterior(meta, class_name, path)
-    current = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    check_signature(meta["model"], model_signature(current), path)
-    state = {name: tensors[f"state.{name}"] for name, _ in meta["model"]}
-    differs = largest_difference(state, current)
-    if differs is not None:
-        text = (
-            f"The model's weights differ from the linearisation point θ* saved in {path} "
-            f"(largest |difference| {differs[1]:.3g}, in {differs[0]!r}); predictions use the "
-            "file's weights."
-        )
-        if strict:
-            raise ValueError(
-                f"{text} Load onto the network it was fitted on, or pass strict=False."
-            )
-        warnings.warn(
-            f"{text} Load onto the network it was fitted on, or pass strict=True to raise.",
-            UserWarning,
-            stacklevel=3,
-        )
-    selection = ParameterSelection(
-        tuple(n for n, _ in meta["selection"]),
-        tuple(torch.Size(s) for _, s in meta["selection"]),
-        tensors.get("selection_indices"),
-    )
-    keys = ("sigma_noise", "n_samples", "seed", "g_prior", "tangent_batching", "likelihood")
-    keywords = {k: meta[k] for k in keys}
-    keywords.update(prior_precision=tensors["prior_precision"], parameters=selection)
-    return tensors, meta, state, keywords
 
 
 def model_signature(state: dict[str, Tensor]) -> list[list]:

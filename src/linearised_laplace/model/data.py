@@ -95,6 +95,10 @@ class InputsDataset(Dataset):
         return trees.take(self.x, index), self.y[index]
 
 
+TrainingData = DataLoader | tuple[Inputs, Tensor]
+"""What the methods take as data: a ``DataLoader`` or a pair ``(x, y)``."""
+
+
 class Data:
     """A map-style dataset of ``(x, y)`` pairs, iterated in batches with their indices.
 

@@ -4,8 +4,8 @@ from typing import Protocol
 
 from torch import Tensor
 
-from .expectation import Expectation
 from .dense import DensePosterior
+from .expectation import Expectation
 from .sampled import SampledPosterior
 
 
@@ -28,14 +28,19 @@ class Posterior(Protocol):
     def functional_factor(self, features, x: Tensor) -> Tensor:
         """``G`` ``[N, C, R]`` with ``G_a G_bᵀ = J(x_a) Σ J(x_b)ᵀ`` for ``features`` ``J``."""
 
-    def grid_search(self, features, x, grid: Tensor, score, seed: int, progress) -> list:
-        """``score`` of ``J(x) ζ``'s factor per isotropic precision in ``grid``; refit at the best."""
+    def grid_search(
+        self, features, x, grid: Tensor, score, seed: int, progress
+    ) -> tuple[list[float], int]:
+        """``score`` of ``J(x) ζ``'s factor per isotropic precision in ``grid``; refit at the best.
+
+        Returns the scores and the index of the best (the lowest; the first of equals).
+        """
 
     def extra_samples(self, count: int, seed: int) -> Tensor:
         """``count`` samples beyond the stored ones (or raise)."""
 
-    def at_noise(self, sigma: float, seed: int, progress) -> bool:
-        """Refit at Gaussian noise ``sigma`` without a new fit if it can (then True)."""
+    def at(self, precision: Tensor, sigma: float, seed: int, progress) -> bool:
+        """Refit at prior precision ``precision`` and noise ``sigma`` without the data if it can."""
 
     def forget(self) -> None:
         """Drop the fit (the weights changed)."""

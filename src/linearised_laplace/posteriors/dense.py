@@ -180,11 +180,11 @@ class DensePosterior:
         if is_main_process():
             persistence.write(self.ggn_cache, tensors, {"kind": GGN_KIND, "key": key})
 
-    def at_noise(self, sigma: float, seed: int, progress) -> bool:
-        """Refactorise ``H`` at noise ``σ`` from the held ``M`` (``∝ σ⁻²``); False after a load."""
+    def at(self, precision: Tensor, sigma: float, seed: int, progress) -> bool:
+        """Refactorise ``H`` at new hyperparameters from the held ``M`` (``∝ σ⁻²``); False after a load."""
         if self.model is None:
             return False
-        current, ratio = self.model.at(self.model.prior.precision, sigma)
+        current, ratio = self.model.at(precision, sigma)
         self.fit(current, len(self.samples), seed, progress, _scaled(self.ggn, ratio))
         return True
 
@@ -222,12 +222,16 @@ class DensePosterior:
         step = exact_e_step(model, ggn, eigenvalues, mode, anchor, seed, solve)
         return Expectation(step, refit, estimated=False)
 
-    def grid_search(self, features, x, grid: Tensor, score, seed: int, progress) -> list[float]:
-        """:func:`~linearised_laplace.metrics.grid_scores` of the fitted GGN; refits at the best."""
+    def grid_search(self, features, x, grid: Tensor, score, seed: int, progress):
+        """:func:`~linearised_laplace.metrics.grid_scores` of the fitted GGN; refits at the best.
+
+        Returns the scores and the index of the best (the lowest; the first of equals).
+        """
         scores = grid_scores(self.ggn, features.to_dense(x).double(), grid, score)
-        best = self.model.prior.with_precision(grid[int(torch.tensor(scores).argmin())])
+        index = int(torch.tensor(scores).argmin())
+        best = self.model.prior.with_precision(grid[index])
         self.fit(self.model.with_prior(best), len(self.samples), seed, progress, self.ggn)
-        return scores
+        return scores, index
 
     def log_evidence(self, precision: Tensor, sigma: float, mode, anchor, seed: int, progress):
         """:func:`log_evidence` of the fit at these hyperparameters."""

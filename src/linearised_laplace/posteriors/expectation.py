@@ -50,7 +50,6 @@ class EStep:
     solved: bool = True
 
 
-
 @dataclass(frozen=True)
 class Expectation:
     """A posterior's part in EM.
@@ -68,8 +67,5 @@ class Expectation:
     estimated: bool = True
 
 
-
 MeanSolve = Callable[[MeanProblem, Tensor, Tensor, int], Tensor]
 """``(problem, init, preconditioner, seed) ↦ θ̄``."""
-
-

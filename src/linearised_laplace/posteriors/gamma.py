@@ -72,5 +72,3 @@ def check_gamma(gamma: str) -> None:
     """Validate the name of a ``γ̂`` estimator."""
     if gamma not in GAMMA_ESTIMATORS:
         raise ValueError(f"`gamma` must be one of {GAMMA_ESTIMATORS}, got {gamma!r}.")
-
-

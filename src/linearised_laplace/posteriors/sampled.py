@@ -105,7 +105,7 @@ class SampledPosterior:
         result = draw_samples(model, choice, n_samples, seed, self.strict, warm, sketch, progress)
         self.model, self.samples, self.solve_info = model, result.samples, result.info
 
-    def grid_search(self, features, x, grid: Tensor, score, seed: int, progress) -> list[float]:
+    def grid_search(self, features, x, grid: Tensor, score, seed: int, progress):
         r"""``score`` of the samples re-solved at each isotropic ``α``; keeps the best.
 
         The fit's noise (``ξ``, ``u``: a pure function of ``seed``, rebuilt in one data pass
@@ -117,20 +117,20 @@ class SampledPosterior:
         choice = choose_solver(self.model, self.solver, self.space)
         noise = choice_noise(self.model, choice, len(self.samples), seed, progress=progress)
         warm = self.samples if choice.space == "primal" else None
-        scores, best = [], None
-        for alpha in grid:
+        scores, best, index = [], None, 0
+        for k, alpha in enumerate(grid):
             model = self.model.with_prior(self.model.prior.with_precision(alpha))
             result, warm = solve_samples(model, noise, choice, warm, seed, self.strict, progress)
             half = sample_factor(features.jvp(x, result.samples)[1]).double()
             scores.append(score(half))
-            if best is None or scores[-1] < min(scores[:-1]):
-                best = model, result
+            if best is None or scores[-1] < scores[index]:
+                best, index = (model, result), k
         (self.model, result) = best
         self.samples, self.solve_info = result.samples, result.info
-        return scores
+        return scores, index
 
-    def at_noise(self, sigma: float, seed: int, progress) -> bool:
-        """False: each sample is a solve at the fit's ``σ``; only a new fit re-solves them."""
+    def at(self, precision: Tensor, sigma: float, seed: int, progress) -> bool:
+        """False: each sample is a solve at the fit's ``α`` and ``σ``; only a new fit re-solves them."""
         return False
 
     def extra_samples(self, count: int, seed: int) -> Tensor:

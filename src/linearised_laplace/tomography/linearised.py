@@ -29,8 +29,8 @@ from ..model.noise import NoiseSource
 from ..model.priors import make_prior
 from ..network.features import OutputMap
 from ..network.linearisation import Linearisation
-from ..solvers.kernel import dual_pullback, dual_rhs, kernel_vec
 from ..posteriors.expectation import EStep
+from ..solvers.kernel import dual_pullback, dual_rhs, kernel_vec
 from ..tuning.em import run_em
 from ..tuning.state import EMState
 from .ray_transform import RayTransform

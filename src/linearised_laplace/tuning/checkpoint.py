@@ -84,5 +84,3 @@ def load_checkpoint(
         meta["history"],
         meta["converged"],
     )
-
-

@@ -119,5 +119,3 @@ def damped_step(
     precision = torch.where(damping == 1, proposed, damped).clamp(low, high)
     at_bound = bool(((precision <= low) | (precision >= high)).any())
     return precision, damping, at_bound
-
-

@@ -32,5 +32,3 @@ class EMState:
     samples: Tensor | None = None
     history: list[dict] = field(default_factory=list)
     converged: bool = False
-
-

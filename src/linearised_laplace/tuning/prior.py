@@ -1,0 +1,235 @@
+r"""Choosing the prior precision: MacKay EM on the training data, or a grid on held-out data.
+
+:class:`PriorTuning` gives :class:`~linearised_laplace.Laplace` its ``optimize_prior_precision``
+(EM, :func:`~linearised_laplace.tuning.em.run_em`, with the backend's E-step, or laplace-torch's
+``gridsearch``) and ``select_prior_precision`` (a validation grid scored by the backend). Both end
+with the posterior refitted at the chosen value, written through the ``prior_precision`` and
+``sigma_noise`` setters.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from ..core import persistence
+from ..core.checks import check_finite, check_positive, check_positive_int
+from ..metrics import linearised_joint_nll, linearised_nll
+from ..model.data import Data, TrainingData
+from ..model.likelihoods import Gaussian
+from ..solvers.mean import MeanMode, mean_mode
+from .checkpoint import run_fingerprint
+from .em import check_em_settings, run_em
+from .state import EMState
+
+PRIOR_METHODS = ("em", "gridsearch")
+
+
+class PriorTuning:
+    """EM and grid search of the prior precision (a mixin of :class:`~linearised_laplace.Laplace`)."""
+
+    def select_prior_precision(
+        self,
+        val_loader: TrainingData,
+        grid: Tensor | None = None,
+        objective: Literal["nll", "joint"] = "nll",
+        kappa: int = 5,
+    ) -> dict:
+        r"""Choose ``α`` on a grid by a validation score, then refit at it.
+
+        The alternative to EM that the ELLA paper and laplace-torch's ``gridsearch`` use; the
+        prior becomes isotropic. A dense posterior refactorises the ``P × P`` posterior per grid
+        point (cheap for subnetworks and Nyström bases); a sampled one re-solves its samples per
+        grid point from the same noise, warm-started, and scores the sample covariance of ``f``.
+        Call :meth:`fit` first. A choice at either end of the grid warns: the best ``α`` may lie
+        beyond it.
+
+        Args:
+            val_loader: Validation data, as for :meth:`fit`.
+            grid: Candidate precisions (default ``10^{-4} … 10^{4}``, 21 points).
+            objective: ``"nll"``: the marginal NLL (classification with the probit predictive,
+                regression with the Gaussian predictive including the noise); ``"joint"``
+                (classification): the negative κ-adic joint log-likelihood of ``kappa`` points
+                (:func:`~linearised_laplace.metrics.linearised_joint_nll`, 64 function samples of
+                the linearised predictive, the same draws for every ``α``), Antorán et al.'s (2023)
+                metric of joint predictions.
+            kappa: Points per set for ``objective="joint"``.
+
+        Returns:
+            ``{"grid", "objective", "scores", "prior_precision", "at_edge"}`` (and ``"nll"``, the
+            scores, for ``objective="nll"``).
+        """
+        fit = self._fitted_data("select_prior_precision")
+        if objective not in ("nll", "joint"):
+            raise ValueError(f"`objective` must be 'nll' or 'joint', got {objective!r}.")
+        kappa = check_positive_int("kappa", kappa)
+        if objective == "joint" and isinstance(self.likelihood, Gaussian):
+            raise ValueError(
+                "objective='joint' scores sets of class labels (the κ-adic joint log-likelihood); "
+                "for regression use objective='nll'."
+            )
+        grid = check_positive(
+            "grid", torch.logspace(-4, 4, 21, dtype=torch.float64) if grid is None else grid
+        )
+        val = Data(val_loader)
+        x, y = val.subset(torch.arange(len(val)))
+        x = self.linearisation.check_inputs(x, "the val_loader's inputs")
+        check_finite("The val_loader targets", y)
+        if objective == "joint" and kappa > len(val):
+            raise ValueError(
+                f"`kappa` ({kappa}) exceeds the {len(val)} validation points; pass a smaller kappa."
+            )
+        features = self.coordinates.transform(self.linearisation)
+        f0 = features.forward(x).to(torch.float64)
+        try:
+            self.likelihood.check_targets(f0, y.to(f0.device))
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"The val_loader targets do not fit the model: {err}") from err
+        sigma = self.likelihood.sigma if isinstance(self.likelihood, Gaussian) else None
+
+        def score(half: Tensor) -> float:
+            if objective == "nll":
+                return linearised_nll(f0, half, y, sigma)
+            return linearised_joint_nll(f0, half, y, kappa, seed=self.seed)
+
+        scores, index = fit.grid_search(features, x, grid, score, self.seed, self.progress)
+        best = float(grid[index])
+        self.prior_precision = best
+        at_edge = len(grid) > 1 and index in (0, len(grid) - 1)
+        if at_edge:
+            end = "smallest" if index == 0 else "largest"
+            warnings.warn(
+                f"select_prior_precision chose α = {best:.4g}, the {end} value of the grid: the "
+                f"best α may lie beyond it. Extend `grid` past {best:.4g} and select again.",
+                UserWarning,
+                stacklevel=2,
+            )
+        chosen = {"grid": grid.tolist(), "objective": objective, "scores": scores}
+        chosen.update(prior_precision=best, at_edge=at_edge)
+        return chosen | ({"nll": scores} if objective == "nll" else {})
+
+    def optimize_prior_precision(
+        self,
+        train_loader: TrainingData,
+        max_iter: int = 10,
+        tol: float = 1e-2,
+        *,
+        method: Literal["em", "gridsearch"] = "em",
+        val_loader: TrainingData | None = None,
+        grid: Tensor | None = None,
+        mean: str = "tangent",
+        update_sigma: bool = False,
+        checkpoint: str | Path | None = None,
+        **options,
+    ) -> list[dict] | dict:
+        r"""Learn the prior precision by MacKay EM, ``α_g = γ_g / ‖θ̄_g‖²``, then refit at the result.
+
+        Each step solves for the linear model's mean ``θ̄`` (warm-started) and the effective
+        dimension ``γ`` (exact for a dense posterior; for a sampled one estimated from
+        warm-started samples whose noise is kept and rescaled across steps).
+
+        ``method="gridsearch"`` (laplace-torch's name) instead fits at the current prior and runs
+        :meth:`select_prior_precision` on ``val_loader`` over ``grid``; the EM settings do not
+        apply to it.
+
+        Args:
+            train_loader: Training data, as for :meth:`fit`.
+            max_iter: EM steps at most.
+            tol: Stop when every ``|Δ log α|`` (and ``|Δ log σ|``) falls below this.
+            method: ``"em"`` (default) or ``"gridsearch"``.
+            val_loader: Validation data, as for :meth:`fit` (``"gridsearch"`` only, required).
+            grid: Candidate precisions for ``"gridsearch"`` (see :meth:`select_prior_precision`).
+            mean: ``"tangent"`` (the linear model's mode with outputs ``J w``; default),
+                ``"affine"`` (outputs ``f(x; θ*) + J(w − θ*)``) or ``"network"`` (use ``θ*``,
+                as laplace-torch's marglik does: no mean solve and a smaller ``α``, which suits an
+                overconfident MAP and can over-widen a calibrated one's predictive; see
+                ``benchmarks/results/fashion-mnist-cnn-overconfident/results.md``).
+            update_sigma: Also learn the Gaussian noise (regression).
+            checkpoint: File to save the state to after every step; a run restarted with the same
+                arguments resumes from it.
+            **options: A sampled posterior's ``gamma``: ``"function"`` (``(1/K) Σ_k ‖Jζ_k‖²_B``;
+                default) or ``"weight"`` estimator, and ``n_em_samples``: ``K`` per E-step
+                (default 8; the final draw uses ``n_samples``).
+
+        Returns:
+            EM: the history, one dict per step (step 0 is the start): ``prior_precision``,
+            ``gamma``, ``mean_norm_sq``, ``sigma_noise``, ``seconds``, also kept as
+            ``em_history``. Grid search: the dict of :meth:`select_prior_precision`.
+        """
+        if method not in PRIOR_METHODS:
+            raise ValueError(f"`method` must be one of {PRIOR_METHODS}, got {method!r}.")
+        if method == "gridsearch":
+            if val_loader is None:
+                raise ValueError(
+                    "method='gridsearch' scores each α on validation data: pass "
+                    "`val_loader=(x_val, y_val)` (or a DataLoader)."
+                )
+            em_only = {"update_sigma": update_sigma, "checkpoint": checkpoint}
+            unused = [name for name, value in em_only.items() if value] + list(options)
+            if unused:
+                raise ValueError(f"{unused} apply to method='em' only, not to 'gridsearch'.")
+            return self.fit(train_loader).select_prior_precision(val_loader, grid)
+        if val_loader is not None or grid is not None:
+            raise ValueError(
+                "`val_loader` and `grid` are for method='gridsearch'; EM learns α from the "
+                "training data alone."
+            )
+        if self.prior.is_diagonal:
+            raise ValueError(
+                "EM does not learn a per-weight [D] prior precision: MacKay's update "
+                "α_d = γ_d / θ̄_d² rests on one weight each and is unstable (a weight near 0 sends "
+                "its α to infinity). Start from one value or one per parameter tensor, or use "
+                "method='gridsearch'."
+            )
+        check_em_settings(max_iter, tol)
+        self._check_em_options(options)
+        if update_sigma and not isinstance(self.likelihood, Gaussian):
+            raise ValueError("`update_sigma=True` needs a regression (Gaussian) likelihood.")
+        if checkpoint is not None:
+            persistence.check_writable(checkpoint, "checkpoint")
+        mode = mean_mode(mean)
+        model = self._fit_model(train_loader)
+        anchor = self.coordinates.anchor()
+        em = self.posterior.expectation(model, mode, anchor, self.seed, self.progress, **options)
+        settings = {"class": type(self).__name__, "seed": self.seed, "g_prior": self.g_prior}
+        settings.update(mean=mode.value, **em.settings)
+        start = anchor.clone() if mode is MeanMode.AFFINE else torch.zeros_like(anchor)
+        state = run_em(
+            em.step,
+            EMState(0, self.prior.precision.clone(), float(self.sigma_noise), start),
+            self.prior.groups,
+            max_iter=max_iter,
+            tol=tol,
+            n_observations=len(model.data) * model.n_outputs,
+            update_sigma=update_sigma,
+            clip_gamma=em.estimated,
+            checkpoint=checkpoint,
+            fingerprint=run_fingerprint(self.linearisation.snapshot(), model.data, **settings),
+            progress=self.progress,
+        )
+        em.refit(state, self.n_samples)
+        self.prior_precision, self.sigma_noise = state.precision, state.sigma
+        self.em_history = state.history
+        return self.em_history
+
+    def _check_em_options(self, options: dict) -> None:
+        """Refuse, before any work, an EM keyword that this method's E-step does not take."""
+        parameters = inspect.signature(self.posterior.expectation).parameters
+        accepted = [n for n, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            takes = (
+                f"takes only {accepted}" if accepted else "takes none (its γ and mean are exact)"
+            )
+            raise TypeError(
+                f"optimize_prior_precision() got {unknown}, which {type(self).__name__}'s EM does "
+                f"not use: its E-step {takes}. `gamma` and `n_em_samples` are options of "
+                "SampledLaplace's sample-based EM; remove them here."
+            )
+
+    # ------------------------------------------------------------------ persistence
