@@ -336,3 +336,34 @@ def test_numpy_integer_n_samples_and_seed_are_accepted():
 def test_numpy_inputs_are_accepted(ctx: SimpleNamespace):
     probs = ctx.sampled(X.numpy())
     torch.testing.assert_close(probs, ctx.sampled(X))
+
+
+EM_METHODS = {
+    "ExactLaplace": lambda: lla.ExactLaplace(net(), progress=False),
+    "SubnetworkLaplace": lambda: lla.SubnetworkLaplace(
+        net(), subnetwork="magnitude", n_params=5, progress=False
+    ),
+    "NystromLaplace": lambda: lla.NystromLaplace(net(), n_points=10, rank=3, progress=False),
+    "SampledLaplace": lambda: sampled(),
+}
+EM_OPTIONS = {"gamma": "weight", "n_em_samples": 4, "n_samples_em": 4, "lr": 0.1}
+
+
+REFUSED = [
+    (method, option)
+    for method in EM_METHODS
+    for option in EM_OPTIONS
+    if not (method == "SampledLaplace" and option in ("gamma", "n_em_samples"))
+]
+
+
+@pytest.mark.parametrize(("method", "option"), REFUSED)
+def test_an_em_keyword_a_method_does_not_take_raises_before_any_work(method, option, monkeypatch):
+    la = EM_METHODS[method]()
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the linear model was built before the keyword was refused")
+
+    monkeypatch.setattr(type(la), "linear_model", no_work)
+    with pytest.raises(TypeError, match=rf"\['{option}'\].*{method}'s EM does not use"):
+        la.optimize_prior_precision((X, Y), **{option: EM_OPTIONS[option]})

@@ -395,3 +395,26 @@ def test_an_interior_choice_does_not_warn_and_an_edge_choice_does(recwarn):
     assert chosen["prior_precision"] == float(fine[best]) and chosen["nll"] == chosen["scores"]
     with pytest.warns(UserWarning, match="the largest value of the grid"):
         assert la.select_prior_precision((val, val_y), fine[: best - 1])["at_edge"]
+
+
+@pytest.mark.parametrize("kind", ["exact", "sampled"])
+def test_setting_prior_precision_refits_or_asks_for_a_fit(kind):
+    net, (x, y) = mlp(n_out=2), regression_data(15)
+    build = {
+        "exact": lambda **kw: lla.ExactLaplace(net, "regression", **kw),
+        "sampled": lambda **kw: lla.SampledLaplace(net, "regression", solver=lla.Cholesky(), **kw),
+    }[kind]
+    fit = {k: v for k, v in FIT.items() if k != "prior_precision"}
+    la = build(prior_precision=2.0, **fit).fit((x, y))
+    la.prior_precision = 2.0  # unchanged: the fit stays
+    la(x)
+    la.prior_precision = torch.tensor([0.4])
+    assert la.prior_precision.tolist() == [0.4]
+    expected = build(prior_precision=0.4, **fit).fit((x, y))
+    if kind == "sampled":
+        with pytest.raises(lla.NotFittedError, match=r"fitted at prior_precision=\[2.0\].*\.fit\("):
+            la(x)
+        la.fit((x, y))
+    torch.testing.assert_close(la.sample(), expected.sample(), **CLOSE)
+    with pytest.raises(ValueError, match="one value, one per parameter group"):
+        la.prior_precision = [1.0, 2.0, 3.0]

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from linearised_laplace import Linearisation, reference
-from linearised_laplace.network.linearisation import lacks_forward_ad
+from linearised_laplace.network.modules import lacks_forward_ad
 
 from ..cases import (
     KeywordInputs,

@@ -7,86 +7,9 @@ from torch import nn
 
 import linearised_laplace as lla
 from linearised_laplace.posteriors.expectation import EStep
-from linearised_laplace.posteriors.gamma import (
-    exact_gamma,
-    function_space_gamma,
-    weight_space_gamma,
-)
 from linearised_laplace.tuning.em import run_em
-from linearised_laplace.tuning.mackay import PRECISION_RANGE, mackay_update
+from linearised_laplace.tuning.mackay import PRECISION_RANGE
 from linearised_laplace.tuning.state import EMState
-
-from ..helpers import dense_parts, matrix_model
-
-
-def test_gamma_estimators_are_unbiased_with_the_predicted_variances():
-    # R4: γ = tr(H⁻¹M) = Σ r_j, r_j = μ_j/(μ_j + α); Var[ζᵀMζ] = 2Σr², Var[α‖ζ‖²] = 2Σ(1 − r)².
-    model = matrix_model(n=30, d=8, alpha=2.0, likelihood="regression")
-    _, _, _, precision = dense_parts(model)
-    ggn = precision - 2.0 * torch.eye(8)
-    mu = torch.linalg.eigvalsh(ggn)
-    r = mu / (mu + 2.0)
-    gamma = float(r.sum())
-    cov = torch.linalg.inv(precision)
-    torch.testing.assert_close(
-        exact_gamma(cov.diagonal(), model.precision.prior, torch.zeros(8, dtype=torch.long), 1),
-        torch.tensor([gamma]),
-    )
-    k = 20_000
-    chol = torch.linalg.cholesky(cov)
-    samples = torch.randn(k, 8, generator=torch.Generator().manual_seed(0)) @ chol.T
-    per_sample_fn = torch.einsum("kd,de,ke->k", samples, ggn, samples)
-    per_sample_w = 8 - 2.0 * samples.square().sum(1)
-    for values, variance in (
-        (per_sample_fn, 2 * (r**2).sum()),
-        (per_sample_w, 2 * ((1 - r) ** 2).sum()),
-    ):
-        assert abs(float(values.mean()) - gamma) < 4 * math.sqrt(variance / k)
-        assert abs(float(values.var()) / float(variance) - 1) < 0.1
-    # the library's estimators compute the same per-sample quantities
-    fn = function_space_gamma(model, samples[:50], 1)
-    torch.testing.assert_close(fn, per_sample_fn[:50].mean().reshape(1))
-    w = weight_space_gamma(model.precision.prior, samples[:50], torch.zeros(8, dtype=torch.long), 1)
-    torch.testing.assert_close(w, per_sample_w[:50].mean().reshape(1))
-
-
-def test_layerwise_function_space_gamma_matches_trace_per_group():
-    model = matrix_model(n=30, d=8, alpha=[1.0, 3.0])
-    _, _, _, precision = dense_parts(model)
-    ggn = precision - torch.diag(model.precision.prior)
-    samples = torch.randn(7, 8)
-    expected = torch.stack(
-        [
-            torch.einsum("kd,de,ke->k", samples[:, g], ggn[g][:, :], samples).mean()
-            for g in (slice(0, 4), slice(4, 8))
-        ]
-    )
-    torch.testing.assert_close(function_space_gamma(model, samples, 2), expected)
-    ggn_z = samples @ ggn  # products a solver already computed: no data pass, same estimate
-    torch.testing.assert_close(function_space_gamma(model, samples, 2, ggn_z), expected)
-    single = matrix_model(n=30, d=8, alpha=2.0)
-    torch.testing.assert_close(
-        function_space_gamma(single, samples, 1, ggn_z), function_space_gamma(single, samples, 1)
-    )
-
-
-def test_mackay_update_clips_estimates_only():
-    ids = torch.tensor([0, 0, 0, 1])
-    mean = torch.tensor([1.0, 1.0, 0.0, 2.0])
-    clipped = mackay_update(torch.tensor([5.0, 0.1]), mean, ids, 2)
-    torch.testing.assert_close(clipped, torch.tensor([2.0 / 2.0, 0.5 / 4.0]))
-    exact = mackay_update(torch.tensor([2.5, 0.9]), mean, ids, 2, clip=False)
-    torch.testing.assert_close(exact, torch.tensor([2.5 / 2.0, 0.9 / 4.0]))
-
-
-def test_mackay_update_clips_estimates_to_the_rank_of_the_ggn():
-    ids = torch.zeros(100, dtype=torch.long)
-    mean = torch.ones(100)
-    # 10 observations: M has rank ≤ 10, so γ̂ = 40 (an overshoot) is clipped to 10 − 1
-    clipped = mackay_update(torch.tensor([40.0]), mean, ids, 1, n_observations=10)
-    torch.testing.assert_close(clipped, torch.tensor([9.0 / 100.0], dtype=torch.float64))
-    unbounded = mackay_update(torch.tensor([40.0]), mean, ids, 1)
-    torch.testing.assert_close(unbounded, torch.tensor([40.0 / 100.0], dtype=torch.float64))
 
 
 def _regression_problem(n=100, d=40):
@@ -227,13 +150,6 @@ def test_em_turns_a_failed_factorisation_and_a_nan_update_into_divergence_errors
         run_em(failing, state, ids, max_iter=3, tol=1e-3)
     with pytest.raises(lla.DivergenceError, match="MacKay update"):
         _em_with_update(lambda a: a * float("nan"), 1.0)
-
-
-def test_the_function_space_estimate_is_not_floored():
-    mean, ids = torch.ones(4, dtype=torch.float64), torch.zeros(4, dtype=torch.long)
-    tiny = torch.tensor([1e-6], dtype=torch.float64)
-    assert float(mackay_update(tiny, mean, ids, 1)) == pytest.approx(0.25)  # floored at γ = 1
-    assert float(mackay_update(tiny, mean, ids, 1, floor=False)) == pytest.approx(2.5e-7)
 
 
 @pytest.mark.parametrize("method", [lla.ExactLaplace, lla.SampledLaplace])

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..network.inputs import logits
-from ..network.linearisation import eval_mode
+from ..network.modules import eval_mode
 
 
 def ensemble_samples(models: list[nn.Module], x: Tensor) -> Tensor:

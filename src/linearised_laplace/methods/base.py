@@ -52,7 +52,7 @@ class Laplace(Predictive, PriorTuning, LaplaceTorchCompat, SavedPosterior):
             or a :class:`~linearised_laplace.model.likelihoods.Likelihood`.
         posterior: A :class:`~linearised_laplace.posteriors.DensePosterior` or
             :class:`~linearised_laplace.posteriors.SampledPosterior`.
-        coordinates: Keywords of :class:`~linearised_laplace.coordinates.coordinates.Coordinates` (``ranking``,
+        coordinates: Keywords of :class:`~linearised_laplace.coordinates.Coordinates` (``ranking``,
             ``basis``, ``output_map``).
         prior_precision: ``α > 0``, one value per linearised parameter tensor (layerwise), or
             ``[D]``, one per linearised weight (diagonal; not learnt by EM).
@@ -76,7 +76,7 @@ class Laplace(Predictive, PriorTuning, LaplaceTorchCompat, SavedPosterior):
             ``functional_covariance`` keep the autograd graph to inputs that require grad.
 
     Attributes:
-        coordinates: The :class:`~linearised_laplace.coordinates.coordinates.Coordinates`; ``posterior``: the
+        coordinates: The :class:`~linearised_laplace.coordinates.Coordinates`; ``posterior``: the
             backend; ``em_history``: the last EM run's records.
     """
 

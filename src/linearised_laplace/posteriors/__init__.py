@@ -1,6 +1,6 @@
 """Posterior backends, dense and sampled, behind one interface (:class:`Posterior`)."""
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from torch import Tensor
 
@@ -9,6 +9,7 @@ from .expectation import Expectation
 from .sampled import SampledPosterior
 
 
+@runtime_checkable
 class Posterior(Protocol):
     """What :class:`~linearised_laplace.methods.base.Laplace` asks of a backend.
 
