@@ -11,6 +11,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet torch==2.13.0
 	echo "torch==2.13.0" > $(VENV)/torch-constraint.txt
 	$(PY) -m pip install --quiet -c $(VENV)/torch-constraint.txt -e ".[experiments,test,pinned,hf]"
+	# curvlinops (KFAC) without its declared backpack, whose torchvision does not import here
+	$(PY) -m pip install --quiet -c $(VENV)/torch-constraint.txt einops==0.8.2 einconv==0.1.0 \
+		opt-einsum==3.4.0 linear_operator==0.6.1
+	$(PY) -m pip install --quiet --no-deps curvlinops-for-pytorch==3.0.1
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -72,12 +72,15 @@ def passes(row: dict) -> bool:
     return abs(row["err_same_noise"]) <= TOLERANCE and row["corr"] >= CORRELATION
 
 
-def fit(problem: Problem, solver, n_samples: int, method=lla.SampledLaplace, repeats: int = 0):
+def fit(
+    problem: Problem, solver, n_samples: int, method=lla.SampledLaplace, repeats: int = 0, **options
+):
     """Fit ``method`` with ``solver``; returns it, its timing record and whether a warning fired.
 
     ``repeats > 0`` times the fit by the protocol (a warm-up, then ``repeats``); 0 times it once.
+    ``options``: more keywords of ``method`` (e.g. ``space``).
     """
-    kw = {"prior_precision": problem.prior_precision, "n_samples": n_samples, "seed": 0}
+    kw = {"prior_precision": problem.prior_precision, "n_samples": n_samples, "seed": 0, **options}
     if problem.likelihood == "regression":
         kw["sigma_noise"] = problem.sigma_noise
     if method is lla.SampledLaplace:

@@ -8,16 +8,19 @@ subnetwork, the last layer, patterns); the likelihood may see the outputs throug
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import torch
 from torch import Tensor
 
 from ..core.checks import check_sample_budget
+from ..core.kronecker import KroneckerGGN
 from ..model.data import Data
 from ..model.likelihoods import Likelihood
 from ..model.linear_model import LinearGaussianModel
 from ..model.priors import Prior
 from ..network.features import FeatureOperator, OutputMap
+from ..network.kfac import kronecker_ggn
 from ..network.linearisation import Linearisation
 from .g_prior import ScaledFeatures, fit_g_prior_scale
 from .ntk_basis import DEFAULT_RANK, Basis, ProjectedFeatures, fit_nystrom
@@ -100,6 +103,41 @@ class Coordinates:
         if self.basis_spec is not None and self.basis is None:
             fitted = fit_nystrom(self.features(), data, self.basis_spec, seed)
             self.basis, self.eigenvalues, self.inducing_points = fitted
+
+    def kronecker(self, data: Data, likelihood: Likelihood) -> KroneckerGGN | None:
+        """The KFAC approximation of the GGN in these coordinates (after :meth:`fit`), or None.
+
+        KFAC covers whole Linear and Conv2d weights and biases seen by a built-in likelihood
+        without an output map or a basis; a tensor it does not cover is preconditioned by its
+        diagonal, with a warning that names it.
+        """
+        loss = likelihood.kfac_loss()
+        plain = self.output_map is None and self.basis_spec is None and self.ranking is None
+        lin, x = self.linearisation, data.subset(torch.zeros(1, dtype=torch.long))[0]
+        if loss is None or not plain or not isinstance(x, Tensor):
+            why = (
+                f"the {type(likelihood).__name__} likelihood has no KFAC loss"
+                if loss is None
+                else "it needs plain tensor inputs and the network's own weights and outputs"
+            )
+            warnings.warn(
+                f"KFAC preconditioning is not available here ({why}); the solver uses the "
+                "diagonal (Jacobi) preconditioner instead.",
+                UserWarning,
+                stacklevel=4,
+            )
+            return None
+        batches = ((x.to(lin.device), y.to(lin.device)) for _, x, y in data.batches())
+        ggn = kronecker_ggn(lin, *loss, batches, len(data), data.all_reduce)
+        if ggn.uncovered:
+            shown = ", ".join(ggn.uncovered[:6]) + (", ..." if len(ggn.uncovered) > 6 else "")
+            warnings.warn(
+                f"KFAC covers only Linear and Conv2d weights and biases; {shown} fall back to "
+                "the diagonal (Jacobi) preconditioner.",
+                UserWarning,
+                stacklevel=4,
+            )
+        return ggn if self.scale is None else ggn.in_coordinates(self.scale)
 
     def observed(self) -> FeatureOperator:
         """The network's features as the likelihood sees them (through the output map)."""

@@ -3,15 +3,17 @@ r"""The one linearised-Laplace class: coordinates × posterior, with its hyperpa
 A method linearises ``model`` at its parameters ``θ*`` as they are when ``fit`` or
 ``optimize_prior_precision`` starts (a network trained after the method was built is linearised at
 its trained weights; anything fitted at other weights is discarded), and infers the posterior of
-the tangent linear model ``f(x; θ*) + J(x) ζ`` in its :class:`~linearised_laplace.coordinates.
-Coordinates` (g-prior scaled, a subnetwork, a Nyström basis). The predictive
-(:mod:`~linearised_laplace.methods.predictive`), prior tuning (:mod:`~linearised_laplace.tuning.
-prior`), laplace-torch's statistics (:mod:`~linearised_laplace.methods.compat`) and the file
-format (:mod:`~linearised_laplace.methods.files`) are mixed in.
+the tangent linear model ``f(x; θ*) + J(x) ζ`` in its
+:class:`~linearised_laplace.coordinates.Coordinates` (g-prior scaled, a subnetwork, a Nyström
+basis). Mixed in: the predictive (:mod:`~linearised_laplace.methods.predictive`), prior tuning
+(:mod:`~linearised_laplace.tuning.prior`), laplace-torch's statistics
+(:mod:`~linearised_laplace.methods.compat`) and the file format
+(:mod:`~linearised_laplace.methods.files`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 import torch
@@ -232,9 +234,11 @@ class Laplace(Predictive, PriorTuning, LaplaceTorchCompat, SavedPosterior):
         return LinearGaussianModel(self.coordinates.features(), self.likelihood, self.prior, data)
 
     def _fit_model(self, train_loader: TrainingData) -> LinearGaussianModel:
-        model = self.linear_model(train_loader).with_dense_features(
-            self.feature_memory_gib, self.progress
-        )
+        model = self.linear_model(train_loader)
+        if self.posterior.wants_kronecker(model):
+            kronecker = self.coordinates.kronecker(model.data, model.likelihood)
+            model = dataclasses.replace(model, kronecker=kronecker)
+        model = model.with_dense_features(self.feature_memory_gib, self.progress)
         self._training = TrainingFit.of(model)
         return model
 

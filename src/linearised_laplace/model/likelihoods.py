@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..core.checks import check_positive
 
@@ -54,6 +54,10 @@ class Likelihood(ABC):
     @abstractmethod
     def check_targets(self, f: Tensor, y: Tensor) -> None:
         """Raise a clear error if targets ``y`` do not fit outputs ``f`` ``[N, C]``."""
+
+    def kfac_loss(self) -> tuple[nn.Module, float] | None:
+        """A summed torch loss whose GGN is ``M / factor``, and ``factor`` (``None``: none is)."""
+        return None
 
     def hessian(self, f: Tensor) -> Tensor:
         """Dense ``B_i``: ``[N, C, C]`` (for tests and small problems)."""
@@ -102,6 +106,10 @@ class Gaussian(Likelihood):
     def nll_grad(self, f: Tensor, y: Tensor) -> Tensor:  # noqa: D102
         return (f - y.reshape(f.shape[-2:]).to(f.dtype)) / self.sigma**2
 
+    def kfac_loss(self) -> tuple[nn.Module, float]:
+        """``Σ ‖f − y‖²``, whose curvature ``2 I`` is ``2σ²`` times ``B``."""
+        return nn.MSELoss(reduction="sum"), 1 / (2 * self.sigma**2)
+
     def check_targets(self, f: Tensor, y: Tensor) -> None:  # noqa: D102
         n, c = f.shape
         if not y.is_floating_point():
@@ -124,6 +132,10 @@ class Categorical(Likelihood):
     """
 
     name: ClassVar[str] = "classification"
+
+    def kfac_loss(self) -> tuple[nn.Module, float]:
+        """Summed cross-entropy: its curvature is ``B``."""
+        return nn.CrossEntropyLoss(reduction="sum"), 1.0
 
     def hessian_vec(self, f: Tensor, v: Tensor) -> Tensor:  # noqa: D102
         p = torch.softmax(f, dim=-1)

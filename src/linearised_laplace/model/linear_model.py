@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..core.checks import check_finite, check_sample_budget
+from ..core.kronecker import KroneckerGGN
 from ..core.linalg import add_gram, symmetrise_upper
 from ..core.progress import progress_bar
 from ..network import inputs as trees
@@ -43,12 +44,14 @@ class LinearGaussianModel:
         likelihood: Gives ``B_i`` and its factor ``L_i`` at ``f_0(x_i)``.
         prior: The prior precision ``A``.
         data: The training inputs (targets are used only by checks and, later, the mean).
+        kronecker: A KFAC approximation of ``M`` for the preconditioner, if one was built.
     """
 
     features: FeatureOperator
     likelihood: Likelihood
     prior: Prior
     data: Data
+    kronecker: KroneckerGGN | None = None
 
     @property
     def n_params(self) -> int:
@@ -72,13 +75,17 @@ class LinearGaussianModel:
         model = replace(self, prior=self.prior.with_precision(precision))
         if not isinstance(self.likelihood, Gaussian) or sigma == self.likelihood.sigma:
             return model, 1.0
-        return replace(model, likelihood=Gaussian(sigma)), self.likelihood.sigma / sigma
+        ratio = self.likelihood.sigma / sigma
+        kronecker = None if self.kronecker is None else self.kronecker.scaled(ratio**2)
+        return replace(model, likelihood=Gaussian(sigma), kronecker=kronecker), ratio
 
     @cached_property
     def precision(self) -> PosteriorPrecision:
         """``H = A + M`` at this model's prior and noise (built once per model)."""
         features = self.features
-        return PosteriorPrecision(self.prior, self.ggn_products, features.dtype, features.device)
+        return PosteriorPrecision(
+            self.prior, self.ggn_products, features.dtype, features.device, self.kronecker
+        )
 
     def check_batch(self, x: Inputs, y: Tensor, f0: Tensor) -> None:
         """Validate one training batch against the model's outputs ``f0``."""

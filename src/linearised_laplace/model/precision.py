@@ -1,7 +1,7 @@
 r"""The posterior precision ``H = A + M`` of the linear model, as an operator.
 
-Built once per value of the hyperparameters (:attr:`~linearised_laplace.model.linear_model.
-LinearGaussianModel.precision`), it is where the solvers, the mean and the preconditioners read
+Built once per value of the hyperparameters
+(:attr:`~linearised_laplace.LinearGaussianModel.precision`), it is where the solvers, the mean and the preconditioners read
 the prior ``A``: none of them reads the prior itself. A preconditioner ``P ≈ H`` plugs in through
 :meth:`PosteriorPrecision.preconditioner`.
 """
@@ -15,6 +15,7 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
+from ..core.kronecker import KroneckerGGN, KroneckerPreconditioner
 from ..core.linalg import add_diagonal
 from ..core.lowrank import LowRank, Preconditioner, nystrom
 from ..core.seeds import seeded_generator
@@ -29,12 +30,14 @@ class PosteriorPrecision:
         prior_spec: The prior (its precision values and groups).
         ggn: ``Z [K, D] ↦ M Z`` row-wise (one data pass).
         dtype, device: Those of the features (and of :attr:`prior`).
+        kronecker: A KFAC approximation of ``M``: if given, the preconditioner uses it.
     """
 
     prior_spec: Prior
     ggn: Callable[[Tensor], Tensor]
     dtype: torch.dtype
     device: torch.device
+    kronecker: KroneckerGGN | None = None
 
     @cached_property
     def prior(self) -> Tensor:
@@ -61,8 +64,14 @@ class PosteriorPrecision:
 
     def preconditioner(
         self, ggn_diag: Tensor, ggn_low_rank: LowRank | None = None
-    ) -> Preconditioner:
-        """``P = A + M_r``; Jacobi ``P = A + diag(M̂)`` when the sketch ``M_r`` is absent."""
+    ) -> Preconditioner | KroneckerPreconditioner:
+        """``P ≈ H`` from what approximates ``M``.
+
+        KFAC (:attr:`kronecker`, with Jacobi ``A + diag(M̂)`` on the tensors it does not cover);
+        else ``P = A + M_r`` with the Nyström sketch ``M_r``; else Jacobi ``P = A + diag(M̂)``.
+        """
+        if self.kronecker is not None:
+            return KroneckerPreconditioner(self.kronecker, self.prior, ggn_diag)
         if ggn_low_rank is None or ggn_low_rank.rank == 0:
             return Preconditioner.diagonal(self.prior + ggn_diag)
         return Preconditioner.diagonal_plus_low_rank(self.prior, ggn_low_rank)

@@ -46,6 +46,9 @@ class Posterior(Protocol):
     def forget(self) -> None:
         """Drop the fit (the weights changed)."""
 
+    def wants_kronecker(self, model) -> bool:
+        """Whether its solver on ``model`` preconditions with KFAC (the fit then builds it)."""
+
     def check_parallel(self) -> None:
         """Raise if the backend cannot run sharded over ``torch.distributed`` ranks."""
 

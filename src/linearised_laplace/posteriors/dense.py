@@ -240,6 +240,10 @@ class DensePosterior:
             current, _scaled(self.ggn, ratio), mode, anchor, seed, self.solver_of_mean(progress)
         )
 
+    def wants_kronecker(self, model) -> bool:
+        """False: the factorisation needs no preconditioner."""
+        return False
+
     def check_parallel(self) -> None:
         """A dense posterior shards over ranks like any data pass."""
 

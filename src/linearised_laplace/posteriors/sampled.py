@@ -95,6 +95,11 @@ class SampledPosterior:
     def forget(self) -> None:  # noqa: D102
         self.samples = self.model = None
 
+    def wants_kronecker(self, model) -> bool:
+        """Whether the solver that runs on ``model`` preconditions with KFAC (primal only)."""
+        choice = choose_solver(model, self.solver, self.space)
+        return choice.space == "primal" and getattr(choice.solver, "uses_kronecker", False)
+
     def check_parallel(self) -> None:
         """The dual space is not sharded over ranks."""
         check_sharding(self.solver, self.space)

@@ -152,3 +152,15 @@ def check_settings(
             check(name, lambda v, lo=low, hi=high: lo <= v < hi, f"in {text}")
         else:
             check(name, lambda v, lo=low, hi=high: lo < v <= hi, f"in {text}")
+
+
+PRECONDITIONERS = ("nystrom", "kfac")
+"""The primal solvers' preconditioners of ``H``: a Nyström sketch of ``M``, or KFAC."""
+
+
+def check_preconditioner(solver: str, value: object) -> None:
+    """Refuse an unknown ``preconditioner`` name."""
+    if value not in PRECONDITIONERS:
+        raise ValueError(
+            f"{solver} `preconditioner` must be one of {PRECONDITIONERS}, got {value!r}."
+        )

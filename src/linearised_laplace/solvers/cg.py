@@ -11,7 +11,7 @@ from torch import Tensor
 from ..core.linalg import conjugate_gradient
 from ..model.linear_model import LinearGaussianModel
 from ..model.noise import PosteriorNoise
-from .base import SolveInfo, SolveResult, check_settings
+from .base import SolveInfo, SolveResult, check_preconditioner, check_settings
 from .preconditioner import with_ggn_sketch
 
 
@@ -34,17 +34,23 @@ class CG:
             stall a little below ``1e-4``. What that residual means for the samples' error is
             measured in ``benchmarks/results/solver_fidelity.md``.
         max_iter: Iteration cap.
+        preconditioner: In the primal space, ``"nystrom"`` (default) or ``"kfac"``: ``P`` from the
+            GGN's KFAC blocks (:mod:`~linearised_laplace.core.kronecker`, built once per fit by
+            curvlinops, ``pip install linearised-laplace[kfac]``), Jacobi on the tensors KFAC
+            does not cover.
         preconditioner_rank: Rank of the low-rank part of the preconditioner (0: Jacobi in the
             primal space, none in the dual).
     """
 
     rtol: float | None = None
     max_iter: int = 1000
+    preconditioner: str = "nystrom"
     preconditioner_rank: int = 100
     name = "cg"
     advice = "Raise lla.CG(max_iter=...) or its preconditioner_rank."
 
     def __post_init__(self):
+        check_preconditioner("CG", self.preconditioner)
         check_settings(
             "CG",
             self,
@@ -53,9 +59,14 @@ class CG:
             positive=("rtol",),
         )
 
+    @property
+    def uses_kronecker(self) -> bool:
+        """Whether it preconditions with KFAC (which the fit then builds)."""
+        return self.preconditioner == "kfac"
+
     def sketch_rank(self, model: LinearGaussianModel) -> int:
         """The rank of the GGN sketch this solver preconditions ``model`` with."""
-        return self.preconditioner_rank
+        return 0 if self.preconditioner == "kfac" else self.preconditioner_rank
 
     def tolerance(self, dtype: torch.dtype) -> float:
         """``rtol``, or its default for ``dtype``."""
