@@ -380,6 +380,31 @@ def em_convergence(methods: tuple[str, ...]) -> Callable:
     return figure
 
 
+def preconditioner_summary(data) -> str:
+    """CG's iterations to tolerance with KFAC against Nyström per problem, and the count of wins."""
+    steps: dict[str, dict[str, int]] = {}
+    for r in data["rows"]:
+        steps.setdefault(r["problem"], {})[r["solver"]] = r["steps"]
+    parts = [
+        f"{problem} {s['CG-kfac']:,} against {s['CG-nystrom']:,}" for problem, s in steps.items()
+    ]
+    fewer = sum(s["CG-kfac"] < s["CG-nystrom"] for s in steps.values())
+    return (
+        f"KFAC against Nyström, CG iterations to tolerance: {', '.join(parts)}; KFAC needed fewer "
+        f"on {fewer} of {len(steps)} problems"
+    )
+
+
+def sgd_kfac_misses(data) -> str:
+    """Where SGD with KFAC ended off exact samples by more than 5 % without a warning."""
+    missed = [
+        f"{r['problem']} ({pct(r['err_same_noise'], 2)})"
+        for r in data["rows"]
+        if r["solver"] == "SGD-kfac" and abs(r["err_same_noise"] or 0) > 0.05 and not r["warned"]
+    ]
+    return ", ".join(missed) if missed else "none"
+
+
 CNN = "fashion-mnist-cnn/calibrated"
 OVER = "fashion-mnist-cnn-overconfident"
 RESNET = "fashion-mnist-resnet/seed-0/results"
@@ -387,6 +412,8 @@ RESNET = "fashion-mnist-resnet/seed-0/results"
 FIGURES: dict[str, tuple[str, Callable]] = {
     # solver fidelity
     "solver-table": ("solver_fidelity", solver_table),
+    "preconditioner-summary": ("preconditioners", preconditioner_summary),
+    "sgd-kfac-misses": ("preconditioners", sgd_kfac_misses),
     "solver-samples": ("solver_fidelity", lambda d: str(d["samples"])),
     "solver-mc": (
         "solver_fidelity",
