@@ -44,14 +44,7 @@ from ..core.seeds import seeded_generator
 from ..exceptions import DivergenceError
 from ..model.linear_model import LinearGaussianModel
 from ..model.noise import PosteriorNoise
-from .base import (
-    SolveInfo,
-    SolveResult,
-    check_preconditioner,
-    check_settings,
-    relative_norm,
-    relative_residual,
-)
+from .base import SolveInfo, SolveResult, check_settings, relative_norm, relative_residual
 from .preconditioner import with_ggn_sketch
 
 T = TypeVar("T")
@@ -87,10 +80,6 @@ class SGD:
         objective: ``"low_variance"`` (default) or ``"naive"``.
         precondition: Precondition the gradient by ``P ≈ H`` (see ``preconditioner_rank``); it only
             changes the path, not the minimiser. ``False``: plain SGD.
-        preconditioner: ``"nystrom"`` (default): ``P = A + M_r``; ``"kfac"``: ``P`` from the
-            GGN's KFAC blocks (:mod:`~linearised_laplace.core.kronecker`, built once per fit by
-            curvlinops, ``pip install linearised-laplace[kfac]``), Jacobi on the tensors KFAC
-            does not cover.
         preconditioner_rank: Rank ``r`` of the Nyström approximation in ``P = A + M_r``
             (:mod:`~linearised_laplace.solvers.preconditioner`), built from one data pass of
             ``r + 10`` GGN products (capped by its memory for very large ``D``); ``0`` is Jacobi,
@@ -124,7 +113,6 @@ class SGD:
     retries: int = 3
     objective: Objective | str = Objective.LOW_VARIANCE
     precondition: bool = True
-    preconditioner: str = "nystrom"
     preconditioner_rank: int = 100
     curvature_points: int | None = None
     curvature_iters: int = 20
@@ -144,7 +132,6 @@ class SGD:
             raise ValueError(
                 f"`objective` must be one of {valid}, got {self.objective!r}."
             ) from err
-        check_preconditioner("SGD", self.preconditioner)
         check_settings(
             "SGD",
             self,
@@ -159,16 +146,9 @@ class SGD:
             },
         )
 
-    @property
-    def uses_kronecker(self) -> bool:
-        """Whether it preconditions with KFAC (which the fit then builds)."""
-        return self.precondition and self.preconditioner == "kfac"
-
     def sketch_rank(self, model: LinearGaussianModel) -> int:
         """The rank of the GGN sketch this solver preconditions ``model`` with."""
-        if not self.precondition or self.preconditioner == "kfac":
-            return 0
-        return self.preconditioner_rank
+        return self.preconditioner_rank if self.precondition else 0
 
     def solve(
         self,
