@@ -137,8 +137,21 @@ class Laplace(Predictive, PriorTuning, LaplaceTorchCompat, SavedPosterior):
 
     @property
     def hyperparameters(self) -> Hyperparameters:
-        """The prior precision and the likelihood with its ``σ``, as one frozen value."""
+        """The prior precision and the likelihood with its ``σ``, as one frozen value.
+
+        Settable to a new value (``la.hyperparameters.with_precision(...).with_sigma(...)``), which
+        changes both at once; the fitted posterior follows as for the two setters below.
+        """
         return self._hyperparameters
+
+    @hyperparameters.setter
+    def hyperparameters(self, value: Hyperparameters) -> None:
+        if not isinstance(value, Hyperparameters):
+            raise TypeError(
+                f"`hyperparameters` must be a Hyperparameters value, got {type(value).__name__}; "
+                "derive one with la.hyperparameters.with_precision(...) or .with_sigma(...)."
+            )
+        self._set(value.with_precision(value.precision, *self.coordinates.groups()))
 
     likelihood = property(lambda self: self._hyperparameters.likelihood, doc="The likelihood.")
 

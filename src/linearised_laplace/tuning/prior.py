@@ -28,6 +28,9 @@ from .em import check_em_settings, run_em
 from .state import EMState
 
 PRIOR_METHODS = ("em", "gridsearch")
+NOISE_GAP = 4.0
+"""How far (a factor in variance) the predictive variance may fall below the validation mean
+squared residual before EM's σ draws a warning."""
 
 
 class PriorTuning:
@@ -76,20 +79,13 @@ class PriorTuning:
         grid = check_positive(
             "grid", torch.logspace(-4, 4, 21, dtype=torch.float64) if grid is None else grid
         )
-        val = Data(val_loader)
-        x, y = val.subset(torch.arange(len(val)))
-        x = self.linearisation.check_inputs(x, "the val_loader's inputs")
-        check_finite("The val_loader targets", y)
-        if objective == "joint" and kappa > len(val):
+        x, y = self._validation(val_loader)
+        if objective == "joint" and kappa > len(y):
             raise ValueError(
-                f"`kappa` ({kappa}) exceeds the {len(val)} validation points; pass a smaller kappa."
+                f"`kappa` ({kappa}) exceeds the {len(y)} validation points; pass a smaller kappa."
             )
         features = self.coordinates.transform(self.linearisation)
         f0 = features.forward(x).to(torch.float64)
-        try:
-            self.likelihood.check_targets(f0, y.to(f0.device))
-        except (TypeError, ValueError) as err:
-            raise type(err)(f"The val_loader targets do not fit the model: {err}") from err
         sigma = self.likelihood.sigma if isinstance(self.likelihood, Gaussian) else None
 
         def score(half: Tensor) -> float:
@@ -142,7 +138,10 @@ class PriorTuning:
             max_iter: EM steps at most.
             tol: Stop when every ``|Δ log α|`` (and ``|Δ log σ|``) falls below this.
             method: ``"em"`` (default) or ``"gridsearch"``.
-            val_loader: Validation data, as for :meth:`fit` (``"gridsearch"`` only, required).
+            val_loader: Validation data, as for :meth:`fit`: required by ``"gridsearch"``; with
+                EM and ``update_sigma=True``, the learnt ``σ`` is checked against it, with a
+                warning when the predictive variance ``σ² + Var f`` is more than
+                :data:`NOISE_GAP` times below the validation mean squared residual.
             grid: Candidate precisions for ``"gridsearch"`` (see :meth:`select_prior_precision`).
             mean: ``"tangent"`` (the linear model's mode with outputs ``J w``; default),
                 ``"affine"`` (outputs ``f(x; θ*) + J(w − θ*)``) or ``"network"`` (use ``θ*``,
@@ -174,11 +173,12 @@ class PriorTuning:
             if unused:
                 raise ValueError(f"{unused} apply to method='em' only, not to 'gridsearch'.")
             return self.fit(train_loader).select_prior_precision(val_loader, grid)
-        if val_loader is not None or grid is not None:
+        if grid is not None or (val_loader is not None and not update_sigma):
             raise ValueError(
-                "`val_loader` and `grid` are for method='gridsearch'; EM learns α from the "
-                "training data alone."
+                "`grid` and `val_loader` are for method='gridsearch'; EM learns α from the "
+                "training data alone (with update_sigma=True, `val_loader` checks the learnt σ)."
             )
+        validation = None if val_loader is None else self._validation(val_loader)
         if self.prior.is_diagonal:
             raise ValueError(
                 "EM does not learn a per-weight [D] prior precision: MacKay's update "
@@ -213,9 +213,44 @@ class PriorTuning:
             progress=self.progress,
         )
         em.refit(state, self.n_samples)
-        self.prior_precision, self.sigma_noise = state.precision, state.sigma
+        groups = self.coordinates.groups()
+        new = self.hyperparameters.with_precision(state.precision, *groups)
+        self.hyperparameters = new.with_sigma(state.sigma)
         self.em_history = state.history
+        if validation is not None:
+            self._check_noise(*validation)
         return self.em_history
+
+    def _validation(self, val_loader: TrainingData) -> tuple[Tensor, Tensor]:
+        """Validation inputs and targets, checked against the network's outputs."""
+        val = Data(val_loader)
+        x, y = val.subset(torch.arange(len(val)))
+        x = self.linearisation.check_inputs(x, "the val_loader's inputs")
+        check_finite("The val_loader targets", y)
+        try:
+            f = self.linearisation.forward(x)
+            self.likelihood.check_targets(f, y.to(f.device))
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"The val_loader targets do not fit the model: {err}") from err
+        return x, y
+
+    def _check_noise(self, x: Tensor, y: Tensor) -> None:
+        """Warn when the predictive variance is far below the validation residuals' square."""
+        mean = self.linearisation.forward(x).double()
+        residual = float((y.reshape(mean.shape).double() - mean).square().mean())
+        sigma = float(self.sigma_noise)
+        predictive = sigma**2 + float(self._marginal_variance(x).double().mean())
+        if predictive < residual / NOISE_GAP:
+            warnings.warn(
+                f"EM learnt σ = {sigma:.3g}, and the predictive variance σ² + Var f = "
+                f"{predictive:.3g} is {residual / predictive:.0f}× below the validation mean "
+                f"squared residual {residual:.3g}: the network fits its training data far more "
+                "closely than new data (it overfits), so its predictive is overconfident. Fix σ "
+                f"near the validation residuals (sigma_noise={residual**0.5:.3g}, "
+                "update_sigma=False), or choose α on validation data (method='gridsearch').",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def _check_em_options(self, options: dict) -> None:
         """Refuse, before any work, an EM keyword that this method's E-step does not take."""
@@ -231,5 +266,3 @@ class PriorTuning:
                 f"not use: its E-step {takes}. `gamma` and `n_em_samples` are options of "
                 "SampledLaplace's sample-based EM; remove them here."
             )
-
-    # ------------------------------------------------------------------ persistence
