@@ -67,3 +67,18 @@ def test_symmetrise_upper_over_blocks_and_add_diagonal():
     d = torch.rand(9, dtype=torch.float64)
     torch.testing.assert_close(add_diagonal(a, d), a + torch.diag(d))
     assert not torch.equal(add_diagonal(a, d), a)  # a new tensor; `a` is untouched
+
+
+def test_the_cholesky_preconditioner_inverts_its_matrix_and_splits_the_inverse():
+    from linearised_laplace.core.linalg import CholeskyPreconditioner, cholesky
+
+    gen = torch.Generator().manual_seed(0)
+    m = torch.randn(6, 6, generator=gen)
+    h = m @ m.T + torch.eye(6)
+    p = CholeskyPreconditioner(cholesky(h))
+    eye = torch.eye(6)
+    torch.testing.assert_close(p.solve(eye), torch.linalg.inv(h))
+    half, half_t = p.half(eye).T, p.half_t(eye).T  # C and Cᵀ as matrices
+    torch.testing.assert_close(half @ half.T, torch.linalg.inv(h))
+    torch.testing.assert_close(half_t, half.T)
+    assert p.half(eye.float()).dtype == torch.float32

@@ -71,3 +71,23 @@ def test_bad_mean_mode_and_solver_raise():
     problem = MeanProblem(matrix_model(), MeanMode.TANGENT, torch.zeros(8))
     with pytest.raises(TypeError, match=r"lla.Newton\(...\) or lla.SGD\(...\)"):
         solve_mean(problem, lla.CG(), torch.zeros(8), torch.ones(8))
+
+
+def test_newton_preconditioned_by_the_exact_precision_takes_one_cg_iteration():
+    from linearised_laplace.core.linalg import CholeskyPreconditioner, cholesky
+
+    model = matrix_model(n=60, likelihood="regression", alpha=[0.5, 3.0], batch_size=16)
+    phi, hess, _, precision = dense_parts(model)
+    expected = torch.linalg.solve(
+        precision, torch.einsum("ncd,nce,ne->d", phi, hess, _targets(model))
+    )
+    problem = MeanProblem(model, MeanMode.TANGENT, torch.zeros(model.n_params))
+    init = torch.zeros(model.n_params)
+    result = solve_mean(
+        problem, Newton(rtol=1e-10), init, CholeskyPreconditioner(cholesky(precision))
+    )
+    torch.testing.assert_close(result.samples[0], expected)
+    assert result.info.reason == "1 Newton steps, 1 CG iterations"
+    jacobi = solve_mean(problem, Newton(rtol=1e-10), init, precision.diagonal())
+    torch.testing.assert_close(jacobi.samples[0], expected)
+    assert int(jacobi.info.reason.split()[3]) > 1

@@ -252,3 +252,28 @@ def whiten(factor: Tensor, jac: Tensor) -> Tensor:
     n, c, p = jac.shape
     half = torch.linalg.solve_triangular(factor, jac.reshape(n * c, p).T, upper=False)
     return half.T.reshape(n, c, p)
+
+
+class CholeskyPreconditioner:
+    """``P = R Rᵀ`` from a dense lower Cholesky factor ``R`` ``[D, D]``: ``P^{-1}`` exactly.
+
+    The interface of :class:`~linearised_laplace.core.lowrank.Preconditioner`, with ``C = R^{-T}``
+    (``C Cᵀ = P^{-1}``); results are cast to the argument's dtype.
+    """
+
+    def __init__(self, factor: Tensor):
+        self.factor = factor
+
+    def solve(self, r: Tensor) -> Tensor:
+        """``P^{-1} r`` row-wise for ``r`` ``[K, D]``."""
+        return cholesky_solve(self.factor, r).to(r.dtype)
+
+    def half(self, w: Tensor) -> Tensor:
+        """``C w = R^{-T} w`` row-wise."""
+        rows = w.to(self.factor.dtype).T
+        return torch.linalg.solve_triangular(self.factor.T, rows, upper=True).T.to(w.dtype)
+
+    def half_t(self, w: Tensor) -> Tensor:
+        """``Cᵀ w = R^{-1} w`` row-wise."""
+        rows = w.to(self.factor.dtype).T
+        return torch.linalg.solve_triangular(self.factor, rows, upper=False).T.to(w.dtype)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -88,6 +89,22 @@ def nystrom(
     values = (sigma.square() - shift).clamp_min(0.0)
     keep = min(rank, width)
     return LowRank(vectors[:, :keep].to(dtype), values[:keep].to(dtype))
+
+
+class PreconditionerLike(Protocol):
+    """``P ≈ H`` as the solvers apply it, row-wise on ``[K, D]``.
+
+    ``solve`` applies ``P^{-1}``, ``half`` a ``C`` with ``C Cᵀ = P^{-1}`` and ``half_t`` its transpose.
+    """
+
+    def solve(self, r: Tensor) -> Tensor:  # noqa: D102
+        ...
+
+    def half(self, w: Tensor) -> Tensor:  # noqa: D102
+        ...
+
+    def half_t(self, w: Tensor) -> Tensor:  # noqa: D102
+        ...
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from torch import Tensor
 from ..core import persistence
 from ..core.checks import check_sample_budget
 from ..core.distributed import is_main_process
-from ..core.linalg import cholesky, whiten
+from ..core.linalg import CholeskyPreconditioner, cholesky, whiten
 from ..core.seeds import derive_seed
 from ..metrics import grid_scores
 from ..model.linear_model import LinearGaussianModel
@@ -25,7 +25,7 @@ from ..solvers.mean import MeanMode, log_likelihood, posterior_mean, solve_mean
 from ..solvers.newton import Newton
 from ..solvers.sgd import SGD
 from .expectation import EStep, Expectation, Iterate, MeanSolve
-from .gamma import dense_gamma, eigen_gamma
+from .gamma import eigen_gamma, exact_gamma
 
 
 def check_dense(dim: int, what: str) -> None:
@@ -57,7 +57,7 @@ def log_evidence(
     prior = model.precision.prior64
     factor = cholesky(model.precision.dense(ggn))
     init = anchor.clone() if mode is MeanMode.AFFINE else torch.zeros_like(anchor)
-    preconditioner = (ggn.diagonal() + prior).to(model.features.dtype)
+    preconditioner = CholeskyPreconditioner(factor)
     theta, _ = posterior_mean(model, mode, anchor, lambda p: solve(p, init, preconditioner, seed))
     fit = log_likelihood(model, mode, anchor, theta)
     theta = theta.double()
@@ -82,16 +82,23 @@ def exact_e_step(
     """The exact E-step on the dense GGN ``ggn`` of ``model``: ``θ̄`` by ``solve``, exact ``γ``.
 
     ``γ`` comes from ``M``'s ``eigenvalues`` if given (an isotropic prior), else from ``H^{-1}``.
+    The mean's Newton systems are preconditioned by ``H`` itself (its Cholesky factor at the
+    step's hyperparameters; the curvature at ``θ̄`` differs from ``M``'s only through ``B``).
     """
 
     def step(state: Iterate) -> EStep:
         current, ratio = model.at(state.precision, state.sigma)
         prior = current.precision.prior64
+        solves_mean = mode is not MeanMode.NETWORK
+        factor = None
+        if eigenvalues is None or solves_mean:
+            factor = cholesky(current.precision.dense(_scaled(ggn, ratio)))
         if eigenvalues is None:
-            gamma = dense_gamma(ggn * ratio**2, prior, model.prior.groups, len(state.precision))
-        else:  # no D × D copy: the GGN scales by ratio², so its eigenvalues do
+            covariance_diag = torch.cholesky_inverse(factor).diagonal()
+            gamma = exact_gamma(covariance_diag, prior, model.prior.groups, len(state.precision))
+        else:  # the GGN scales by ratio², so its eigenvalues do
             gamma = eigen_gamma(eigenvalues * ratio**2, prior[0])
-        preconditioner = (ggn.diagonal() * ratio**2 + prior).to(model.features.dtype)
+        preconditioner = None if factor is None else CholeskyPreconditioner(factor)
         step_seed = derive_seed(seed, "em", state.step)
         mean, residual = posterior_mean(
             current, mode, anchor, lambda p: solve(p, state.mean, preconditioner, step_seed)

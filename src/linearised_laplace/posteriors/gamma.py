@@ -14,7 +14,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..core.linalg import add_diagonal, cholesky
 from ..model.linear_model import LinearGaussianModel
 
 GAMMA_ESTIMATORS = ("function", "weight")
@@ -55,12 +54,6 @@ def exact_gamma(
     """``γ_g = d_g − Σ_{j∈g} a_j (H^{-1})_{jj}``: ``[G]`` (float64)."""
     sizes = group_sum(torch.ones_like(prior_diag, dtype=torch.float64), group_ids, n_groups)
     return sizes - group_sum((prior_diag * covariance_diag).double(), group_ids, n_groups)
-
-
-def dense_gamma(ggn: Tensor, prior_diag: Tensor, group_ids: Tensor, n_groups: int) -> Tensor:
-    """Exact ``γ`` ``[G]`` from the dense GGN, through ``H^{-1}``."""
-    cov_diag = torch.cholesky_inverse(cholesky(add_diagonal(ggn, prior_diag))).diagonal()
-    return exact_gamma(cov_diag, prior_diag, group_ids, n_groups)
 
 
 def eigen_gamma(eigenvalues: Tensor, alpha: Tensor) -> Tensor:

@@ -27,11 +27,17 @@ from ..solvers.auto import (
     solve_samples,
 )
 from ..solvers.base import check_convergence
+from ..solvers.cholesky import Cholesky
 from ..solvers.dual import dual_mean
 from ..solvers.mean import MeanMode, posterior_mean, solve_mean
 from ..solvers.newton import Newton
+from ..solvers.preconditioner import with_ggn_sketch
 from .expectation import EStep, Expectation, Iterate, MeanSolve
 from .gamma import check_gamma, function_space_gamma, weight_space_gamma
+
+MEAN_SKETCH_RANK = 100
+"""Rank of the Nyström sketch of ``M`` that preconditions the mean where the samples' solver
+keeps none (Cholesky, the dual space): ``A + M_r``, as the primal solvers' default."""
 
 
 def sample_factor(jz: Tensor) -> Tensor:
@@ -58,12 +64,13 @@ def sampled_e_step(
     def step(state: Iterate) -> EStep:
         current, ratio = model.at(state.precision, state.sigma)
         scaled, prior, n_groups = noise.scaled(ratio), current.precision.prior, len(state.precision)
+        preconditioner = current.precision.preconditioner(scaled.ggn_diag, scaled.ggn_low_rank)
         step_seed = derive_seed(seed, "em", state.step)
         mean, residual = posterior_mean(
             current,
             mode,
             anchor,
-            lambda p: solve(p, state.mean, scaled.ggn_diag + prior, step_seed),
+            lambda p: solve(p, state.mean, preconditioner, step_seed),
         )
         result, warm = sample(current, scaled, state.samples, step_seed)
         if gamma == "function":
@@ -175,6 +182,11 @@ class SampledPosterior:
         k = check_positive_int("n_em_samples", n_em_samples)
         choice = choose_solver(model, self.solver, self.space)
         noise = choice_noise(model, choice, k, seed, progress=progress)
+        closed_form = choice.space == "dual" and isinstance(model.likelihood, Gaussian)
+        unsketched = choice.space == "dual" or isinstance(choice.solver, Cholesky)
+        if mode is not MeanMode.NETWORK and unsketched and not closed_form:
+            # the samples' solver keeps no sketch of M: take one for the mean's Newton systems
+            noise = with_ggn_sketch(model, noise, MEAN_SKETCH_RANK, seed)
 
         def sample(current, scaled, init, step_seed):
             return solve_samples(current, scaled, choice, init, step_seed, self.strict, progress)

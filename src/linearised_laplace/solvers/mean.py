@@ -25,7 +25,7 @@ from enum import Enum
 import torch
 from torch import Tensor
 
-from ..core.lowrank import Preconditioner
+from ..core.lowrank import Preconditioner, PreconditionerLike
 from ..core.seeds import seeded_generator
 from ..model.likelihoods import Gaussian
 from ..model.linear_model import LinearGaussianModel
@@ -108,11 +108,18 @@ class MeanProblem:
         return self.model.precision.prior * v + self.model.data.all_reduce(out)
 
 
+def as_preconditioner(preconditioner: Tensor | PreconditionerLike) -> PreconditionerLike:
+    """A preconditioner; a ``[D]`` tensor is the diagonal of a Jacobi one."""
+    if isinstance(preconditioner, Tensor):
+        return Preconditioner.diagonal(preconditioner)
+    return preconditioner
+
+
 def sgd_mean(
     problem: MeanProblem,
     init: Tensor,
     config: SGD,
-    preconditioner: Tensor,
+    preconditioner: Tensor | PreconditionerLike,
     seed: int = 0,
     progress: bool | None = None,
 ) -> SolveResult:
@@ -124,7 +131,7 @@ def sgd_mean(
     start = time.perf_counter()
     model = problem.model
     n_points = config.curvature_points or config.batch_size or model.data.batch_size
-    jacobi = Preconditioner.diagonal(preconditioner)
+    jacobi = as_preconditioner(preconditioner)
     curvatures = [
         estimate_top_curvature(
             model,
@@ -171,11 +178,16 @@ def solve_mean(
     problem: MeanProblem,
     solver: Newton | SGD,
     init: Tensor,
-    preconditioner: Tensor,
+    preconditioner: Tensor | PreconditionerLike,
     seed: int = 0,
     progress: bool | None = None,
 ) -> SolveResult:
-    """``θ̄`` by the chosen solver (``Newton`` or ``SGD``), warm-started at ``init`` ``[D]``."""
+    """``θ̄`` by the chosen solver (``Newton`` or ``SGD``), warm-started at ``init`` ``[D]``.
+
+    ``preconditioner``: ``P ≈ ∇²F``, a preconditioner (``solve``, ``half``, ``half_t``) or the
+    ``[D]`` diagonal of a Jacobi one.
+    """
+    preconditioner = as_preconditioner(preconditioner)
     if isinstance(solver, Newton):
         return newton_mean(problem, init, solver, preconditioner, progress)
     if isinstance(solver, SGD):

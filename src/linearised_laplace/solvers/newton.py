@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ..core.linalg import conjugate_gradient
+from ..core.lowrank import PreconditionerLike
 from ..core.progress import progress_bar
 from .base import SolveInfo, SolveResult
 
@@ -51,16 +52,22 @@ def newton_mean(
     problem: ConvexObjective,
     init: Tensor,
     config: Newton,
-    preconditioner: Tensor,
+    preconditioner: PreconditionerLike,
     progress: bool | None = None,
 ) -> SolveResult:
-    """Minimise ``F`` by Newton-CG from ``init`` ``[D]``; returns ``θ̄`` as ``[1, D]``."""
+    """Minimise ``F`` by Newton-CG from ``init`` ``[D]``; returns ``θ̄`` as ``[1, D]``.
+
+    ``preconditioner``: ``P ≈ ∇²F`` with ``half`` and ``half_t`` (``C Cᵀ = P^{-1}``), as
+    :class:`~linearised_laplace.core.lowrank.Preconditioner`; each Newton system is solved as
+    ``Cᵀ ∇²F C u = −Cᵀ ∇F``, ``Δ = C u``.
+    """
     start = time.perf_counter()
     w = init.clone()
     scale = float(problem.gradient(torch.zeros_like(w))[0].norm()) or 1.0
     # Gradients summed in floating point are accurate to about 100 ε relative: stop there.
     rtol = max(config.rtol, 100 * torch.finfo(w.dtype).eps)
-    inv_sqrt = preconditioner.rsqrt()
+    half, half_t = preconditioner.half, preconditioner.half_t
+    iterations = 0
     steps, relative = 0, float("inf")
     with progress_bar(total=config.max_iter, enabled=progress, desc="mean (Newton-CG)") as bar:
         for steps in range(config.max_iter + 1):
@@ -68,20 +75,27 @@ def newton_mean(
             relative = float(grad.norm()) / scale
             if relative <= rtol or steps == config.max_iter:
                 break
-            # Inexact Newton: solve S ∇²F S u = −S g (S = P^{-1/2}, Δ = S u) to relative accuracy
-            # min(0.5, √‖g‖), which tightens as the gradient vanishes (superlinear convergence).
-            u, _, _ = conjugate_gradient(
-                lambda v, outputs=outputs: inv_sqrt * problem.hessian_vec(outputs, inv_sqrt * v),
-                -(inv_sqrt * grad)[None],
+            # Inexact Newton: solve Cᵀ ∇²F C u = −Cᵀ g to relative accuracy min(0.5, √‖g‖), which
+            # tightens as the gradient vanishes (superlinear convergence).
+            u, n_iter, _ = conjugate_gradient(
+                lambda v, outputs=outputs: half_t(problem.hessian_vec(outputs, half(v))),
+                -half_t(grad[None]),
                 rtol=max(1e-12, min(0.5, relative**0.5)),
                 max_iter=config.cg_max_iter,
             )
-            direction = inv_sqrt * u[0]
+            iterations += n_iter
+            direction = half(u)[0]
             w, moved = _armijo(problem, w, grad, direction)
             bar.update()
             if not moved:  # no decrease is possible at this precision
                 break
-    info = SolveInfo(config.name, steps, torch.tensor([relative]), time.perf_counter() - start)
+    info = SolveInfo(
+        config.name,
+        steps,
+        torch.tensor([relative]),
+        time.perf_counter() - start,
+        reason=f"{steps} Newton steps, {iterations} CG iterations",
+    )
     return SolveResult(w[None], info)
 
 
