@@ -405,6 +405,31 @@ def sgd_kfac_misses(data) -> str:
     return ", ".join(missed) if missed else "none"
 
 
+def mean_solve_summary(data) -> str:
+    """Per family, the mean solve's CG iterations with the new preconditioner against Jacobi."""
+    runs: dict[tuple[str, str], dict[str, dict]] = {}
+    for r in data["rows"]:
+        runs.setdefault((r["family"], r["problem"]), {})[r["preconditioner"]] = r
+    parts = []
+    for family, new in (("exact", "cholesky"), ("sampled", "posterior")):
+        pairs = [
+            f"{problem} {rows[new]['CG iterations']:,} against {rows['jacobi']['CG iterations']:,}"
+            for (fam, problem), rows in runs.items()
+            if fam == family and new in rows
+        ]
+        cpu = [
+            rows["jacobi"]["CPU seconds"] / rows[new]["CPU seconds"]
+            for (fam, _), rows in runs.items()
+            if fam == family and new in rows
+        ]
+        label = "H's Cholesky factor" if family == "exact" else "A + M_r"
+        parts.append(
+            f"{family} family, {label}: {', '.join(pairs)} "
+            f"(CPU time {sig(min(cpu), 2)}×–{sig(max(cpu), 2)}× less)"
+        )
+    return "; ".join(parts)
+
+
 CNN = "fashion-mnist-cnn/calibrated"
 OVER = "fashion-mnist-cnn-overconfident"
 RESNET = "fashion-mnist-resnet/seed-0/results"
@@ -413,6 +438,7 @@ FIGURES: dict[str, tuple[str, Callable]] = {
     # solver fidelity
     "solver-table": ("solver_fidelity", solver_table),
     "preconditioner-summary": ("preconditioners", preconditioner_summary),
+    "mean-solve-summary": ("mean_solve", mean_solve_summary),
     "sgd-kfac-misses": ("preconditioners", sgd_kfac_misses),
     "solver-samples": ("solver_fidelity", lambda d: str(d["samples"])),
     "solver-mc": (
