@@ -57,10 +57,8 @@ def preconditioners(model, family: str) -> dict:
     if family == "exact":
         ggn = model.dense_ggn()
         jacobi = (ggn.diagonal() + model.precision.prior64).to(model.features.dtype)
-        return {
-            "jacobi": jacobi,
-            "cholesky": CholeskyPreconditioner(cholesky(model.precision.dense(ggn))),
-        }
+        factor = cholesky(model.precision.dense(ggn))
+        return {"cholesky": CholeskyPreconditioner(factor), "jacobi": jacobi}  # reference first
     choice = choose_solver(model, None, "auto")
     noise = choice_noise(model, choice, 8, seed=0)
     if choice.space == "dual" or isinstance(choice.solver, lla.Cholesky):
