@@ -382,15 +382,19 @@ def em_convergence(methods: tuple[str, ...]) -> Callable:
 
 def preconditioner_summary(data) -> str:
     """CG's iterations to tolerance with KFAC against Nyström per problem, and the count of wins."""
-    steps: dict[str, dict[str, int]] = {}
+    steps: dict[str, dict[str, dict]] = {}
     for r in data["rows"]:
-        steps.setdefault(r["problem"], {})[r["solver"]] = r["steps"]
+        steps.setdefault(r["problem"], {})[r["solver"]] = r
+
+    def count(r: dict) -> str:
+        return f"{r['steps']:,}" + ("" if r["converged"] else " (not converged)")
+
     parts = [
-        f"{problem} {s['CG-kfac']:,} against {s['CG-nystrom']:,}" for problem, s in steps.items()
+        f"{p} {count(s['CG-kfac'])} against {count(s['CG-nystrom'])}" for p, s in steps.items()
     ]
-    fewer = sum(s["CG-kfac"] < s["CG-nystrom"] for s in steps.values())
+    fewer = sum(s["CG-kfac"]["steps"] < s["CG-nystrom"]["steps"] for s in steps.values())
     return (
-        f"KFAC against Nyström, CG iterations to tolerance: {', '.join(parts)}; KFAC needed fewer "
+        f"KFAC against Nyström, CG iterations: {', '.join(parts)}; KFAC needed fewer "
         f"on {fewer} of {len(steps)} problems"
     )
 

@@ -16,7 +16,7 @@ import json
 import warnings
 
 import torch
-from _report import RESULTS, markdown_table, write
+from _report import RESULTS, committed, markdown_table, write
 from fidelity_problems import PROBLEMS, mean_variance
 from solver_fidelity import fit, relative
 
@@ -82,9 +82,13 @@ def summary(rows: list[dict]) -> str:
     """Per problem: CG's iterations with Nyström and with KFAC, and which needed fewer."""
     lines = []
     for problem in dict.fromkeys(r["problem"] for r in rows):
-        steps = {r["solver"]: r["steps"] for r in rows if r["problem"] == problem}
+        steps = {
+            r["solver"]: f"{r['steps']:,}" + ("" if r["converged"] else " (not converged)")
+            for r in rows
+            if r["problem"] == problem
+        }
         ran = [
-            f"{steps[solver]:,} with {label}"
+            f"{steps[solver]} with {label}"
             for solver, label in (
                 ("CG-jacobi", "Jacobi"),
                 ("CG-nystrom", "Nyström"),
@@ -96,6 +100,19 @@ def summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def page(samples: int, rows: list[dict]) -> str:
+    """The results page of ``rows``."""
+    return (
+        "# Preconditioners of the primal solvers\n\n"
+        f"{samples} samples per fit, every solver in the primal space. `steps`: CG's "
+        "iterations to its tolerance, SGD's steps; `converged`: every sample reached the solver's "
+        "tolerance; `err_same_noise` and `corr`: the error of the mean functional variance and "
+        "the per-point correlation against exact samples of the same noise (up to "
+        f"{EXACT_UP_TO:,} weights; beyond, `None`). CPU seconds include building the "
+        "preconditioner, timed once.\n\n" + markdown_table(rows, COLUMNS) + "\n\n" + summary(rows)
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", default=",".join(p for p in PROBLEMS if "fashion" not in p))
@@ -104,7 +121,14 @@ def main() -> None:
     parser.add_argument(
         "--only", action="store_true", help="re-run --problems and keep the other problems' rows"
     )
+    parser.add_argument(
+        "--render", action="store_true", help="rewrite the results page from its JSON, run nothing"
+    )
     args = parser.parse_args()
+    if args.render:
+        payload, made = committed("preconditioners")
+        write("preconditioners", payload, page(payload["samples"], payload["rows"]), made=made)
+        return
     torch.manual_seed(0)
     problems = [PROBLEMS[name]() for name in args.problems.split(",")]
     rows = []
@@ -114,16 +138,7 @@ def main() -> None:
         rows = [r for r in kept if r["problem"] not in names]
     for problem in problems:
         rows += run_problem(problem, args.samples, args.solvers.split(","))
-    page = (
-        "# Preconditioners of the primal solvers\n\n"
-        f"{args.samples} samples per fit, every solver in the primal space. `steps`: CG's "
-        "iterations to its tolerance, SGD's steps; `converged`: every sample reached the solver's "
-        "tolerance; `err_same_noise` and `corr`: the error of the mean functional variance and "
-        "the per-point correlation against exact samples of the same noise (up to "
-        f"{EXACT_UP_TO:,} weights; beyond, `None`). CPU seconds include building the "
-        "preconditioner, timed once.\n\n" + markdown_table(rows, COLUMNS) + "\n\n" + summary(rows)
-    )
-    write("preconditioners", {"samples": args.samples, "rows": rows}, page)
+    write("preconditioners", {"samples": args.samples, "rows": rows}, page(args.samples, rows))
 
 
 if __name__ == "__main__":
