@@ -46,6 +46,14 @@ def committed(name: str) -> tuple[dict, dict]:
     return payload, payload.get("provenance") or earlier_provenance(path)
 
 
+def kept(name: str, problems: set[str]) -> list[dict]:
+    """The rows of ``results/<name>.json`` of other problems than ``problems`` (an ``--only`` rerun)."""
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        return []
+    return [r for r in json.loads(path.read_text())["rows"] if r["problem"] not in problems]
+
+
 def write(name: str, payload: dict, markdown: str, made: dict | None = None) -> None:
     """Write ``results/<name>.json`` and ``results/<name>.md``, each saying how it was made.
 

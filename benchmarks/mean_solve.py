@@ -19,10 +19,9 @@ Both run to the mean solver's tolerance (``Newton()``: 1e-6 for the sampled fami
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
-from _report import RESULTS, markdown_table, write
+from _report import kept, markdown_table, write
 from fidelity_problems import PROBLEMS
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -113,11 +112,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     problems = [PROBLEMS[name]() for name in args.problems.split(",")]
-    rows = []
-    if args.only and (RESULTS / "mean_solve.json").exists():
-        names = {problem.name for problem in problems}
-        kept = json.loads((RESULTS / "mean_solve.json").read_text())["rows"]
-        rows = [r for r in kept if r["problem"] not in names]
+    rows = kept("mean_solve", {p.name for p in problems}) if args.only else []
     for problem in problems:
         rows += run_problem(problem)
     page = (

@@ -12,11 +12,10 @@ tolerance are the number the issue asks for; CPU seconds include building the pr
 from __future__ import annotations
 
 import argparse
-import json
 import warnings
 
 import torch
-from _report import RESULTS, committed, markdown_table, write
+from _report import committed, kept, markdown_table, write
 from fidelity_problems import PROBLEMS, mean_variance
 from solver_fidelity import fit, relative
 
@@ -131,11 +130,7 @@ def main() -> None:
         return
     torch.manual_seed(0)
     problems = [PROBLEMS[name]() for name in args.problems.split(",")]
-    rows = []
-    if args.only and (RESULTS / "preconditioners.json").exists():
-        names = {problem.name for problem in problems}
-        kept = json.loads((RESULTS / "preconditioners.json").read_text())["rows"]
-        rows = [r for r in kept if r["problem"] not in names]
+    rows = kept("preconditioners", {p.name for p in problems}) if args.only else []
     for problem in problems:
         rows += run_problem(problem, args.samples, args.solvers.split(","))
     write("preconditioners", {"samples": args.samples, "rows": rows}, page(args.samples, rows))

@@ -31,12 +31,11 @@ results page from its JSON (the pass rule applied anew) without running anything
 from __future__ import annotations
 
 import argparse
-import json
 import warnings
 
 import matplotlib
 import torch
-from _report import RESULTS, committed, markdown_table, write
+from _report import RESULTS, committed, kept, markdown_table, write
 from fidelity_problems import PROBLEMS, Problem, mean_variance, monte_carlo_error
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -238,13 +237,8 @@ def main() -> None:
         return
     torch.manual_seed(0)
     rows = []
-    if args.only and (RESULTS / f"{args.name}.json").exists():
-        kept = json.loads((RESULTS / f"{args.name}.json").read_text())["rows"]
-        rows = [
-            r
-            for r in kept
-            if r["problem"] not in {PROBLEMS[p]().name for p in args.problems.split(",")}
-        ]
+    if args.only:
+        rows = kept(args.name, {PROBLEMS[p]().name for p in args.problems.split(",")})
     for name in args.problems.split(","):
         problem = PROBLEMS[name]()
         n_params = sum(p.numel() for p in problem.model.parameters())
