@@ -145,6 +145,17 @@ def solver_table(_) -> str:
     return "\n".join(lines) + "\n"
 
 
+def point_fidelity(data) -> str:
+    """Per point, ``auto``'s variance against exact samples, the closed form and the MC floor."""
+    parts = [
+        f"{r['problem']} {pct(r['point_err_same_noise'], 2)}, {pct(r['point_err'], 2)} "
+        f"(floor {pct(r['point_mc'], 2)})"
+        for r in data["rows"]
+        if r["solver"] == "default" and "point_err" in r
+    ]
+    return "; ".join(parts)
+
+
 def auto_counts(_) -> str:
     rows = solver_rows("solver_fidelity", "solver_fidelity-fashion")
     defaults = [r for r in rows if r["solver"] == "default"]
@@ -445,6 +456,7 @@ FIGURES: dict[str, tuple[str, Callable]] = {
     "mean-solve-summary": ("mean_solve", mean_solve_summary),
     "sgd-kfac-misses": ("preconditioners", sgd_kfac_misses),
     "solver-samples": ("solver_fidelity", lambda d: str(d["samples"])),
+    "solver-point-fidelity": ("solver_fidelity", point_fidelity),
     "solver-mc": (
         "solver_fidelity",
         lambda d: span([r["mc"] for r in d["rows"]], lambda x: pct(x, 2)),
