@@ -72,6 +72,13 @@ class KroneckerBlock:
         """``λ_G λ_Aᵀ`` ``[out, in]``: the block's eigenvalues."""
         return self.g_values[:, None] * self.a_values[None, :]
 
+    def spectral(self, v: Tensor, values: Tensor) -> Tensor:
+        """``Q diag(values) Qᵀ v`` row-wise on flat block coordinates ``[K, out·in']``.
+
+        ``values`` ``[out, in']`` in the Kronecker eigenbasis, e.g. ``(λ_G λ_Aᵀ + δ)^p``.
+        """
+        return self.flat(self.rotate(self.rotate(self.matrix(v)) * values, inverse=True))
+
     def rotate(self, m: Tensor, inverse: bool = False) -> Tensor:
         """``Q_Gᵀ V Q_A`` (or ``Q_G V Q_Aᵀ`` with ``inverse``) for ``V`` ``[K, out, in']``."""
         if inverse:
@@ -120,8 +127,7 @@ class KroneckerGGN:
         z64 = z.double() * s
         out = torch.zeros_like(z64)
         for b in self.blocks:
-            rotated = b.rotate(b.matrix(z64[:, b.start : b.stop])) * b.eigenvalues()
-            out[:, b.start : b.stop] = b.flat(b.rotate(rotated, inverse=True))
+            out[:, b.start : b.stop] = b.spectral(z64[:, b.start : b.stop], b.eigenvalues())
         return (out * s).to(z.dtype)
 
 
@@ -153,10 +159,8 @@ class KroneckerPreconditioner:
         if before:
             x = x * self.inv_scale
         for b, delta in zip(self.ggn.blocks, self.damping, strict=True):
-            rotated = (
-                b.rotate(b.matrix(x[:, b.start : b.stop])) * (b.eigenvalues() + delta) ** power
-            )
-            out[:, b.start : b.stop] = b.flat(b.rotate(rotated, inverse=True))
+            values = (b.eigenvalues() + delta) ** power
+            out[:, b.start : b.stop] = b.spectral(x[:, b.start : b.stop], values)
         if after:
             out = torch.where(self.covered, out * self.inv_scale, out)
         return out.to(self.dtype)

@@ -185,7 +185,7 @@ class Laplace(Predictive, PriorTuning, LaplaceTorchCompat, SavedPosterior):
         chosen); a sampled posterior, a loaded one and the g-prior (``s ∝ σ``) need
         ``.fit(train_loader)`` again, and raise :class:`~linearised_laplace.NotFittedError` until.
         """
-        return torch.tensor(float(getattr(self.likelihood, "sigma", 1.0)), dtype=torch.float64)
+        return torch.tensor(self._hyperparameters.sigma, dtype=torch.float64)
 
     @sigma_noise.setter
     def sigma_noise(self, value: float | Tensor) -> None:

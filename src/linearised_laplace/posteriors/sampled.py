@@ -40,6 +40,11 @@ MEAN_SKETCH_RANK = 100
 keeps none (Cholesky, the dual space): ``A + M_r``, as the primal solvers' default."""
 
 
+def closed_form_mean(choice, likelihood) -> bool:
+    """Whether the mean comes in closed form from the dual system (a Gaussian likelihood)."""
+    return choice.space == "dual" and isinstance(likelihood, Gaussian)
+
+
 def sample_factor(jz: Tensor) -> Tensor:
     r"""``[S, N, C] → [N, C, S]``, ``G = (J ζ_s)_s / √S``: ``G_a G_bᵀ = (1/S) Σ_s (J_a ζ_s)(J_b ζ_s)ᵀ``."""
     return jz.permute(1, 2, 0) / math.sqrt(jz.shape[0])
@@ -64,14 +69,13 @@ def sampled_e_step(
     def step(state: Iterate) -> EStep:
         current, ratio = model.at(state.precision, state.sigma)
         scaled, prior, n_groups = noise.scaled(ratio), current.precision.prior, len(state.precision)
-        preconditioner = current.precision.preconditioner(scaled.ggn_diag, scaled.ggn_low_rank)
         step_seed = derive_seed(seed, "em", state.step)
-        mean, residual = posterior_mean(
-            current,
-            mode,
-            anchor,
-            lambda p: solve(p, state.mean, preconditioner, step_seed),
-        )
+
+        def mean_of(problem) -> Tensor:  # the preconditioner is built only when a mean is solved
+            pre = current.precision.preconditioner(scaled.ggn_diag, scaled.ggn_low_rank)
+            return solve(problem, state.mean, pre, step_seed)
+
+        mean, residual = posterior_mean(current, mode, anchor, mean_of)
         result, warm = sample(current, scaled, state.samples, step_seed)
         if gamma == "function":
             g = function_space_gamma(current, result.samples, n_groups, result.ggn_samples)
@@ -162,7 +166,7 @@ class SampledPosterior:
 
         def solve(problem, init: Tensor, preconditioner: Tensor, seed: int) -> Tensor:
             choice = choose_solver(problem.model, self.solver, self.space)
-            if choice.space != "dual" or not isinstance(problem.model.likelihood, Gaussian):
+            if not closed_form_mean(choice, problem.model.likelihood):
                 result = solve_mean(problem, self.mean_solver, init, preconditioner, seed, progress)
                 return result.samples[0]
             result = dual_mean(problem, choice.solver, seed, progress)
@@ -182,9 +186,11 @@ class SampledPosterior:
         k = check_positive_int("n_em_samples", n_em_samples)
         choice = choose_solver(model, self.solver, self.space)
         noise = choice_noise(model, choice, k, seed, progress=progress)
-        closed_form = choice.space == "dual" and isinstance(model.likelihood, Gaussian)
         unsketched = choice.space == "dual" or isinstance(choice.solver, Cholesky)
-        if mode is not MeanMode.NETWORK and unsketched and not closed_form:
+        solves_mean = mode is not MeanMode.NETWORK and not closed_form_mean(
+            choice, model.likelihood
+        )
+        if solves_mean and unsketched:
             # the samples' solver keeps no sketch of M: take one for the mean's Newton systems
             noise = with_ggn_sketch(model, noise, MEAN_SKETCH_RANK, seed)
 

@@ -9,6 +9,7 @@ with the posterior refitted at the chosen value, written through the ``prior_pre
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import warnings
 from pathlib import Path
@@ -79,13 +80,13 @@ class PriorTuning:
         grid = check_positive(
             "grid", torch.logspace(-4, 4, 21, dtype=torch.float64) if grid is None else grid
         )
-        x, y = self._validation(val_loader)
+        x, y, f = self._validation(val_loader)
         if objective == "joint" and kappa > len(y):
             raise ValueError(
                 f"`kappa` ({kappa}) exceeds the {len(y)} validation points; pass a smaller kappa."
             )
         features = self.coordinates.transform(self.linearisation)
-        f0 = features.forward(x).to(torch.float64)
+        f0 = f.to(torch.float64)  # the features' offset is the network's output
         sigma = self.likelihood.sigma if isinstance(self.likelihood, Gaussian) else None
 
         def score(half: Tensor) -> float:
@@ -213,16 +214,16 @@ class PriorTuning:
             progress=self.progress,
         )
         em.refit(state, self.n_samples)
-        groups = self.coordinates.groups()
-        new = self.hyperparameters.with_precision(state.precision, *groups)
-        self.hyperparameters = new.with_sigma(state.sigma)
+        # α and σ together (the setter validates α against the coordinates' groups)
+        learnt = dataclasses.replace(self.hyperparameters, precision=state.precision)
+        self.hyperparameters = learnt.with_sigma(state.sigma)
         self.em_history = state.history
         if validation is not None:
             self._check_noise(*validation)
         return self.em_history
 
-    def _validation(self, val_loader: TrainingData) -> tuple[Tensor, Tensor]:
-        """Validation inputs and targets, checked against the network's outputs."""
+    def _validation(self, val_loader: TrainingData) -> tuple[Tensor, Tensor, Tensor]:
+        """Validation inputs, targets and the network's outputs ``f(x; θ*)``, checked."""
         val = Data(val_loader)
         x, y = val.subset(torch.arange(len(val)))
         x = self.linearisation.check_inputs(x, "the val_loader's inputs")
@@ -232,11 +233,11 @@ class PriorTuning:
             self.likelihood.check_targets(f, y.to(f.device))
         except (TypeError, ValueError) as err:
             raise type(err)(f"The val_loader targets do not fit the model: {err}") from err
-        return x, y
+        return x, y, f
 
-    def _check_noise(self, x: Tensor, y: Tensor) -> None:
+    def _check_noise(self, x: Tensor, y: Tensor, f: Tensor) -> None:
         """Warn when the predictive variance is far below the validation residuals' square."""
-        mean = self.linearisation.forward(x).double()
+        mean = f.double()
         residual = float((y.reshape(mean.shape).double() - mean).square().mean())
         sigma = float(self.sigma_noise)
         predictive = sigma**2 + float(self._marginal_variance(x).double().mean())
