@@ -2,7 +2,7 @@
 
 `ExactLaplace` and its subclasses solve for the linear model's mean by Newton-CG, one data pass per
 CG iteration. Each pass is a JVP and a VJP through the network unless the feature matrix ``Φ``
-``[n, C, P]`` is built once and held (``feature_memory_gib``, 2 GiB by default). This runs the same
+``[n, C, P]`` is built once and held (where it fits in ``memory_gib``; ``feature_memory_gib=0``: never). This runs the same
 EM both ways on the siblings benchmark's digits CNN and reports the wall time of fit + EM, the
 ratio, and the largest relative difference of the learnt prior precisions (which must agree).
 Run: `python benchmarks/dense_features.py`.

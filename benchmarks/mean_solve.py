@@ -48,7 +48,7 @@ def linear_model(problem):
         kw["sigma_noise"] = problem.sigma_noise
     la = lla.SampledLaplace(problem.model, problem.likelihood, **kw)
     loader = DataLoader(TensorDataset(*problem.train), batch_size=problem.batch_size)
-    return la.linear_model(loader).with_dense_features(la.feature_memory_gib)
+    return la.linear_model(loader).with_dense_features()
 
 
 def preconditioners(model, family: str) -> dict:

@@ -44,6 +44,11 @@ def test_a_fit_with_output_in_a_file_logs_each_stage_with_time_estimates(tmp_pat
     assert "\r" not in text  # plain lines, not a bar's carriage returns
 
 
+def test_progress_true_draws_bars_even_with_output_in_a_file(tmp_path):
+    text = _fit_with_stderr_in_a_file(tmp_path, interval=0, progress=True)
+    assert "EM:" in text and "%|" in text and "linearised-laplace:" not in text
+
+
 def test_progress_false_writes_nothing(tmp_path):
     assert "linearised-laplace:" not in _fit_with_stderr_in_a_file(tmp_path, 0, False)
 

@@ -418,3 +418,38 @@ def test_setting_prior_precision_refits_or_asks_for_a_fit(kind):
     torch.testing.assert_close(la.sample(), expected.sample(), **CLOSE)
     with pytest.raises(ValueError, match="one value, one per parameter group"):
         la.prior_precision = [1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("kind", ["exact", "sampled"])
+def test_a_memory_budget_below_the_posteriors_needs_is_refused_before_any_solve(kind):
+    net = mlp()
+    x, y = classification_data(30)
+    make = lla.ExactLaplace if kind == "exact" else lla.SampledLaplace
+    fitted = make(net, n_samples=4, progress=False).fit((x, y))
+    plan = fitted.memory_plan
+    needed = sum(plan.needs.values())
+    assert plan.hold_features and plan.budget_gib > needed + plan.features_gib
+    with pytest.raises(MemoryError, match=f"at least {needed:.3g} GiB") as err:
+        make(net, n_samples=4, memory_gib=needed / 2, progress=False).fit((x, y))
+    suggested = float(str(err.value).split("memory_gib=")[1].split()[0])
+    tight = make(net, n_samples=4, memory_gib=suggested, progress=False).fit((x, y))
+    assert not tight.memory_plan.hold_features  # the rest of the budget is too small for Φ
+    assert torch.allclose(tight.functional_variance(x), fitted.functional_variance(x), atol=1e-5)
+    with pytest.raises(ValueError, match="memory_gib` must be a number > 0"):
+        make(net, memory_gib=0)
+
+
+def test_the_memory_plan_names_what_the_chosen_solver_holds(capsys):
+    net = mlp()
+    x, y = classification_data(30)
+    kw = {"n_samples": 4, "progress": True}
+    cg = lla.SampledLaplace(net, solver=lla.CG(preconditioner_rank=5), space="primal", **kw)
+    cg.fit((x, y))
+    d, itemsize = cg.n_params, next(net.parameters()).dtype.itemsize
+    assert cg.memory_plan.needs["preconditioner sketch"] * 2**30 == 2 * 5 * d * itemsize
+    assert cg.memory_plan.needs["samples and solver state"] * 2**30 == 6 * 4 * d * itemsize
+    assert "memory plan:" in capsys.readouterr().err
+    dense = lla.SampledLaplace(net, **kw).fit((x, y))  # auto: Cholesky
+    assert dense.memory_plan.needs["dense primal matrix and its Cholesky factor"] * 2**30 == (
+        2 * d * d * 8
+    )

@@ -96,10 +96,12 @@ def check_sample_budget(n_floats: int, what: str, fix: str, limit_gib: float = 1
         )
 
 
-def check_memory_gib(name: str, value: object) -> float:
-    """A memory limit in GiB: a number ≥ 0 (0: hold nothing)."""
-    if isinstance(value, bool) or not (isinstance(value, int | float) and value >= 0):
-        raise ValueError(
-            f"`{name}` must be a number ≥ 0 (0: never hold the features), got {value!r}."
-        )
+def check_memory_gib(name: str, value: object, positive: bool = False) -> float | None:
+    """A memory limit in GiB: ``None`` (the default), or a number ≥ 0 (``> 0`` if ``positive``)."""
+    if value is None:
+        return None
+    number = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+    if not number or (positive and value == 0):
+        expected = "a number > 0" if positive else "a number ≥ 0 (0: never hold the features)"
+        raise ValueError(f"`{name}` must be {expected} or None (the default), got {value!r}.")
     return float(value)

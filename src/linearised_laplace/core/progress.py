@@ -35,7 +35,7 @@ def progress_bar(iterable: Iterable | None = None, *, enabled: bool | None, **kw
     """
     if enabled is None and not _other_rank() and not sys.stderr.isatty():
         return LogProgress(iterable, **kwargs)
-    disable = True if _other_rank() or enabled is False else None
+    disable = _other_rank() or enabled is False  # tqdm's own None would hide forced bars off a tty
     return tqdm(iterable, disable=disable, leave=False, dynamic_ncols=True, **kwargs)
 
 

@@ -22,11 +22,13 @@ from torch import Tensor, nn
 from ..coordinates import Coordinates
 from ..core import persistence
 from ..core.checks import check_memory_gib, check_positive_int, check_seed
+from ..core.memory import MemoryPlan, default_budget_gib, gib, plan_memory
+from ..core.progress import progress_note
 from ..exceptions import NotFittedError
 from ..model.data import Data, TrainingData
 from ..model.hyperparameters import Hyperparameters
 from ..model.likelihoods import Likelihood, make_likelihood
-from ..model.linear_model import FEATURE_MEMORY_GIB, LinearGaussianModel
+from ..model.linear_model import LinearGaussianModel
 from ..model.priors import Prior
 from ..network.inputs import as_inputs
 from ..network.linearisation import Linearisation, TangentBatching
@@ -70,8 +72,13 @@ class Laplace(Predictive, PriorTuning, LaplaceTorchCompat, SavedPosterior):
             example's Jacobian is too large to build (it is exact otherwise).
         tangent_batching: ``"auto"`` (the faster, measured on the first batch), ``"loop"`` or
             ``"vmap"`` over samples in JVPs and VJPs.
-        feature_memory_gib: Hold the training features ``Φ`` ``[n, C, P]`` while they fit in this
-            many GiB (``0``: never), making every later data pass a matrix product.
+        memory_gib: The fit's memory budget in GiB (``None``: half the memory available when it
+            starts). A fit that needs more (its samples, solver state, preconditioner or dense
+            GGN) is refused before its solves, naming the budget it needs; see
+            :attr:`memory_plan`.
+        feature_memory_gib: A further cap on the training features ``Φ`` ``[n, C, P]``, held
+            where they fit in what the budget leaves (``None``: no further cap; ``0``: never),
+            making every later data pass a matrix product.
         progress: Progress bars on long passes (``None``: only on a terminal).
         enable_backprop: Make the predictive differentiable in ``x`` (laplace-torch's keyword):
             ``__call__``, ``predictive_samples``, ``functional_variance`` and
@@ -79,7 +86,8 @@ class Laplace(Predictive, PriorTuning, LaplaceTorchCompat, SavedPosterior):
 
     Attributes:
         coordinates: The :class:`~linearised_laplace.coordinates.Coordinates`; ``posterior``: the
-            backend; ``em_history``: the last EM run's records.
+            backend; ``em_history``: the last EM run's records; ``memory_plan``: the last fit's
+            :class:`~linearised_laplace.core.memory.MemoryPlan`.
     """
 
     def __init__(
@@ -98,7 +106,8 @@ class Laplace(Predictive, PriorTuning, LaplaceTorchCompat, SavedPosterior):
         g_prior: bool = False,
         g_prior_probes: int = 8,
         tangent_batching: TangentBatching = "auto",
-        feature_memory_gib: float = FEATURE_MEMORY_GIB,
+        memory_gib: float | None = None,
+        feature_memory_gib: float | None = None,
         progress: bool | None = None,
         enable_backprop: bool = False,
     ):
@@ -120,7 +129,9 @@ class Laplace(Predictive, PriorTuning, LaplaceTorchCompat, SavedPosterior):
         self.g_prior = bool(g_prior)
         probes = check_positive_int("g_prior_probes", g_prior_probes)
         self.exclude_norm = bool(exclude_norm)
+        self.memory_gib = check_memory_gib("memory_gib", memory_gib, positive=True)
         self.feature_memory_gib = check_memory_gib("feature_memory_gib", feature_memory_gib)
+        self.memory_plan: MemoryPlan | None = None
         self.progress = progress
         self.coordinates = Coordinates(
             lin, g_prior=self.g_prior, g_prior_probes=probes, **(coordinates or {})
@@ -251,9 +262,22 @@ class Laplace(Predictive, PriorTuning, LaplaceTorchCompat, SavedPosterior):
         if self.posterior.wants_kronecker(model):
             kronecker = self.coordinates.kronecker(model.data, model.likelihood)
             model = dataclasses.replace(model, kronecker=kronecker)
-        model = model.with_dense_features(self.feature_memory_gib, self.progress)
+        self.memory_plan = self._plan_memory(model)
+        progress_note(self.memory_plan.summary(), enabled=self.progress)
+        if self.memory_plan.hold_features:
+            model = model.with_dense_features(progress=self.progress)
         self._training = TrainingFit.of(model)
         return model
+
+    def _plan_memory(self, model: LinearGaussianModel) -> MemoryPlan:
+        """What the fit of ``model`` will hold, against ``memory_gib`` (refused if too little)."""
+        budget = self.memory_gib
+        if budget is None:
+            budget = default_budget_gib(model.features.device)
+        n, c, d = len(model.data), model.n_outputs, model.n_params
+        needs = self.posterior.memory_needs(model, self.n_samples)
+        limit = 0.0 if model.data.shard.world > 1 else self.feature_memory_gib
+        return plan_memory(needs, gib(n * c * d, model.features.dtype), budget, limit)
 
     def g_prior_scale(self, train_loader: TrainingData) -> Tensor:
         """The g-prior's scale ``s = diag(JᵀBJ)^{-1/2}`` ``[D]`` on the training data.

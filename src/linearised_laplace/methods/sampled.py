@@ -1,7 +1,7 @@
 r"""Sampled linearised Laplace (Antorán et al., ICLR 2023): posterior samples by sample-then-optimise.
 
 Memory is ``O(S·D)`` and each SGD step costs one JVP and one VJP per sample on a minibatch; no
-``D×D`` matrix is ever formed, and the Jacobian only where it fits in ``feature_memory_gib``. The
+``D×D`` matrix is ever formed, and the Jacobian only where it fits in ``memory_gib``. The
 prior precision is learnt by sample-based EM.
 """
 

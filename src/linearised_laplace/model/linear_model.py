@@ -11,6 +11,7 @@ Every product here is matrix-free; :meth:`LinearGaussianModel.dense_ggn` is the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -29,10 +30,6 @@ from .data import Data
 from .likelihoods import Gaussian, Likelihood
 from .precision import PosteriorPrecision
 from .priors import Prior
-
-FEATURE_MEMORY_GIB = 2.0
-"""Default memory for holding the training feature matrix ``Φ`` (see
-:meth:`LinearGaussianModel.with_dense_features`)."""
 
 
 @dataclass(frozen=True)
@@ -123,7 +120,7 @@ class LinearGaussianModel:
         return self.data.all_reduce(total)
 
     def with_dense_features(
-        self, limit_gib: float = FEATURE_MEMORY_GIB, progress: bool | None = False
+        self, limit_gib: float = math.inf, progress: bool | None = False
     ) -> LinearGaussianModel:
         """This model with ``Φ`` ``[n, C, D]`` built once and held, its data indexed by point.
 

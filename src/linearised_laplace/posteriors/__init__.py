@@ -46,6 +46,9 @@ class Posterior(Protocol):
     def forget(self) -> None:
         """Drop the fit (the weights changed)."""
 
+    def memory_needs(self, model, n_samples: int) -> dict[str, float]:
+        """GiB of each tensor a fit of ``model`` with ``n_samples`` holds, by name."""
+
     def wants_kronecker(self, model) -> bool:
         """Whether its solver on ``model`` preconditions with KFAC (the fit then builds it)."""
 

@@ -16,6 +16,7 @@ from ..core import persistence
 from ..core.checks import check_sample_budget
 from ..core.distributed import is_main_process
 from ..core.linalg import CholeskyPreconditioner, cholesky, whiten
+from ..core.memory import gib
 from ..core.seeds import derive_seed
 from ..metrics import grid_scores
 from ..model.linear_model import LinearGaussianModel
@@ -165,6 +166,18 @@ class DensePosterior:
         """Factorise ``H`` (``ggn``: ``M``, if already built) and draw ``n_samples`` samples."""
         self.model, self.ggn = model, self.dense_ggn(model)[0] if ggn is None else ggn
         self.factor, self.samples = exact_samples(model, self.ggn, n_samples, seed, progress)
+
+    def memory_needs(self, model, n_samples: int) -> dict[str, float]:
+        """GiB of what a fit holds: ``M`` and its factor, one batch's Jacobian, the samples."""
+        d, batch = (
+            model.n_params,
+            min(model.data.batch_size, len(model.data)) * model.n_outputs * model.n_params,
+        )
+        return {
+            "one batch's Jacobian": gib(batch, model.features.dtype),
+            "dense GGN and its Cholesky factor": gib(2 * d * d, torch.float64),
+            "samples": gib(n_samples * d, torch.float64),
+        }
 
     def dense_ggn(self, model, eigenvalues: bool = False) -> tuple[Tensor, Tensor | None]:
         """``M`` of ``model`` and, if asked, its eigenvalues (clamped at 0), from the cache if set."""

@@ -40,6 +40,7 @@ class EStep:
             is not floored at 1 (see :func:`~linearised_laplace.tuning.mackay.mackay_update`).
         solved: Every sample solve reached its solver's tolerance (a step whose samples did not
             never counts toward EM's convergence).
+        solve_steps: The sample solve's iterations (CG iterations, SGD steps), if it iterated.
     """
 
     mean: Tensor
@@ -48,6 +49,7 @@ class EStep:
     residual_sq: float | None = None
     positive_gamma: bool = False
     solved: bool = True
+    solve_steps: int | None = None
 
 
 @dataclass(frozen=True)

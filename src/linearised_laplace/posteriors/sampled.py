@@ -25,6 +25,7 @@ from ..solvers.auto import (
     draw_samples,
     sampler_settings,
     solve_samples,
+    solver_memory,
 )
 from ..solvers.base import check_convergence
 from ..solvers.cholesky import Cholesky
@@ -81,8 +82,9 @@ def sampled_e_step(
             g = function_space_gamma(current, result.samples, n_groups, result.ggn_samples)
         else:
             g = weight_space_gamma(prior, result.samples, model.prior.groups, n_groups)
-        solved = bool(result.info.converged)
-        return EStep(mean, g, warm, residual, positive_gamma=gamma == "function", solved=solved)
+        info = result.info
+        positive = gamma == "function"
+        return EStep(mean, g, warm, residual, positive, bool(info.converged), info.n_steps)
 
     return step
 
@@ -110,6 +112,10 @@ class SampledPosterior:
         """Whether the solver that runs on ``model`` preconditions with KFAC (primal only)."""
         choice = choose_solver(model, self.solver, self.space)
         return choice.space == "primal" and getattr(choice.solver, "uses_kronecker", False)
+
+    def memory_needs(self, model, n_samples: int) -> dict[str, float]:
+        """GiB of what the chosen solver holds to draw ``n_samples`` (:func:`solver_memory`)."""
+        return solver_memory(model, choose_solver(model, self.solver, self.space), n_samples)
 
     def check_parallel(self) -> None:
         """The dual space is not sharded over ranks."""

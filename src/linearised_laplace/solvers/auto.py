@@ -20,13 +20,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import torch
 from torch import Tensor
 
 from ..core import persistence
 from ..core.lowrank import LowRank
+from ..core.memory import gib
 from ..core.progress import progress_note
 from ..model.linear_model import LinearGaussianModel
 from ..model.noise import NoiseSource, PosteriorNoise, draw_posterior_noise
+from ..network.linearisation import JACOBIAN_BYTES
 from .base import SolveResult, check_convergence
 from .cg import CG
 from .cholesky import Cholesky
@@ -104,6 +107,36 @@ def choose_solver(
     if space == "dual" or (space == "auto" and n_obs < d and not parallel):
         return Choice(DUAL_SOLVER, "dual", f"auto: preconditioned CG in the dual space ({sizes})")
     return Choice(PRIMAL_SOLVER, "primal", f"auto: preconditioned CG in the primal space ({sizes})")
+
+
+SOLVER_STATE = 6
+"""``[S, ·]`` tensors an iterative solve holds: samples, right-hand sides and its own state."""
+
+
+def solver_memory(model: LinearGaussianModel, choice: Choice, n_samples: int) -> dict[str, float]:
+    """GiB of what ``choice`` holds to draw ``n_samples`` samples of ``model``, by name.
+
+    A dense solve holds its matrix and Cholesky factor; an iterative one its samples and state
+    (:data:`SOLVER_STATE` ``× [S, D]``, or ``[S, n·C]`` in the dual space) and its preconditioner's
+    sketch. Every data pass may build one batch's Jacobian (up to the tangent batching's cap).
+    """
+    d, n_obs, dtype = model.n_params, len(model.data) * model.n_outputs, model.features.dtype
+    batch = min(model.data.batch_size, len(model.data)) * model.n_outputs * d
+    needs = {"one batch's Jacobian": min(gib(batch, dtype), JACOBIAN_BYTES / 2**30)}
+    if isinstance(choice.solver, Cholesky):
+        _, matrix = dense_cost(d, n_obs, choice.space)
+        factor = gib((d if choice.space == "primal" else n_obs) ** 2, torch.float64)
+        return {**needs, f"dense {choice.space} matrix and its Cholesky factor": matrix + factor}
+    primal = choice.space == "primal"
+    width = d if primal else n_obs
+    rank = (
+        choice.solver.sketch_rank(model)
+        if primal
+        else getattr(choice.solver, "preconditioner_rank", 0)
+    )
+    needs["samples and solver state"] = gib(SOLVER_STATE * n_samples * width, dtype)
+    needs["preconditioner sketch"] = gib(2 * rank * width, dtype)
+    return needs
 
 
 def check_solver(solver: object, space: str) -> SGD | SDD | CG | Cholesky | None:

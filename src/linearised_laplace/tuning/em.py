@@ -101,7 +101,7 @@ def run_em(
     pinned = False
     with progress_bar(total=max_iter, initial=state.step, enabled=progress, desc="EM") as bar:
         while state.step < max_iter and not state.converged and not pinned:
-            start = time.perf_counter()
+            start = time.perf_counter(), time.process_time()
             result = _guarded(e_step, state)
             gamma = result.gamma
             if clip_gamma:
@@ -134,7 +134,7 @@ def run_em(
                 result.mean.double().square(), group_ids, n_groups
             ).tolist()
             record.update(damping=damping.tolist(), at_bound=at_bound, clipped=clipped)
-            record.update(solved=result.solved, converged=converged)
+            record.update(solved=result.solved, solve_steps=result.solve_steps, converged=converged)
             state = EMState(
                 state.step + 1,
                 precision,
@@ -212,10 +212,15 @@ def _warn_unconverged(state: EMState, tol: float, pinned: bool) -> None:
     warnings.warn(ConvergenceWarning(f"EM did not converge: {why}."), stacklevel=3)
 
 
-def _record(step: int, precision: Tensor, sigma: float, start: float | None = None) -> dict:
+def _record(step: int, precision: Tensor, sigma: float, start: tuple | None = None) -> dict:
+    """A history entry; ``start``: the step's ``(wall, CPU)`` clocks at its start."""
+    wall, cpu = (0.0, 0.0)
+    if start is not None:
+        wall, cpu = time.perf_counter() - start[0], time.process_time() - start[1]
     return {
         "step": step,
         "prior_precision": precision.tolist(),
         "sigma_noise": sigma,
-        "seconds": 0.0 if start is None else time.perf_counter() - start,
+        "seconds": wall,
+        "cpu_seconds": cpu,
     }

@@ -20,8 +20,9 @@ class EMState:
         history: One dict per completed step: ``step``, ``prior_precision`` (after the update),
             ``gamma``, ``mean_norm_sq``, ``sigma_noise``, ``damping`` (per group, the fraction of
             the MacKay step in ``log α`` taken), ``at_bound``, ``clipped`` (the estimated ``γ̂``
-            was clipped), ``solved`` (every sample solve reached its tolerance), ``converged``,
-            ``seconds``; entry 0 holds the start.
+            was clipped), ``solved`` (every sample solve reached its tolerance), ``solve_steps``
+            (the sample solve's iterations, if it iterated), ``converged``, ``seconds`` and
+            ``cpu_seconds`` (the step's wall and process CPU time); entry 0 holds the start.
         converged: Whether the stopping rule fired.
     """
 
