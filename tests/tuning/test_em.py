@@ -8,7 +8,7 @@ from torch import nn
 import linearised_laplace as lla
 from linearised_laplace.posteriors.expectation import EStep
 from linearised_laplace.tuning.em import run_em
-from linearised_laplace.tuning.mackay import PRECISION_RANGE
+from linearised_laplace.tuning.mackay import MAX_EXTRAPOLATION, PRECISION_RANGE
 from linearised_laplace.tuning.state import EMState
 
 
@@ -131,6 +131,22 @@ def test_em_damps_a_two_cycle_until_it_converges():
     assert final.history[2]["damping"] == [0.5]
     small = _em_with_update(lambda a: 9.0 / a, 4.0)  # a two-cycle 4 ↔ 2.25, within a factor 2
     assert small.converged and abs(float(small.precision) - 3.0) < 1e-6
+
+
+def test_em_extrapolates_a_creeping_approach_by_the_secant():
+    # log α ↦ ½ log α + log 7: plain MacKay steps halve the distance to α = 49 each time.
+    final = _em_with_update(lambda a: 7.0 * a.sqrt(), 1.0)
+    assert final.converged and final.step == 3  # 1 → 7 → 49 (the secant is exact), then check
+    assert final.history[2]["extrapolation"] == [pytest.approx(2.0, rel=1e-12)]
+    assert float(final.precision) == pytest.approx(49.0, rel=1e-12)
+    # contraction by 0.78 per step: 64 plain steps to tol; the secant's step is capped at 4×
+    slow = _em_with_update(lambda a: 50.0 * (a / 50.0) ** 0.78, 1.0, max_iter=60)
+    assert slow.converged and slow.step < 25
+    assert max(h.get("extrapolation", [1.0])[0] for h in slow.history) == MAX_EXTRAPOLATION
+    assert float(slow.precision) == pytest.approx(50.0, rel=1e-5)
+    # barely contracting (a far start, α falling by a near-constant factor): no leap
+    far = _em_with_update(lambda a: 50.0 * (a / 50.0) ** 0.95, 1e6, max_iter=3)
+    assert [h["extrapolation"] for h in far.history[1:]] == [[1.0]] * 3
 
 
 def test_em_is_bounded_and_warns_when_it_runs_away():

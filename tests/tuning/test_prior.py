@@ -60,3 +60,18 @@ def test_hyperparameters_take_a_hyperparameters_value_only():
         la.hyperparameters = 0.5
     la.hyperparameters = la.hyperparameters.with_sigma(0.3)
     assert float(la.sigma_noise) == pytest.approx(0.3)
+
+
+def test_em_records_what_each_stage_and_step_cost():
+    net = mlp(n_out=2)
+    x, y = regression_data(40)
+    solver = lla.CG(rtol=1e-8, preconditioner_rank=0)
+    la = lla.SampledLaplace(net, "regression", n_samples=4, solver=solver, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", lla.ConvergenceWarning)
+        history = la.optimize_prior_precision((x, y), max_iter=2, tol=1e-12)
+    assert list(la.em_costs) == ["set-up", "EM", "final samples"]
+    steps = sum(h["cpu_seconds"] for h in history[1:])
+    assert steps <= la.em_costs["EM"]["cpu_seconds"] + 1e-3
+    assert all(cost["seconds"] > 0 for cost in la.em_costs.values())
+    assert all(isinstance(h["solve_steps"], int) and h["solve_steps"] > 0 for h in history[1:])

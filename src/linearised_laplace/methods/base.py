@@ -86,7 +86,8 @@ class Laplace(Predictive, PriorTuning, LaplaceTorchCompat, SavedPosterior):
 
     Attributes:
         coordinates: The :class:`~linearised_laplace.coordinates.Coordinates`; ``posterior``: the
-            backend; ``em_history``: the last EM run's records; ``memory_plan``: the last fit's
+            backend; ``em_history``: the last EM run's records and ``em_costs`` its stages' wall
+            and CPU seconds; ``memory_plan``: the last fit's
             :class:`~linearised_laplace.core.memory.MemoryPlan`.
     """
 
@@ -139,6 +140,7 @@ class Laplace(Predictive, PriorTuning, LaplaceTorchCompat, SavedPosterior):
         self.coordinates.check_prior(self.prior)
         self.posterior = posterior
         self.em_history: list[dict] = []
+        self.em_costs: dict[str, dict[str, float]] = {}
         self._unfitted_reason: str | None = None
 
     linearisation = property(lambda self: self.coordinates.linearisation, doc="The linearisation.")

@@ -8,6 +8,7 @@ from typing import Protocol
 
 from torch import Tensor
 
+from ..core.lowrank import LowRank
 from ..solvers.mean import MeanProblem
 
 
@@ -61,12 +62,15 @@ class Expectation:
         refit: Refits the posterior at the final state, drawing this many samples.
         settings: What else determines the run's result (JSON; part of the checkpoint fingerprint).
         estimated: ``γ`` is a sampled estimate, so EM clips it (see :func:`~linearised_laplace.tuning.mackay.mackay_update`).
+        sketch: The GGN's low-rank sketch the backend already holds (``None``: none), from which
+            EM may take its start (:func:`~linearised_laplace.tuning.mackay.sketch_start`).
     """
 
     step: Callable[[Iterate], EStep]
     refit: Callable[[Iterate, int], None]
     settings: dict = field(default_factory=dict)
     estimated: bool = True
+    sketch: LowRank | None = None
 
 
 MeanSolve = Callable[[MeanProblem, Tensor, Tensor, int], Tensor]

@@ -210,7 +210,8 @@ class SampledPosterior:
 
         solve = self.solver_of_mean(progress)
         step = sampled_e_step(model, noise, mode, anchor, seed, gamma, solve, sample)
-        return Expectation(step, refit, {"n_em_samples": k, "gamma": gamma, **self.settings()})
+        settings = {"n_em_samples": k, "gamma": gamma, **self.settings()}
+        return Expectation(step, refit, settings, sketch=noise.ggn_low_rank)
 
     def settings(self) -> dict:
         """The configuration a saved posterior records."""

@@ -4,12 +4,14 @@ Each step runs a posterior backend's E-step (:mod:`~linearised_laplace.posterior
 the mean ``θ̄`` and ``γ``, exact or from samples) and MacKay's update
 (:mod:`~linearised_laplace.tuning.mackay`). The loop is guarded against extreme priors
 (:func:`run_em`): each group's step in ``log α`` is damped, halving whenever it reverses direction
-(a two-cycle converges instead of oscillating) and recovering while it keeps its direction, ``α``
-stays within :data:`~linearised_laplace.tuning.mackay.PRECISION_RANGE`, a non-finite update or a
+(a two-cycle converges instead of oscillating) and recovering while it keeps its direction, and
+extrapolated by the secant where a monotone approach creeps
+(:func:`~linearised_laplace.tuning.mackay.damped_step`), ``α`` stays within :data:`~linearised_laplace.tuning.mackay.PRECISION_RANGE`, a non-finite update or a
 failed factorisation ends the run with a :class:`~linearised_laplace.DivergenceError`, and a run
 that stops at ``max_iter`` or at the bound warns with a
 :class:`~linearised_laplace.ConvergenceWarning`, as does a sampled ``γ̂`` no posterior can have.
-Each history entry records its ``damping`` and whether the run had ``converged``.
+Each history entry records MacKay's ``proposed`` α, the ``damping`` and ``extrapolation`` of the
+step taken, and whether the run had ``converged``.
 """
 
 from __future__ import annotations
@@ -116,7 +118,9 @@ def run_em(
                     f"{proposed.tolist()} (γ = {result.gamma.tolist()}). Start from a moderate "
                     "prior_precision (e.g. 1.0)."
                 )
-            precision, damping, at_bound = damped_step(state.precision, proposed, state.history)
+            precision, damping, extrapolation, at_bound = damped_step(
+                state.precision, proposed, state.history
+            )
             sigma = state.sigma
             if update_sigma and n_observations is not None and result.residual_sq is not None:
                 sigma = noise_update(result.residual_sq, n_observations, float(result.gamma.sum()))
@@ -133,7 +137,8 @@ def run_em(
             record["mean_norm_sq"] = group_sum(
                 result.mean.double().square(), group_ids, n_groups
             ).tolist()
-            record.update(damping=damping.tolist(), at_bound=at_bound, clipped=clipped)
+            record.update(proposed=proposed.tolist(), damping=damping.tolist())
+            record.update(extrapolation=extrapolation.tolist(), at_bound=at_bound, clipped=clipped)
             record.update(solved=result.solved, solve_steps=result.solve_steps, converged=converged)
             state = EMState(
                 state.step + 1,

@@ -87,10 +87,55 @@ def noise_update(residual_sq: float, n_observations: int, gamma: float) -> float
     return math.sqrt(residual_sq / max(n_observations - gamma, 1.0))
 
 
+def sketch_start(
+    values: Tensor, vectors: Tensor, anchor: Tensor, network_mean: bool, n_iter: int = 200
+) -> float | None:
+    r"""A cheap start for EM: MacKay's fixed point in the GGN's top-``r`` eigenspace.
+
+    With ``M ≈ V diag(λ) Vᵀ`` (the Nyström sketch a sampler preconditions with; ``V`` need not
+    be orthonormal, as the sketch is kept in prior-whitened coordinates) and the mean
+    approximated as ``θ*`` shrunk by the prior in that subspace, ``θ̄ ≈ V diag(λ/(λ+α)) Vᵀ θ*``,
+    the isotropic fixed point of
+
+    $$ α = \frac{\sum_i λ_i/(λ_i+α)}{\sum_i (λ_i/(λ_i+α))^2 (v_iᵀ θ^*)^2}, $$
+
+    (denominator ``‖θ*‖²`` where EM's mean is ``θ*``, ``network_mean``) found by iterating it. No
+    data pass: ``λ``, ``V`` ``[D, r]`` and ``θ*`` ``[D]`` are at hand. ``None`` where it has no
+    finite fixed point in :data:`PRECISION_RANGE` (``θ*`` orthogonal to the sketch, an empty sketch).
+    """
+    q, r = torch.linalg.qr(vectors.double())  # M_r = Q (R Λ Rᵀ) Qᵀ: eigenpairs of the r × r core
+    values, rotation = torch.linalg.eigh((r * values.double()) @ r.T)
+    values = values.clamp_min(0)
+    projection = (rotation.T @ (q.T @ anchor.double())).square()
+    norm_sq = float(anchor.double().square().sum())
+    alpha = 1.0
+    for _ in range(n_iter):
+        shrink = values / (values + alpha)
+        mean_sq = norm_sq if network_mean else float((shrink.square() * projection).sum())
+        if not mean_sq > 0:
+            return None
+        new = float(shrink.sum()) / mean_sq
+        if not PRECISION_RANGE[0] < new < PRECISION_RANGE[1]:
+            return None
+        converged = abs(math.log(new / alpha)) < 1e-6
+        alpha = new
+        if converged:
+            break
+    return alpha
+
+
+MAX_EXTRAPOLATION = 4.0
+"""The longest secant step, in multiples of MacKay's own (see :func:`damped_step`)."""
+CONTRACTION = 0.8
+"""The largest ratio of successive MacKay steps that counts as a contraction to extrapolate: where
+the steps barely shrink (a far start, where ``α`` moves by a constant factor per step), the secant
+would leap, possibly past the nearest fixed point into another's basin."""
+
+
 def damped_step(
     current: Tensor, proposed: Tensor, history: list[dict]
-) -> tuple[Tensor, Tensor, bool]:
-    """Move ``log α`` towards the MacKay update, damped and bounded.
+) -> tuple[Tensor, Tensor, Tensor, bool]:
+    """Move ``log α`` towards the MacKay update: damped, extrapolated where it creeps, bounded.
 
     Each group's damping (1 at the start) halves when the proposed step reverses the direction of
     the last step taken and is more than half its size (an oscillation that does not contract by
@@ -98,24 +143,43 @@ def damped_step(
     the last one's direction, so that one overshoot (a first step from a far start) does not slow
     every later step of a monotone approach.
 
+    Where an undamped approach creeps (the step continues the last one and MacKay's step
+    ``g = log F(α) − log α`` shrank since the last step by at least :data:`CONTRACTION`), the step
+    is the secant's on ``g``,
+    ``−g_k (u_k − u_{k−1}) / (g_k − g_{k−1})`` in ``u = log α``: MacKay's step times
+    ``(u_k − u_{k−1}) / (g_{k−1} − g_k)``, between 1 and :data:`MAX_EXTRAPOLATION`. A fixed-point
+    iteration that contracts by ``ρ`` per step then lands in one step where ``g`` is linear, rather
+    than in ``log(tol) / log ρ``; an overshoot reverses the next step, which the damping handles.
+
     Args:
         current: ``[G]`` precision now.
         proposed: ``[G]`` MacKay's update.
-        history: The run's records so far (the last two give the last step and damping).
+        history: The run's records so far (the last two give the last step, its MacKay
+            ``proposed`` and the damping).
 
     Returns:
-        ``(precision [G], damping [G], at_bound)``; the precision lies in :data:`PRECISION_RANGE`.
+        ``(precision [G], damping [G], extrapolation [G], at_bound)``: the precision lies in
+        :data:`PRECISION_RANGE`; the step taken is ``damping × extrapolation`` of MacKay's.
     """
     step = proposed.log() - current.log()
     damping = torch.tensor(history[-1].get("damping", [1.0] * len(step)), dtype=step.dtype)
+    extrapolation = torch.ones_like(step)
     if len(history) >= 2:
-        last = current.log() - torch.tensor(history[-2]["prior_precision"], dtype=step.dtype).log()
+        before = torch.tensor(history[-2]["prior_precision"], dtype=step.dtype).log()
+        last = current.log() - before
         reverses = (step * last < 0) & (step.abs() > last.abs() / 2)
         continues = step * last > 0
+        if "proposed" in history[-1]:  # MacKay's step at the last iterate
+            last_step = torch.tensor(history[-1]["proposed"], dtype=step.dtype).log() - before
+            contracts = step.abs() <= CONTRACTION * last_step.abs()
+            creeps = continues & (damping == 1) & contracts
+            secant = last / (last_step - step)
+            extrapolation = torch.where(creeps, secant.clamp(1.0, MAX_EXTRAPOLATION), 1.0)
         damping = torch.where(reverses, damping / 2, damping)
         damping = torch.where(continues, (2 * damping).clamp_max(1.0), damping)
     low, high = PRECISION_RANGE
-    damped = (current.log() + damping * step).exp()
-    precision = torch.where(damping == 1, proposed, damped).clamp(low, high)
+    taken = (current.log() + damping * extrapolation * step).exp()
+    full = (damping == 1) & (extrapolation == 1)
+    precision = torch.where(full, proposed, taken).clamp(low, high)
     at_bound = bool(((precision <= low) | (precision >= high)).any())
-    return precision, damping, at_bound
+    return precision, damping, extrapolation, at_bound

@@ -20,15 +20,19 @@ from torch import Tensor
 
 from ..core import persistence
 from ..core.checks import check_finite, check_positive, check_positive_int
+from ..core.progress import progress_note
+from ..core.timing import timed
 from ..metrics import linearised_joint_nll, linearised_nll
 from ..model.data import Data, TrainingData
 from ..model.likelihoods import Gaussian
 from ..solvers.mean import MeanMode, mean_mode
 from .checkpoint import run_fingerprint
 from .em import check_em_settings, run_em
+from .mackay import sketch_start
 from .state import EMState
 
 PRIOR_METHODS = ("em", "gridsearch")
+EM_STARTS = ("auto", "current")
 NOISE_GAP = 4.0
 """How far (a factor in variance) the predictive variance may fall below the validation mean
 squared residual before EM's σ draws a warning."""
@@ -120,6 +124,7 @@ class PriorTuning:
         val_loader: TrainingData | None = None,
         grid: Tensor | None = None,
         mean: str = "tangent",
+        start: Literal["auto", "current"] = "auto",
         update_sigma: bool = False,
         checkpoint: str | Path | None = None,
         **options,
@@ -149,6 +154,11 @@ class PriorTuning:
                 as laplace-torch's marglik does: no mean solve and a smaller ``α``, which suits an
                 overconfident MAP and can over-widen a calibrated one's predictive; see
                 ``benchmarks/results/fashion-mnist-cnn-overconfident/results.md``).
+            start: Where EM starts. ``"auto"``: where the posterior holds a sketch of the GGN (a
+                sampler preconditioned by Nyström), at MacKay's fixed point in its eigenspace
+                (:func:`~linearised_laplace.tuning.mackay.sketch_start`: no data pass; measured
+                in ``benchmarks/results/default_workflow.md``), else at ``prior_precision``;
+                ``"current"``: at ``prior_precision``.
             update_sigma: Also learn the Gaussian noise (regression).
             checkpoint: File to save the state to after every step; a run restarted with the same
                 arguments resumes from it.
@@ -158,8 +168,10 @@ class PriorTuning:
 
         Returns:
             EM: the history, one dict per step (step 0 is the start): ``prior_precision``,
-            ``gamma``, ``mean_norm_sq``, ``sigma_noise``, ``seconds``, also kept as
-            ``em_history``. Grid search: the dict of :meth:`select_prior_precision`.
+            ``gamma``, ``mean_norm_sq``, ``sigma_noise``, ``seconds``, ``cpu_seconds``, also
+            kept as ``em_history`` (see :class:`~linearised_laplace.tuning.state.EMState`);
+            ``em_costs`` holds the wall and CPU seconds of each stage: ``"set-up"`` (the
+            features, noise and preconditioner), ``"EM"`` and ``"final samples"``. Grid search: the dict of :meth:`select_prior_precision`.
         """
         if method not in PRIOR_METHODS:
             raise ValueError(f"`method` must be one of {PRIOR_METHODS}, got {method!r}.")
@@ -194,26 +206,47 @@ class PriorTuning:
         if checkpoint is not None:
             persistence.check_writable(checkpoint, "checkpoint")
         mode = mean_mode(mean)
-        model = self._fit_model(train_loader)
-        anchor = self.coordinates.anchor()
-        em = self.posterior.expectation(model, mode, anchor, self.seed, self.progress, **options)
+        if start not in EM_STARTS:
+            raise ValueError(f"`start` must be one of {EM_STARTS}, got {start!r}.")
+        costs: dict[str, dict[str, float]] = {}
+        with timed(costs, "set-up"):
+            model = self._fit_model(train_loader)
+            anchor = self.coordinates.anchor()
+            em = self.posterior.expectation(
+                model, mode, anchor, self.seed, self.progress, **options
+            )
         settings = {"class": type(self).__name__, "seed": self.seed, "g_prior": self.g_prior}
         settings.update(mean=mode.value, **em.settings)
-        start = anchor.clone() if mode is MeanMode.AFFINE else torch.zeros_like(anchor)
-        state = run_em(
-            em.step,
-            EMState(0, self.prior.precision.clone(), float(self.sigma_noise), start),
-            self.prior.groups,
-            max_iter=max_iter,
-            tol=tol,
-            n_observations=len(model.data) * model.n_outputs,
-            update_sigma=update_sigma,
-            clip_gamma=em.estimated,
-            checkpoint=checkpoint,
-            fingerprint=run_fingerprint(self.linearisation.snapshot(), model.data, **settings),
-            progress=self.progress,
-        )
-        em.refit(state, self.n_samples)
+        initial = self.prior.precision.clone()
+        if start == "auto" and em.sketch is not None:
+            estimate = sketch_start(
+                em.sketch.values, em.sketch.vectors, anchor, mode is MeanMode.NETWORK
+            )
+            if estimate is not None:
+                initial = torch.full_like(initial, estimate)
+                progress_note(
+                    f"EM starts at α = {estimate:.4g}, MacKay's fixed point in the GGN's rank-"
+                    f"{em.sketch.rank} sketch (start='current' starts at prior_precision)",
+                    enabled=self.progress,
+                )
+        mean_start = anchor.clone() if mode is MeanMode.AFFINE else torch.zeros_like(anchor)
+        with timed(costs, "EM"):
+            state = run_em(
+                em.step,
+                EMState(0, initial, float(self.sigma_noise), mean_start),
+                self.prior.groups,
+                max_iter=max_iter,
+                tol=tol,
+                n_observations=len(model.data) * model.n_outputs,
+                update_sigma=update_sigma,
+                clip_gamma=em.estimated,
+                checkpoint=checkpoint,
+                fingerprint=run_fingerprint(self.linearisation.snapshot(), model.data, **settings),
+                progress=self.progress,
+            )
+        with timed(costs, "final samples"):
+            em.refit(state, self.n_samples)
+        self.em_costs = costs
         # α and σ together (the setter validates α against the coordinates' groups)
         learnt = dataclasses.replace(self.hyperparameters, precision=state.precision)
         self.hyperparameters = learnt.with_sigma(state.sigma)
