@@ -448,7 +448,38 @@ def mean_solve_summary(data) -> str:
 CNN = "fashion-mnist-cnn/calibrated"
 OVER = "fashion-mnist-cnn-overconfident"
 RESNET = "fashion-mnist-resnet/seed-0/results"
+
+
 # name: (source, figure); sources are relative to benchmarks/results, without ".json"
+AUTO_START = "SampledLaplace (start='auto')"
+
+
+def default_workflow(data) -> str:
+    """The sampled default's CPU against its MAP's training and the exact default, from one run."""
+    by = {r["family"]: r for r in data["rows"]}
+    sampled, exact = by["sampled"], by.get("exact")
+    training = sorted(data["training"]["CPU [s]"])[len(data["training"]["CPU [s]"]) // 2]
+
+    def em(r: dict) -> str:
+        return (
+            f"{'converged' if r['converged'] else 'did not converge'} in {r['EM steps']} EM steps"
+        )
+
+    text = (
+        f"n = {data['n']:,}: sampled {sig(sampled['CPU [s]'])} CPU s, "
+        f"{times(sampled['× MAP training CPU'])} the MAP's {sig(training)} s of training"
+    )
+    if exact is None:
+        return f"{text} ({em(sampled)})"
+    variance = sampled["logit variance / exact's"] - 1
+    return (
+        f"{text} and {pct(sampled['× exact CPU'])} of exact's {sig(exact['CPU [s]'])} s; "
+        f"sampled {em(sampled)} to α = {sig(sampled['alpha'])}, exact {em(exact)} to "
+        f"α = {sig(exact['alpha'])} ({pct(sampled['α / exact α'] - 1, sign=True)}); the sampled "
+        f"logit variance is {pct(variance, sign=True)} from exact's at the sampled α"
+    )
+
+
 FIGURES: dict[str, tuple[str, Callable]] = {
     # solver fidelity
     "solver-table": ("solver_fidelity", solver_table),
@@ -503,6 +534,16 @@ FIGURES: dict[str, tuple[str, Callable]] = {
     "em-iso-exact": ("em_trajectory", value("final α", prior="isotropic", method="ExactLaplace")),
     "em-g-sampled": ("em_trajectory", value("final α", prior="g-prior", method="SampledLaplace")),
     "em-g-exact": ("em_trajectory", value("final α", prior="g-prior", method="ExactLaplace")),
+    "em-start": (
+        "em_trajectory",
+        lambda d: "; ".join(
+            f"{prior} {sig(row(d['rows'], prior=prior, method=AUTO_START)['EM CPU [s]'], 2)} CPU s "
+            f"in {row(d['rows'], prior=prior, method=AUTO_START)['EM steps']} steps against "
+            f"{sig(row(d['rows'], prior=prior, method='SampledLaplace')['EM CPU [s]'], 2)} s in "
+            f"{row(d['rows'], prior=prior, method='SampledLaplace')['EM steps']}"
+            for prior in ("isotropic", "g-prior")
+        ),
+    ),
     "em-g-exact-converged": (
         "em_trajectory",
         lambda d: (
@@ -511,6 +552,7 @@ FIGURES: dict[str, tuple[str, Callable]] = {
             else f"not converged after {row(d['rows'], prior='g-prior', method='ExactLaplace')['EM steps']} steps"
         ),
     ),
+    "default-workflow-4000": ("default_workflow", default_workflow),
     # siblings
     "sib-nll-sampled": ("siblings", value("NLL", method="sampled-em")),
     "sib-nll-exact": ("siblings", value("NLL", method="exact-em")),
