@@ -232,10 +232,15 @@ def add_diagonal(matrix: Tensor, diagonal: Tensor) -> Tensor:
 
 
 def cholesky(precision: Tensor) -> Tensor:
-    """Lower Cholesky factor of a posterior precision, with an actionable error if it fails."""
+    """Lower Cholesky factor of a posterior precision, with an actionable error if it fails.
+
+    Raises:
+        torch.linalg.LinAlgError: The matrix is not numerically positive definite (EM turns this
+            into a :class:`~linearised_laplace.DivergenceError` that names the step and prior).
+    """
     factor, info = torch.linalg.cholesky_ex(precision)
     if int(info) != 0:
-        raise ValueError(
+        raise torch.linalg.LinAlgError(
             "The posterior precision is not numerically positive definite (Cholesky failed at "
             f"column {int(info)}). Increase `prior_precision` or use float64 parameters."
         )
