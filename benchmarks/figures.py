@@ -451,6 +451,18 @@ RESNET = "fashion-mnist-resnet/seed-0/results"
 
 
 # name: (source, figure); sources are relative to benchmarks/results, without ".json"
+def regression_rules(data) -> str:
+    """Per rule: how often it had the best test NLL, its mean gap to the best, failures."""
+    parts = []
+    for r in data["summary"]:
+        failed = f", failed on {r['failed']}" if r["failed"] else ""
+        parts.append(
+            f"{r['rule']} best on {r['best on']}, {sig(r['mean NLL − best'], 2)} nats behind the "
+            f"best on average, {sig(r['mean CPU [s]'], 2)} CPU s{failed}"
+        )
+    return "; ".join(parts)
+
+
 AUTO_START = "SampledLaplace (start='auto')"
 
 
@@ -553,6 +565,7 @@ FIGURES: dict[str, tuple[str, Callable]] = {
         ),
     ),
     "default-workflow-4000": ("default_workflow", default_workflow),
+    "regression-rules": ("regression_priors", regression_rules),
     # siblings
     "sib-nll-sampled": ("siblings", value("NLL", method="sampled-em")),
     "sib-nll-exact": ("siblings", value("NLL", method="exact-em")),
