@@ -565,6 +565,7 @@ FIGURES: dict[str, tuple[str, Callable]] = {
         ),
     ),
     "default-workflow-4000": ("default_workflow", default_workflow),
+    "default-workflow-10000": ("default_workflow-n10000", default_workflow),
     "regression-rules": ("regression_priors", regression_rules),
     # siblings
     "sib-nll-sampled": ("siblings", value("NLL", method="sampled-em")),

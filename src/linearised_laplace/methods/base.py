@@ -261,11 +261,11 @@ class Laplace(Predictive, PriorTuning, LaplaceTorchCompat, SavedPosterior):
 
     def _fit_model(self, train_loader: TrainingData) -> LinearGaussianModel:
         model = self.linear_model(train_loader)
+        self.memory_plan = self._plan_memory(model)  # refused here, before any solve
+        progress_note(self.memory_plan.summary(), enabled=self.progress)
         if self.posterior.wants_kronecker(model):
             kronecker = self.coordinates.kronecker(model.data, model.likelihood)
             model = dataclasses.replace(model, kronecker=kronecker)
-        self.memory_plan = self._plan_memory(model)
-        progress_note(self.memory_plan.summary(), enabled=self.progress)
         if self.memory_plan.hold_features:
             model = model.with_dense_features(progress=self.progress)
         self._training = TrainingFit.of(model)

@@ -97,11 +97,12 @@ def sketch_start(
     approximated as ``θ*`` shrunk by the prior in that subspace, ``θ̄ ≈ V diag(λ/(λ+α)) Vᵀ θ*``,
     the isotropic fixed point of
 
-    $$ α = \frac{\sum_i λ_i/(λ_i+α)}{\sum_i (λ_i/(λ_i+α))^2 (v_iᵀ θ^*)^2}, $$
+    $$ α = \frac{\sum_i λ_i/(λ_i+α)}{\sum_i (λ_i/(λ_i+α))^2 (v_iᵀ θ^*)^2} $$
 
-    (denominator ``‖θ*‖²`` where EM's mean is ``θ*``, ``network_mean``) found by iterating it. No
-    data pass: ``λ``, ``V`` ``[D, r]`` and ``θ*`` ``[D]`` are at hand. ``None`` where it has no
-    finite fixed point in :data:`PRECISION_RANGE` (``θ*`` orthogonal to the sketch, an empty sketch).
+    with the denominator ``‖θ*‖²`` where EM's mean is ``θ*`` (``network_mean``), found by iterating
+    it. No data pass: ``λ``, ``V`` ``[D, r]`` and ``θ*`` ``[D]`` are at hand. ``None`` where it has
+    no finite fixed point in :data:`PRECISION_RANGE` (``θ*`` orthogonal to the sketch, an empty
+    sketch).
     """
     q, r = torch.linalg.qr(vectors.double())  # M_r = Q (R Λ Rᵀ) Qᵀ: eigenpairs of the r × r core
     values, rotation = torch.linalg.eigh((r * values.double()) @ r.T)
