@@ -51,7 +51,7 @@ def train(data, repeats: int) -> tuple[torch.nn.Module, list[float], list[float]
         train_map(candidate, data.train, TRAINING, progress=False)
         cpu.append(time.process_time() - c)
         wall.append(time.perf_counter() - w)
-        net = net or candidate
+        net = candidate if net is None else net
     return net, cpu, wall
 
 

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ..coordinates import Coordinates
 from ..core import persistence
 from ..core.checks import check_memory_gib, check_positive_int, check_seed
-from ..core.memory import MemoryPlan, default_budget_gib, gib, plan_memory
+from ..core.memory import MemoryPlan, default_budget_gib, plan_memory
 from ..core.progress import progress_note
 from ..exceptions import NotFittedError
 from ..model.data import Data, TrainingData
@@ -276,10 +276,9 @@ class Laplace(Predictive, PriorTuning, LaplaceTorchCompat, SavedPosterior):
         budget = self.memory_gib
         if budget is None:
             budget = default_budget_gib(model.features.device)
-        n, c, d = len(model.data), model.n_outputs, model.n_params
         needs = self.posterior.memory_needs(model, self.n_samples)
         limit = 0.0 if model.data.shard.world > 1 else self.feature_memory_gib
-        return plan_memory(needs, gib(n * c * d, model.features.dtype), budget, limit)
+        return plan_memory(needs, model.features_gib, budget, limit)
 
     def g_prior_scale(self, train_loader: TrainingData) -> Tensor:
         """The g-prior's scale ``s = diag(JᵀBJ)^{-1/2}`` ``[D]`` on the training data.

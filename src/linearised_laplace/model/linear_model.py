@@ -22,6 +22,7 @@ from torch import Tensor
 from ..core.checks import check_finite, check_sample_budget
 from ..core.kronecker import KroneckerGGN
 from ..core.linalg import add_gram, symmetrise_upper
+from ..core.memory import gib
 from ..core.progress import progress_bar
 from ..network import inputs as trees
 from ..network.features import FeatureOperator, MatrixFeatures
@@ -119,6 +120,17 @@ class LinearGaussianModel:
             total = total + (jz * self.likelihood.hessian_vec(f0, jz)).sum((-2, -1))
         return self.data.all_reduce(total)
 
+    @property
+    def features_gib(self) -> float:
+        """The size of the training features ``Φ`` ``[n, C, D]`` in GiB."""
+        return gib(len(self.data) * self.n_outputs * self.n_params, self.features.dtype)
+
+    @property
+    def batch_jacobian_gib(self) -> float:
+        """The size of one training batch's Jacobian ``[b, C, D]`` in GiB."""
+        batch = min(self.data.batch_size, len(self.data))
+        return gib(batch * self.n_outputs * self.n_params, self.features.dtype)
+
     def with_dense_features(
         self, limit_gib: float = math.inf, progress: bool | None = False
     ) -> LinearGaussianModel:
@@ -133,8 +145,7 @@ class LinearGaussianModel:
         """
         n, c, d = len(self.data), self.n_outputs, self.n_params
         dtype, device = self.features.dtype, self.features.device
-        size_gib = n * c * d * dtype.itemsize / 2**30
-        if self.data.shard.world > 1 or size_gib > limit_gib:
+        if self.data.shard.world > 1 or self.features_gib > limit_gib:
             return self
         jacobian = torch.empty(n, c, d, dtype=dtype, device=device)
         offset = torch.empty(n, c, dtype=dtype, device=device)

@@ -169,12 +169,9 @@ class DensePosterior:
 
     def memory_needs(self, model, n_samples: int) -> dict[str, float]:
         """GiB of what a fit holds: ``M`` and its factor, one batch's Jacobian, the samples."""
-        d, batch = (
-            model.n_params,
-            min(model.data.batch_size, len(model.data)) * model.n_outputs * model.n_params,
-        )
+        d = model.n_params
         return {
-            "one batch's Jacobian": gib(batch, model.features.dtype),
+            "one batch's Jacobian": model.batch_jacobian_gib,
             "dense GGN and its Cholesky factor": gib(2 * d * d, torch.float64),
             "samples": gib(n_samples * d, torch.float64),
         }

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ..core import persistence
 from ..core.lowrank import LowRank
-from ..core.memory import gib
+from ..core.memory import GIB, gib
 from ..core.progress import progress_note
 from ..model.linear_model import LinearGaussianModel
 from ..model.noise import NoiseSource, PosteriorNoise, draw_posterior_noise
@@ -121,8 +121,7 @@ def solver_memory(model: LinearGaussianModel, choice: Choice, n_samples: int) ->
     sketch. Every data pass may build one batch's Jacobian (up to the tangent batching's cap).
     """
     d, n_obs, dtype = model.n_params, len(model.data) * model.n_outputs, model.features.dtype
-    batch = min(model.data.batch_size, len(model.data)) * model.n_outputs * d
-    needs = {"one batch's Jacobian": min(gib(batch, dtype), JACOBIAN_BYTES / 2**30)}
+    needs = {"one batch's Jacobian": min(model.batch_jacobian_gib, JACOBIAN_BYTES / GIB)}
     if isinstance(choice.solver, Cholesky):
         _, matrix = dense_cost(d, n_obs, choice.space)
         factor = gib((d if choice.space == "primal" else n_obs) ** 2, torch.float64)

@@ -6,8 +6,9 @@ the mean ``θ̄`` and ``γ``, exact or from samples) and MacKay's update
 (:func:`run_em`): each group's step in ``log α`` is damped, halving whenever it reverses direction
 (a two-cycle converges instead of oscillating) and recovering while it keeps its direction, and
 extrapolated by the secant where a monotone approach creeps
-(:func:`~linearised_laplace.tuning.mackay.damped_step`), ``α`` stays within :data:`~linearised_laplace.tuning.mackay.PRECISION_RANGE`, a non-finite update or a
-failed factorisation ends the run with a :class:`~linearised_laplace.DivergenceError`, and a run
+(:func:`~linearised_laplace.tuning.mackay.damped_step`); ``α`` stays within
+:data:`~linearised_laplace.tuning.mackay.PRECISION_RANGE`, a non-finite update or a failed
+factorisation ends the run with a :class:`~linearised_laplace.DivergenceError`, and a run
 that stops at ``max_iter`` or at the bound warns with a
 :class:`~linearised_laplace.ConvergenceWarning`, as does a sampled ``γ̂`` no posterior can have.
 Each history entry records MacKay's ``proposed`` α, the ``damping`` and ``extrapolation`` of the

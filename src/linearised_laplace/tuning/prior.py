@@ -171,7 +171,8 @@ class PriorTuning:
             ``gamma``, ``mean_norm_sq``, ``sigma_noise``, ``seconds``, ``cpu_seconds``, also
             kept as ``em_history`` (see :class:`~linearised_laplace.tuning.state.EMState`);
             ``em_costs`` holds the wall and CPU seconds of each stage: ``"set-up"`` (the
-            features, noise and preconditioner), ``"EM"`` and ``"final samples"``. Grid search: the dict of :meth:`select_prior_precision`.
+            features, noise and preconditioner), ``"EM"`` and ``"final samples"``. Grid search:
+            the dict of :meth:`select_prior_precision`.
         """
         if method not in PRIOR_METHODS:
             raise ValueError(f"`method` must be one of {PRIOR_METHODS}, got {method!r}.")
