@@ -66,7 +66,9 @@ def test_weak_prior_approaches_least_squares():
 
 
 def test_bad_mean_mode_and_solver_raise():
-    with pytest.raises(ValueError, match="`mean` must be one of 'tangent', 'affine', 'network'"):
+    with pytest.raises(
+        ValueError, match="`mean` must be 'auto' or one of 'tangent', 'affine', 'network'"
+    ):
         mean_mode("map")
     problem = MeanProblem(matrix_model(), MeanMode.TANGENT, torch.zeros(8))
     with pytest.raises(TypeError, match=r"lla.Newton\(...\) or lla.SGD\(...\)"):
@@ -91,3 +93,9 @@ def test_newton_preconditioned_by_the_exact_precision_takes_one_cg_iteration():
     jacobi = solve_mean(problem, Newton(rtol=1e-10), init, precision.diagonal())
     torch.testing.assert_close(jacobi.samples[0], expected)
     assert int(jacobi.info.reason.split()[3]) > 1
+
+
+def test_auto_mean_is_the_network_for_regression_and_the_tangent_mode_for_classification():
+    assert mean_mode("auto", lla.model.likelihoods.Gaussian(0.3)) is MeanMode.NETWORK
+    assert mean_mode("auto", lla.model.likelihoods.Categorical()) is MeanMode.TANGENT
+    assert mean_mode("affine", lla.model.likelihoods.Gaussian(0.3)) is MeanMode.AFFINE

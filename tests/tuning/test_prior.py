@@ -51,7 +51,9 @@ def test_a_sigma_far_below_the_validation_residuals_warns():
 def test_a_validation_set_without_update_sigma_is_refused_before_any_work():
     la = lla.ExactLaplace(mlp(n_out=2), "regression", **KW)
     with pytest.raises(ValueError, match="update_sigma=True, `val_loader` checks the learnt σ"):
-        la.optimize_prior_precision(regression_data(10), val_loader=regression_data(5))
+        la.optimize_prior_precision(
+            regression_data(10), val_loader=regression_data(5), update_sigma=False
+        )
 
 
 def test_hyperparameters_take_a_hyperparameters_value_only():
@@ -75,3 +77,19 @@ def test_em_records_what_each_stage_and_step_cost():
     assert steps <= la.em_costs["EM"]["cpu_seconds"] + 1e-3
     assert all(cost["seconds"] > 0 for cost in la.em_costs.values())
     assert all(isinstance(h["solve_steps"], int) and h["solve_steps"] > 0 for h in history[1:])
+
+
+def test_regression_em_defaults_to_the_network_mean_and_learns_sigma():
+    net, data = mlp(n_out=2), regression_data(30)
+    default = lla.ExactLaplace(net, "regression", **KW)
+    default.optimize_prior_precision(data, max_iter=4)
+    explicit = lla.ExactLaplace(net, "regression", **KW)
+    explicit.optimize_prior_precision(data, max_iter=4, mean="network", update_sigma=True)
+    tangent = lla.ExactLaplace(net, "regression", **KW)
+    tangent.optimize_prior_precision(data, max_iter=4, mean="tangent", update_sigma=True)
+    keys = ("prior_precision", "sigma_noise")
+    assert [[h[k] for k in keys] for h in default.em_history] == [
+        [h[k] for k in keys] for h in explicit.em_history
+    ]
+    assert float(default.sigma_noise) != 1.0
+    assert default.prior_precision != tangent.prior_precision

@@ -79,7 +79,7 @@ class ExactLaplace(Laplace):
         prior_precision: float | list[float] | Tensor | None = None,
         sigma_noise: float | None = None,
         *,
-        mean: str = "tangent",
+        mean: str = "auto",
     ) -> Tensor:
         r"""Laplace evidence of the linear model: exact for a Gaussian likelihood.
 
@@ -88,7 +88,7 @@ class ExactLaplace(Laplace):
         :meth:`optimize_prior_precision`). Defaults to the current hyperparameters.
         """
         fit = self._fitted_data("log_marginal_likelihood")
-        mode = mean_mode(mean)
+        mode = mean_mode(mean, self.likelihood)
         prior = (
             self.prior if prior_precision is None else self.prior.with_precision(prior_precision)
         )

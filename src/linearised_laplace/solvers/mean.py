@@ -2,10 +2,11 @@ r"""The posterior mean ``θ̄`` of the linear model: the weights that enter the 
 
 ``θ̄`` minimises ``F(w) = Σ_i −log p(y_i | g_i(w)) + ½ wᵀ A w``, a convex problem, with outputs
 
-* ``"tangent"`` (default; Antorán et al.'s (2023) classification code): ``g_i(w) = Φ_i w``;
+* ``"tangent"`` (the classification default; Antorán et al.'s (2023) code): ``g_i(w) = Φ_i w``;
 * ``"affine"`` (its tomography code): ``g_i(w) = f_0(x_i) + Φ_i (w − w*)``, ``w*`` the network's
   weights in the features' coordinates;
-* ``"network"``: no solve, ``θ̄ = w*`` (the network's own weights, as laplace-torch uses).
+* ``"network"`` (the regression default): no solve, ``θ̄ = w*`` (the network's own weights, as
+  laplace-torch uses).
 
 Using the linear model's own mode rather than ``θ*`` matters: ``θ*`` is not a stationary point of the
 linear model (early stopping, normalisation layers), and using it makes the MacKay ``α`` too small
@@ -48,13 +49,20 @@ class MeanMode(str, Enum):
     NETWORK = "network"
 
 
-def mean_mode(value: str | MeanMode) -> MeanMode:
-    """Validate a mean mode."""
+def mean_mode(value: str | MeanMode, likelihood: object = None) -> MeanMode:
+    """Validate a mean mode; ``"auto"``: ``network`` for a Gaussian ``likelihood``, else ``tangent``.
+
+    The regression default rests on ``benchmarks/results/regression_priors.md``: on held-out data
+    EM with ``θ*`` beat the tangent mode on every problem, and the tangent mode's EM diverged on
+    overfit networks. Classification keeps the seed paper's tangent mode.
+    """
+    if value == "auto":
+        return MeanMode.NETWORK if isinstance(likelihood, Gaussian) else MeanMode.TANGENT
     try:
         return MeanMode(value)
     except ValueError as err:
         valid = ", ".join(repr(m.value) for m in MeanMode)
-        raise ValueError(f"`mean` must be one of {valid}, got {value!r}.") from err
+        raise ValueError(f"`mean` must be 'auto' or one of {valid}, got {value!r}.") from err
 
 
 @dataclass(frozen=True)

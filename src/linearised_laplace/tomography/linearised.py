@@ -80,8 +80,9 @@ class LinearisedDIP(SampledLaplace):
     def optimize_prior_precision(
         self, train_loader, max_iter: int = 5, tol: float = 1e-2, **kwargs
     ) -> list[dict]:
-        """Sample-based EM with the affine mean (the reconstruction's own linear model)."""
+        """Sample-based EM with the affine mean (the reconstruction's own linear model), ``σ`` known."""
         kwargs.setdefault("mean", "affine")
+        kwargs.setdefault("update_sigma", False)
         return super().optimize_prior_precision(train_loader, max_iter, tol, **kwargs)
 
     def image_samples(self, z: Tensor, n_samples: int | None = None) -> Tensor:

@@ -66,14 +66,17 @@ def run_em(
     fingerprint: dict | None = None,
     progress: bool | None = None,
 ) -> EMState:
-    """Alternate E-steps and MacKay updates from ``state`` until ``|Δ log α| < tol`` or ``max_iter``.
+    """Alternate E-steps and MacKay updates from ``state`` until converged to ``tol`` or ``max_iter``.
 
     Args:
         e_step: Computes ``θ̄``, ``γ`` (and samples) at the state's hyperparameters.
         state: Where to start (a fresh state, or one loaded from a checkpoint).
         group_ids: ``[D]`` prior group of each coordinate.
         max_iter: Total EM steps, counting those already in ``state``.
-        tol: Stop when every undamped MacKay step ``|Δ log α_g|`` (and ``|Δ log σ|``) is below this.
+        tol: Stop when every group's estimated distance to the fixed point in ``log α`` (MacKay's
+            step, or the secant's estimate on a creeping approach:
+            :func:`~linearised_laplace.tuning.mackay.damped_step`) and ``|Δ log σ|`` are below
+            this.
         n_observations: ``n·C``, which bounds ``γ`` and enters the noise update.
         update_sigma: Update ``σ`` too (Gaussian likelihood; needs ``n_observations``).
         clip_gamma: Clip estimated ``γ̂`` (off for exact ``γ``; see :func:`mackay_update`).
@@ -119,16 +122,13 @@ def run_em(
                     f"{proposed.tolist()} (γ = {result.gamma.tolist()}). Start from a moderate "
                     "prior_precision (e.g. 1.0)."
                 )
-            precision, damping, extrapolation, at_bound = damped_step(
+            precision, damping, extrapolation, at_bound, distance = damped_step(
                 state.precision, proposed, state.history
             )
             sigma = state.sigma
             if update_sigma and n_observations is not None and result.residual_sq is not None:
                 sigma = noise_update(result.residual_sq, n_observations, float(result.gamma.sum()))
-            change = max(
-                float((proposed.log() - state.precision.log()).abs().max()),
-                abs(math.log(sigma / state.sigma)),
-            )
+            change = max(float(distance.max()), abs(math.log(sigma / state.sigma)))
             pinned = at_bound and bool(torch.equal(precision, state.precision))
             clipped = bool((gamma != result.gamma).any())
             # a clipped γ̂ or unconverged samples give no evidence of a fixed point
@@ -139,6 +139,7 @@ def run_em(
                 result.mean.double().square(), group_ids, n_groups
             ).tolist()
             record.update(proposed=proposed.tolist(), damping=damping.tolist())
+            record["distance"] = distance.tolist()
             record.update(extrapolation=extrapolation.tolist(), at_bound=at_bound, clipped=clipped)
             record.update(solved=result.solved, solve_steps=result.solve_steps, converged=converged)
             state = EMState(
@@ -211,7 +212,8 @@ def _warn_unconverged(state: EMState, tol: float, pinned: bool) -> None:
         )
     else:
         why = (
-            f"the last MacKay step in log α was still ≥ tol = {tol:g} after {state.step} steps. "
+            f"the estimated distance to the fixed point in log α was still ≥ tol = {tol:g} after "
+            f"{state.step} steps (the history's `distance`). "
             "Raise max_iter (a sampled E-step's noise may also keep it above tol: raise "
             "n_em_samples or tol)"
         )

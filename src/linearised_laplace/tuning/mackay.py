@@ -20,6 +20,7 @@ and bounded to :data:`PRECISION_RANGE`.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -131,11 +132,30 @@ CONTRACTION = 0.8
 """The largest ratio of successive MacKay steps that counts as a contraction to extrapolate: where
 the steps barely shrink (a far start, where ``α`` moves by a constant factor per step), the secant
 would leap, possibly past the nearest fixed point into another's basin."""
+MAX_DISTANCE_FACTOR = 10.0
+"""The longest distance to the fixed point EM's stopping rule assumes, in MacKay steps: a monotone
+approach whose steps do not shrink counts as contracting by 0.9 per step (see :func:`damped_step`)."""
 
 
-def damped_step(
-    current: Tensor, proposed: Tensor, history: list[dict]
-) -> tuple[Tensor, Tensor, Tensor, bool]:
+class MacKayStep(NamedTuple):
+    """A step of :func:`damped_step`.
+
+    Attributes:
+        precision: ``[G]`` the precision taken, within :data:`PRECISION_RANGE`.
+        damping, extrapolation: ``[G]``: the step taken is ``damping × extrapolation`` of MacKay's.
+        at_bound: Whether a group's precision sits at the range's bound.
+        distance: ``[G]`` the estimated distance in ``log α`` from the current iterate to the
+            fixed point, which EM's stopping rule compares with ``tol``.
+    """
+
+    precision: Tensor
+    damping: Tensor
+    extrapolation: Tensor
+    at_bound: bool
+    distance: Tensor
+
+
+def damped_step(current: Tensor, proposed: Tensor, history: list[dict]) -> MacKayStep:
     """Move ``log α`` towards the MacKay update: damped, extrapolated where it creeps, bounded.
 
     Each group's damping (1 at the start) halves when the proposed step reverses the direction of
@@ -152,6 +172,11 @@ def damped_step(
     iteration that contracts by ``ρ`` per step then lands in one step where ``g`` is linear, rather
     than in ``log(tol) / log ρ``; an overshoot reverses the next step, which the damping handles.
 
+    The distance to the fixed point is ``|g|`` except on such a monotone approach, where a step of
+    ``|g|`` leaves ``|g| ρ / (1 − ρ)`` to go: there it is the secant's ``|g| (u_k − u_{k−1}) /
+    (g_{k−1} − g_k)``, at most :data:`MAX_DISTANCE_FACTOR` ``|g|`` (so a creeping approach is not
+    taken for converged because its steps are small).
+
     Args:
         current: ``[G]`` precision now.
         proposed: ``[G]`` MacKay's update.
@@ -159,12 +184,11 @@ def damped_step(
             ``proposed`` and the damping).
 
     Returns:
-        ``(precision [G], damping [G], extrapolation [G], at_bound)``: the precision lies in
-        :data:`PRECISION_RANGE`; the step taken is ``damping × extrapolation`` of MacKay's.
+        The :class:`MacKayStep`.
     """
     step = proposed.log() - current.log()
     damping = torch.tensor(history[-1].get("damping", [1.0] * len(step)), dtype=step.dtype)
-    extrapolation = torch.ones_like(step)
+    extrapolation, distance = torch.ones_like(step), step.abs()
     if len(history) >= 2:
         before = torch.tensor(history[-2]["prior_precision"], dtype=step.dtype).log()
         last = current.log() - before
@@ -176,6 +200,9 @@ def damped_step(
             creeps = continues & (damping == 1) & contracts
             secant = last / (last_step - step)
             extrapolation = torch.where(creeps, secant.clamp(1.0, MAX_EXTRAPOLATION), 1.0)
+            monotone = continues & (damping == 1)
+            factor = torch.where(secant > 0, secant, math.inf).clamp(1.0, MAX_DISTANCE_FACTOR)
+            distance = torch.where(monotone, factor * step.abs(), distance)
         damping = torch.where(reverses, damping / 2, damping)
         damping = torch.where(continues, (2 * damping).clamp_max(1.0), damping)
     low, high = PRECISION_RANGE
@@ -183,4 +210,4 @@ def damped_step(
     full = (damping == 1) & (extrapolation == 1)
     precision = torch.where(full, proposed, taken).clamp(low, high)
     at_bound = bool(((precision <= low) | (precision >= high)).any())
-    return precision, damping, extrapolation, at_bound
+    return MacKayStep(precision, damping, extrapolation, at_bound, distance)

@@ -123,9 +123,9 @@ class PriorTuning:
         method: Literal["em", "gridsearch"] = "em",
         val_loader: TrainingData | None = None,
         grid: Tensor | None = None,
-        mean: str = "tangent",
+        mean: str = "auto",
         start: Literal["auto", "current"] = "auto",
-        update_sigma: bool = False,
+        update_sigma: bool | None = None,
         checkpoint: str | Path | None = None,
         **options,
     ) -> list[dict] | dict:
@@ -142,24 +142,30 @@ class PriorTuning:
         Args:
             train_loader: Training data, as for :meth:`fit`.
             max_iter: EM steps at most.
-            tol: Stop when every ``|Δ log α|`` (and ``|Δ log σ|``) falls below this.
+            tol: Stop when the estimated distance to the fixed point in every ``log α`` (and
+                ``|Δ log σ|``) falls below this (see :func:`~linearised_laplace.tuning.em.run_em`).
             method: ``"em"`` (default) or ``"gridsearch"``.
             val_loader: Validation data, as for :meth:`fit`: required by ``"gridsearch"``; with
                 EM and ``update_sigma=True``, the learnt ``σ`` is checked against it, with a
                 warning when the predictive variance ``σ² + Var f`` is more than
                 :data:`NOISE_GAP` times below the validation mean squared residual.
             grid: Candidate precisions for ``"gridsearch"`` (see :meth:`select_prior_precision`).
-            mean: ``"tangent"`` (the linear model's mode with outputs ``J w``; default),
-                ``"affine"`` (outputs ``f(x; θ*) + J(w − θ*)``) or ``"network"`` (use ``θ*``,
-                as laplace-torch's marglik does: no mean solve and a smaller ``α``, which suits an
-                overconfident MAP and can over-widen a calibrated one's predictive; see
+            mean: ``"auto"`` (default: ``"network"`` for regression, ``"tangent"`` for
+                classification; chosen on held-out data in
+                ``benchmarks/results/regression_priors.md``), ``"tangent"`` (the linear model's
+                mode with outputs ``J w``), ``"affine"`` (outputs ``f(x; θ*) + J(w − θ*)``) or
+                ``"network"`` (use ``θ*``, as laplace-torch's marglik does: no mean solve and a
+                smaller ``α``, which suits an overconfident MAP and can over-widen a calibrated
+                one's predictive; see
                 ``benchmarks/results/fashion-mnist-cnn-overconfident/results.md``).
             start: Where EM starts. ``"auto"``: where the posterior holds a sketch of the GGN (a
                 sampler preconditioned by Nyström), at MacKay's fixed point in its eigenspace
                 (:func:`~linearised_laplace.tuning.mackay.sketch_start`: no data pass; measured
                 in ``benchmarks/results/default_workflow.md``), else at ``prior_precision``;
                 ``"current"``: at ``prior_precision``.
-            update_sigma: Also learn the Gaussian noise (regression).
+            update_sigma: Also learn the Gaussian noise ``σ`` by MacKay's update (``None``, the
+                default: for regression yes, starting from ``sigma_noise``; pass ``False`` to keep
+                a known ``σ``).
             checkpoint: File to save the state to after every step; a run restarted with the same
                 arguments resumes from it.
             **options: A sampled posterior's ``gamma``: ``"function"`` (``(1/K) Σ_k ‖Jζ_k‖²_B``;
@@ -182,11 +188,13 @@ class PriorTuning:
                     "method='gridsearch' scores each α on validation data: pass "
                     "`val_loader=(x_val, y_val)` (or a DataLoader)."
                 )
-            em_only = {"update_sigma": update_sigma, "checkpoint": checkpoint}
+            em_only = {"update_sigma": bool(update_sigma), "checkpoint": checkpoint}
             unused = [name for name, value in em_only.items() if value] + list(options)
             if unused:
                 raise ValueError(f"{unused} apply to method='em' only, not to 'gridsearch'.")
             return self.fit(train_loader).select_prior_precision(val_loader, grid)
+        gaussian = isinstance(self.likelihood, Gaussian)
+        update_sigma = gaussian if update_sigma is None else bool(update_sigma)
         if grid is not None or (val_loader is not None and not update_sigma):
             raise ValueError(
                 "`grid` and `val_loader` are for method='gridsearch'; EM learns α from the "
@@ -202,11 +210,11 @@ class PriorTuning:
             )
         check_em_settings(max_iter, tol)
         self._check_em_options(options)
-        if update_sigma and not isinstance(self.likelihood, Gaussian):
+        if update_sigma and not gaussian:
             raise ValueError("`update_sigma=True` needs a regression (Gaussian) likelihood.")
         if checkpoint is not None:
             persistence.check_writable(checkpoint, "checkpoint")
-        mode = mean_mode(mean)
+        mode = mean_mode(mean, self.likelihood)
         if start not in EM_STARTS:
             raise ValueError(f"`start` must be one of {EM_STARTS}, got {start!r}.")
         costs: dict[str, dict[str, float]] = {}
