@@ -11,11 +11,16 @@ On ``n`` Fashion-MNIST training images (the classification benchmark's CNN, D = 
   whether EM converged, the memory plan, and test scores (accuracy, NLL, κ = 5 joint LL over 2,000
   test images);
 - fidelity: the exact family refactorised at the sampled EM's α, and the two logit variances
-  (mean trace of the functional covariance over 500 test images) at that α.
+  (mean trace of the functional covariance over 500 test images) at that α;
+- with ``--plan``, the cost plan first (``la.plan(loader)``: a pilot on a tenth of the data for
+  the sampler, flops for the dense family), its own CPU seconds, and each stage's measured time
+  over its estimate.
 
-Writes ``results/default_workflow[-<name>].{json,md}``.
+``--model resnet`` runs a BatchNorm ResNet-14 of width 8 (D = 44,226; BatchNorm on running
+statistics) instead of the CNN. Writes ``results/default_workflow[-<name>].{json,md}``.
 
     python benchmarks/default_workflow.py [--n 4000] [--families sampled,exact] [--name NAME]
+        [--model cnn|resnet] [--plan]
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import linearised_laplace as lla
 from linearised_laplace.experiments.datasets import fashion_mnist
-from linearised_laplace.experiments.models import cnn
+from linearised_laplace.experiments.models import ResNet, cnn
 from linearised_laplace.experiments.training import TrainConfig, train_map
 from linearised_laplace.metrics import accuracy, joint_log_likelihood
 
@@ -38,12 +43,15 @@ FAMILIES = {"sampled": lla.SampledLaplace, "exact": lla.ExactLaplace}
 N_SAMPLES = 32
 N_TEST, N_VARIANCE = 2000, 500
 TRAINING = TrainConfig(epochs=20)
+MODELS = {"cnn": cnn, "resnet": lambda shape: ResNet(shape, depth=14, width=8)}
 
 
-def train(data, repeats: int) -> tuple[torch.nn.Module, list[float], list[float]]:
+def train(
+    data, repeats: int, model: str = "cnn"
+) -> tuple[torch.nn.Module, list[float], list[float]]:
     """The MAP (the first run), and every run's CPU and wall seconds."""
     torch.manual_seed(0)
-    start = cnn(data.image_shape)
+    start = MODELS[model](data.image_shape)
     cpu, wall, net = [], [], None
     for _ in range(repeats):
         candidate = copy.deepcopy(start)
@@ -69,8 +77,17 @@ def scores(la, x: torch.Tensor, y: torch.Tensor) -> dict:
     return {"accuracy": accuracy(probs, y), "NLL": nll, "joint LL κ=5": joint}
 
 
-def run_family(name: str, net, loader, x, y) -> tuple[dict, object]:
+def run_family(name: str, net, loader, x, y, plan: bool = False) -> tuple[dict, object]:
     la = FAMILIES[name](net, "classification", n_samples=N_SAMPLES, seed=0)
+    estimate = None
+    if plan:
+        c = time.process_time()
+        estimate = la.plan(loader)
+        estimate = {
+            "stages": estimate.stages,
+            "CPU [s]": time.process_time() - c,
+            "text": str(estimate),
+        }
     c, w = time.process_time(), time.perf_counter()
     la.optimize_prior_precision(loader)
     cpu, wall = time.process_time() - c, time.perf_counter() - w
@@ -92,7 +109,28 @@ def run_family(name: str, net, loader, x, y) -> tuple[dict, object]:
         "logit variance": logit_variance(la, x[:N_VARIANCE]),
         **scores(la, x, y),
     }
+    if estimate is not None:
+        row["plan"] = estimate
     return row, la
+
+
+def plan_rows(rows: list[dict]) -> list[dict]:
+    """Per family and stage: the plan's estimate, the measured time and their ratio (CPU)."""
+    out = []
+    for r in (r for r in rows if "plan" in r):
+        for stage, measured in r["stages"].items():
+            estimate = r["plan"]["stages"][stage]["cpu_seconds"]
+            out.append(
+                {
+                    "family": r["family"],
+                    "stage": stage,
+                    "estimated CPU [s]": estimate,
+                    "measured CPU [s]": measured["cpu_seconds"],
+                    "measured / estimated": measured["cpu_seconds"] / estimate,
+                    "plan's own CPU [s]": r["plan"]["CPU [s]"],
+                }
+            )
+    return out
 
 
 def main() -> None:
@@ -101,15 +139,17 @@ def main() -> None:
     parser.add_argument("--families", default="sampled,exact")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--name", default=None)
+    parser.add_argument("--model", choices=sorted(MODELS), default="cnn")
+    parser.add_argument("--plan", action="store_true", help="record la.plan(loader) first")
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = fashion_mnist(n_train=args.n, n_val=0)
     x, y = data.test[0][:N_TEST], data.test[1][:N_TEST]
-    net, train_cpu, train_wall = train(data, args.repeats)
+    net, train_cpu, train_wall = train(data, args.repeats, args.model)
     loader = DataLoader(TensorDataset(*data.train), batch_size=TRAINING.batch_size)
     rows, exact = [], None
     for name in args.families.split(","):
-        row, la = run_family(name, net, loader, x, y)
+        row, la = run_family(name, net, loader, x, y, args.plan)
         rows.append(row)
         exact = la if name == "exact" else exact  # the sampled fit (and its Φ) is let go
         del la
@@ -126,6 +166,8 @@ def main() -> None:
         by["sampled"]["logit variance / exact's"] = by["sampled"]["logit variance"] / at_alpha
     payload = {
         "n": args.n,
+        "model": args.model,
+        "D": sum(p.numel() for p in net.parameters()),
         "training": {"epochs": TRAINING.epochs, "CPU [s]": train_cpu, "wall [s]": train_wall},
         "rows": rows,
         "machine": machine(),
@@ -148,7 +190,7 @@ def main() -> None:
     ]
     markdown = "\n".join(
         [
-            f"# Every default on the Fashion-MNIST CNN, n = {args.n}",
+            f"# Every default on the Fashion-MNIST {TITLES[args.model]}, n = {args.n}",
             "",
             f"MAP training ({TRAINING.epochs} epochs): CPU {', '.join(f'{t:.1f}' for t in train_cpu)}"
             f" s (median {floor:.1f} s, the ratios' floor). One process, one thread; each family "
@@ -170,10 +212,30 @@ def main() -> None:
             "## Memory plans",
             "",
             *[f"- {r['family']}: {r['memory plan']}" for r in rows],
+            *plan_section(rows),
         ]
     )
     write("default_workflow" + (f"-{args.name}" if args.name else ""), payload, markdown)
     print(markdown)
+
+
+TITLES = {"cnn": "CNN", "resnet": "BatchNorm ResNet-14 (width 8, D = 44,226)"}
+
+
+def plan_section(rows: list[dict]) -> list[str]:
+    """The cost plans against the measured stages, if they were recorded."""
+    table = plan_rows(rows)
+    if not table:
+        return []
+    texts = [f"```\n{r['plan']['text']}\n```" for r in rows if "plan" in r]
+    return [
+        "",
+        "## Cost plans against the measured stages",
+        "",
+        markdown_table(table, list(table[0])),
+        "",
+        *texts,
+    ]
 
 
 if __name__ == "__main__":

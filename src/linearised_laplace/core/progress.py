@@ -45,7 +45,8 @@ def progress_note(text: str, *, enabled: bool | None) -> None:
         tqdm.write(text, file=sys.stderr)
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """``"42 s"``, ``"3 min 07 s"`` or ``"1 h 05 min"``."""
     seconds = round(seconds)
     if seconds < 60:
         return f"{seconds} s"
@@ -108,10 +109,10 @@ class LogProgress:
         text = f"linearised-laplace: {self.desc} {done}"
         if self.total:
             text += f" ({100 * self.n / self.total:.0f} %)"
-        text += f", {_duration(elapsed)} elapsed"
+        text += f", {duration_text(elapsed)} elapsed"
         steps = self.n - self.start_n
         if self.total and steps > 0:
-            text += f", ~{_duration(elapsed / steps * (self.total - self.n))} left"
+            text += f", ~{duration_text(elapsed / steps * (self.total - self.n))} left"
         return text + (f" [{self.postfix}]" if self.postfix else "")
 
     def close(self) -> None:
@@ -119,7 +120,7 @@ class LogProgress:
         if self.logged:
             now = time.perf_counter()
             self._write(
-                f"linearised-laplace: {self.desc} done in {_duration(now - self.start)}", now
+                f"linearised-laplace: {self.desc} done in {duration_text(now - self.start)}", now
             )
             self.logged = False
 

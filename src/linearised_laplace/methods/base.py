@@ -37,6 +37,7 @@ from ..posteriors import Posterior
 from ..tuning.prior import PriorTuning
 from .compat import LaplaceTorchCompat, TrainingFit
 from .files import SavedPosterior
+from .plan import PILOT_FRACTION, CostPlan, plan_fit
 from .predictive import Predictive
 
 LikelihoodSpec = Literal["classification", "regression"] | Likelihood
@@ -279,6 +280,24 @@ class Laplace(Predictive, PriorTuning, LaplaceTorchCompat, SavedPosterior):
         needs = self.posterior.memory_needs(model, self.n_samples)
         limit = 0.0 if model.data.shard.world > 1 else self.feature_memory_gib
         return plan_memory(needs, model.features_gib, budget, limit)
+
+    def plan(
+        self,
+        train_loader: TrainingData,
+        *,
+        em: bool = True,
+        fraction: float = PILOT_FRACTION,
+        **em_options,
+    ) -> CostPlan:
+        """Before a long fit: its path, memory and each stage's time (:mod:`~.methods.plan`).
+
+        Estimates ``optimize_prior_precision(train_loader, **em_options)`` (``em=False``: ``fit``)
+        from a pilot on ``fraction`` of the data, or a dense solve from its flops; ``print`` it.
+        The method's own fit, prior and history are left as they were.
+        """
+        if em_options and not em:
+            raise ValueError(f"{sorted(em_options)} are EM settings; with em=False leave them out.")
+        return plan_fit(self, train_loader, em_options if em else None, fraction)
 
     def g_prior_scale(self, train_loader: TrainingData) -> Tensor:
         """The g-prior's scale ``s = diag(JᵀBJ)^{-1/2}`` ``[D]`` on the training data.

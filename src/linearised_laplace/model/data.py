@@ -236,6 +236,11 @@ class Data:
         """A random permutation of the data indices."""
         return torch.randperm(self.n, generator=generator)
 
+    def loader(self, indices: Tensor) -> DataLoader:
+        """A loader over the points at ``indices``, batched and collated as these data are."""
+        subset = Subset(self.dataset, indices.tolist())
+        return DataLoader(subset, batch_size=self.batch_size, collate_fn=self._collate)
+
     def subset(self, indices: Tensor) -> tuple[Inputs, Tensor]:
         """Inputs and targets of the given data points."""
         return self._fetch(indices.reshape(-1).long())

@@ -89,7 +89,12 @@ def noise_update(residual_sq: float, n_observations: int, gamma: float) -> float
 
 
 def sketch_start(
-    values: Tensor, vectors: Tensor, anchor: Tensor, network_mean: bool, n_iter: int = 200
+    values: Tensor,
+    vectors: Tensor,
+    anchor: Tensor,
+    network_mean: bool,
+    n_iter: int = 200,
+    gamma_scale: float = 1.0,
 ) -> float | None:
     r"""A cheap start for EM: MacKay's fixed point in the GGN's top-``r`` eigenspace.
 
@@ -103,7 +108,8 @@ def sketch_start(
     with the denominator ``‖θ*‖²`` where EM's mean is ``θ*`` (``network_mean``), found by iterating
     it. No data pass: ``λ``, ``V`` ``[D, r]`` and ``θ*`` ``[D]`` are at hand. ``None`` where it has
     no finite fixed point in :data:`PRECISION_RANGE` (``θ*`` orthogonal to the sketch, an empty
-    sketch).
+    sketch). ``gamma_scale`` multiplies the numerator, as EM's does on a shrunk pilot
+    (:mod:`~linearised_laplace.methods.plan`).
     """
     q, r = torch.linalg.qr(vectors.double())  # M_r = Q (R Λ Rᵀ) Qᵀ: eigenpairs of the r × r core
     values, rotation = torch.linalg.eigh((r * values.double()) @ r.T)
@@ -116,7 +122,7 @@ def sketch_start(
         mean_sq = norm_sq if network_mean else float((shrink.square() * projection).sum())
         if not mean_sq > 0:
             return None
-        new = float(shrink.sum()) / mean_sq
+        new = gamma_scale * float(shrink.sum()) / mean_sq
         if not PRECISION_RANGE[0] < new < PRECISION_RANGE[1]:
             return None
         converged = abs(math.log(new / alpha)) < 1e-6

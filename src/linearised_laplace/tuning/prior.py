@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -25,6 +26,7 @@ from ..core.timing import timed
 from ..metrics import linearised_joint_nll, linearised_nll
 from ..model.data import Data, TrainingData
 from ..model.likelihoods import Gaussian
+from ..posteriors.expectation import EStep
 from ..solvers.mean import MeanMode, mean_mode
 from .checkpoint import run_fingerprint
 from .em import check_em_settings, run_em
@@ -38,8 +40,26 @@ NOISE_GAP = 4.0
 squared residual before EM's σ draws a warning."""
 
 
+def scaled_gamma(step: Callable[[EMState], EStep], scale: float) -> Callable[[EMState], EStep]:
+    """``step`` with ``γ`` times ``scale``: EM on a pilot of ``scale`` of the data, in full units.
+
+    On a pilot of ``m`` of ``n`` points at ``α m/n`` (or the g-prior's ``α``), ``γ`` and ``θ̄``
+    are the full data's at ``α``, so MacKay's update ``(m/n) γ / ‖θ̄‖²`` (and the noise update)
+    follow the full run's (:mod:`~linearised_laplace.methods.plan`).
+    """
+
+    def run(state: EMState) -> EStep:
+        result = step(state)
+        return dataclasses.replace(result, gamma=result.gamma * scale)
+
+    return run
+
+
 class PriorTuning:
     """EM and grid search of the prior precision (a mixin of :class:`~linearised_laplace.Laplace`)."""
+
+    _gamma_scale = 1.0
+    """``m/n`` while a cost plan's pilot runs EM on ``m`` of ``n`` points (:func:`scaled_gamma`)."""
 
     def select_prior_precision(
         self,
@@ -229,7 +249,11 @@ class PriorTuning:
         initial = self.prior.precision.clone()
         if start == "auto" and em.sketch is not None:
             estimate = sketch_start(
-                em.sketch.values, em.sketch.vectors, anchor, mode is MeanMode.NETWORK
+                em.sketch.values,
+                em.sketch.vectors,
+                anchor,
+                mode is MeanMode.NETWORK,
+                gamma_scale=self._gamma_scale,
             )
             if estimate is not None:
                 initial = torch.full_like(initial, estimate)
@@ -241,7 +265,7 @@ class PriorTuning:
         mean_start = anchor.clone() if mode is MeanMode.AFFINE else torch.zeros_like(anchor)
         with timed(costs, "EM"):
             state = run_em(
-                em.step,
+                em.step if self._gamma_scale == 1 else scaled_gamma(em.step, self._gamma_scale),
                 EMState(0, initial, float(self.sigma_noise), mean_start),
                 self.prior.groups,
                 max_iter=max_iter,
