@@ -492,6 +492,34 @@ def default_workflow(data) -> str:
     )
 
 
+def plan_accuracy(data) -> str:
+    """Each stage's measured CPU over the cost plan's estimate, and the plan's own cost."""
+    row = next(r for r in data["rows"] if "plan" in r)
+    ratios = [
+        f"{stage} {times(measured['cpu_seconds'] / row['plan']['stages'][stage]['cpu_seconds'])}"
+        for stage, measured in row["stages"].items()
+    ]
+    share = row["plan"]["CPU [s]"] / row["CPU [s]"]
+    return (
+        f"D = {data['D']:,}, n = {data['n']:,}: measured over estimated, {', '.join(ratios)}; the "
+        f"plan cost {sig(row['plan']['CPU [s]'], 2)} CPU s, {pct(share)} of the fit's"
+    )
+
+
+def regression_defaults(data) -> str:
+    """The defaults against laplace-torch's marglik: NLL gaps, CPU ratios, per-point fidelity."""
+    rows = data["defaults"]
+    gaps = [r["default − lt-marglik"] for r in rows]
+    worse = sum(g > 0 for g in gaps)
+    return (
+        f"test NLL minus laplace-torch's marglik {span(gaps, lambda x: sig(x, 2))} nats "
+        f"(worse on {worse} of {len(rows)} problems), at "
+        f"{span([r['× lt-marglik CPU'] for r in rows], times)} its CPU; per-point variance "
+        f"{span([r['variance rel. diff.'] for r in rows], pct)} from exact's, against a "
+        f"Monte-Carlo bound of {pct(rows[0]['MC bound 2/√S'])}"
+    )
+
+
 FIGURES: dict[str, tuple[str, Callable]] = {
     # solver fidelity
     "solver-table": ("solver_fidelity", solver_table),
@@ -567,6 +595,9 @@ FIGURES: dict[str, tuple[str, Callable]] = {
     "default-workflow-4000": ("default_workflow", default_workflow),
     "default-workflow-10000": ("default_workflow-n10000", default_workflow),
     "regression-rules": ("regression_priors", regression_rules),
+    "regression-defaults": ("regression_priors", regression_defaults),
+    "plan-accuracy-cnn": ("default_workflow-cnn-plan", plan_accuracy),
+    "plan-accuracy-resnet": ("default_workflow-resnet-plan", plan_accuracy),
     # siblings
     "sib-nll-sampled": ("siblings", value("NLL", method="sampled-em")),
     "sib-nll-exact": ("siblings", value("NLL", method="exact-em")),

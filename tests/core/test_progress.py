@@ -1,11 +1,14 @@
+import re
 import subprocess
 import sys
 import textwrap
 
 import pytest
+import torch
 
 from linearised_laplace.core import progress as _progress
-from linearised_laplace.core.progress import LogProgress, progress_bar
+from linearised_laplace.core.linalg import conjugate_gradient
+from linearised_laplace.core.progress import LogProgress, expect_total, progress_bar
 
 FIT = textwrap.dedent(
     """
@@ -75,8 +78,11 @@ def test_lines_are_at_most_one_per_interval_across_stages(monkeypatch, capsys):
 def test_a_stage_without_a_total_has_no_estimate(monkeypatch, capsys):
     monkeypatch.setattr(_progress, "LOG_INTERVAL", 0.0)
     bar = LogProgress(desc="CG")
+    bar.set_postfix(residual="1e-03", refresh=False)  # tqdm's keyword is not a value shown
     bar.update(3)
-    assert capsys.readouterr().err.startswith("linearised-laplace: CG 3, 0 s elapsed\n")
+    assert capsys.readouterr().err.startswith(
+        "linearised-laplace: CG 3, 0 s elapsed [residual=1e-03]\n"
+    )
 
 
 @pytest.mark.parametrize("enabled", [True, False])
@@ -86,3 +92,23 @@ def test_an_explicit_choice_gives_a_tqdm_bar(enabled):
 
 def test_off_a_terminal_the_default_is_a_log(capsys):
     assert isinstance(progress_bar(range(3), enabled=None), LogProgress)
+
+
+def test_a_stage_run_to_a_tolerance_expects_the_steps_its_convergence_needs(monkeypatch, capsys):
+    bar = LogProgress(desc="CG", total=1000)
+    expect_total(bar, 4, 1.0, 1e-2, 1e-4, 1000)  # two decades in 4 steps: two more need 4
+    assert bar.total == 8
+    expect_total(bar, 4, 1.0, 2.0, 1e-4, 1000)  # not converging: left at the last estimate
+    assert bar.total == 8
+    expect_total(bar, 1, 1.0, 1e-3, 1e-30, 50)  # too few steps to tell
+    assert bar.total == 8
+    expect_total(bar, 2, 1.0, 0.9, 1e-30, 50)  # capped at max_iter
+    assert bar.total == 50
+    # a CG solve logs its expected length, not its cap of 1,000 iterations
+    monkeypatch.setattr(_progress, "LOG_INTERVAL", 0.0)
+    monkeypatch.setattr(_progress, "_last_line", [float("-inf")])
+    h = torch.diag(torch.logspace(0, 2, 50, dtype=torch.float64))
+    rhs = torch.ones(1, 50, dtype=torch.float64)
+    _, n_iter, _ = conjugate_gradient(lambda z: z @ h, rhs, rtol=1e-8, progress=None)
+    totals = [int(t) for t in re.findall(r"gradients \d+/(\d+)", capsys.readouterr().err)]
+    assert totals[0] == 1000 and n_iter <= totals[-1] <= 2 * n_iter

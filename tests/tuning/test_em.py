@@ -1,4 +1,5 @@
 import functools
+import itertools
 import math
 import warnings
 
@@ -165,7 +166,7 @@ def test_a_creeping_approach_stops_within_tol_of_the_fixed_point_not_when_its_st
     assert abs(math.log(float(final.precision) / 50.0)) < 1e-2
     steps = [
         (abs(math.log(now["proposed"][0] / before["prior_precision"][0])), now["distance"][0])
-        for before, now in zip(final.history, final.history[1:])
+        for before, now in itertools.pairwise(final.history)
     ]
     assert any(step < 1e-2 <= distance for step, distance in steps)  # where |g| < tol misled
 

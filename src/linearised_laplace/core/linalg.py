@@ -9,7 +9,7 @@ import torch
 from scipy.linalg import blas
 from torch import Tensor
 
-from .progress import progress_bar
+from .progress import expect_total, progress_bar
 
 MatVec = Callable[[Tensor], Tensor]
 
@@ -51,12 +51,16 @@ def conjugate_gradient(
     norm_b = rhs.norm(dim=-1).clamp_min(tiny)
     n_iter = 0
     bar = progress_bar(total=max_iter, enabled=progress, desc="conjugate gradients")
+    first = None
     while n_iter < max_iter:
         relative = r.norm(dim=-1) / norm_b
         active = relative > rtol  # converged rows are frozen: their updates would be round-off
         if not bool(active.any()):
             break
-        bar.set_postfix(residual=f"{float(relative.max()):.1e}", refresh=False)
+        worst = float(relative.max())
+        first = worst if first is None else first
+        expect_total(bar, n_iter, first, worst, rtol, max_iter)
+        bar.set_postfix(residual=f"{worst:.1e}", refresh=False)
         bar.update()
         hp = matvec(p)
         curvature = (p * hp).sum(-1)

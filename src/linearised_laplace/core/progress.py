@@ -10,6 +10,7 @@ rank 0 reports.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -37,6 +38,21 @@ def progress_bar(iterable: Iterable | None = None, *, enabled: bool | None, **kw
         return LogProgress(iterable, **kwargs)
     disable = _other_rank() or enabled is False  # tqdm's own None would hide forced bars off a tty
     return tqdm(iterable, disable=disable, leave=False, dynamic_ncols=True, **kwargs)
+
+
+def expect_total(
+    bar, done: int, first: float, now: float, target: float, cap: int, since: int = 0
+) -> None:
+    """Set a stage that runs to a tolerance to its expected length, not its cap.
+
+    From the geometric decrease of its error so far (``first`` after ``since`` steps, ``now``
+    after ``done``) to ``target``: the estimate of what remains then follows the convergence
+    (a solver at 16 of 1,000 allowed iterations that needs 30 is shown as 16/30).
+    """
+    if done - since < 2 or not 0 < target < now < first:
+        return
+    rate = math.log(first / now) / (done - since)
+    bar.total = min(cap, done + math.ceil(math.log(now / target) / rate))
 
 
 def progress_note(text: str, *, enabled: bool | None) -> None:
@@ -91,8 +107,8 @@ class LogProgress:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def set_postfix(self, **values) -> None:
-        """Show ``values`` after the count (tqdm's method)."""
+    def set_postfix(self, refresh: bool = True, **values) -> None:
+        """Show ``values`` after the count (tqdm's method; ``refresh`` is for bars only)."""
         self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
 
     def update(self, n: int = 1) -> None:

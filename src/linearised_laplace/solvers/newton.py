@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..core.linalg import conjugate_gradient
 from ..core.lowrank import PreconditionerLike
-from ..core.progress import progress_bar
+from ..core.progress import expect_total, progress_bar
 from .base import SolveInfo, SolveResult
 
 
@@ -68,13 +68,15 @@ def newton_mean(
     rtol = max(config.rtol, 100 * torch.finfo(w.dtype).eps)
     half, half_t = preconditioner.half, preconditioner.half_t
     iterations = 0
-    steps, relative = 0, float("inf")
+    steps, relative, first = 0, float("inf"), float("inf")
     with progress_bar(total=config.max_iter, enabled=progress, desc="mean (Newton-CG)") as bar:
         for steps in range(config.max_iter + 1):
             grad, outputs = problem.gradient(w)
             relative = float(grad.norm()) / scale
             if relative <= rtol or steps == config.max_iter:
                 break
+            first = relative if steps == 0 else first  # the stage's expected length follows it
+            expect_total(bar, steps, first, relative, rtol, config.max_iter)
             # Inexact Newton: solve Cᵀ ∇²F C u = −Cᵀ g to relative accuracy min(0.5, √‖g‖), which
             # tightens as the gradient vanishes (superlinear convergence).
             u, n_iter, _ = conjugate_gradient(

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ..core.checks import check_positive_int
 from ..core.distributed import is_main_process
-from ..core.progress import progress_bar
+from ..core.progress import expect_total, progress_bar
 from ..exceptions import ConvergenceWarning, DivergenceError
 from ..posteriors.expectation import EStep
 from ..posteriors.gamma import group_sum
@@ -104,7 +104,7 @@ def run_em(
         state = load_checkpoint(checkpoint, fingerprint, state.mean.dtype, state.mean.device)
     if not state.history:
         state = replace(state, history=[_record(0, state.precision, state.sigma)])
-    pinned = False
+    pinned, first, since = False, None, state.step + 1
     with progress_bar(total=max_iter, initial=state.step, enabled=progress, desc="EM") as bar:
         while state.step < max_iter and not state.converged and not pinned:
             start = time.perf_counter(), time.process_time()
@@ -129,6 +129,8 @@ def run_em(
             if update_sigma and n_observations is not None and result.residual_sq is not None:
                 sigma = noise_update(result.residual_sq, n_observations, float(result.gamma.sum()))
             change = max(float(distance.max()), abs(math.log(sigma / state.sigma)))
+            first = change if first is None else first
+            expect_total(bar, state.step + 1, first, change, tol, max_iter, since)
             pinned = at_bound and bool(torch.equal(precision, state.precision))
             clipped = bool((gamma != result.gamma).any())
             # a clipped γ̂ or unconverged samples give no evidence of a fixed point
