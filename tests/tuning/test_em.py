@@ -171,6 +171,27 @@ def test_a_creeping_approach_stops_within_tol_of_the_fixed_point_not_when_its_st
     assert any(step < 1e-2 <= distance for step, distance in steps)  # where |g| < tol misled
 
 
+def test_a_creeping_noise_update_stops_within_tol_of_its_fixed_point():
+    # log σ ↦ 0.9 log σ + 0.1 log 0.1, α fixed at 1: steps fall below tol while σ is ~10 % off.
+    def e_step(state):
+        residual_sq = 96 * 0.1**2 * (state.sigma / 0.1) ** 1.8  # σ² = ‖r‖² / (n − γ), n = 100
+        return EStep(torch.ones(4), torch.tensor([4.0]), residual_sq=residual_sq)
+
+    state = EMState(0, torch.tensor([1.0], dtype=torch.float64), 1.0, torch.zeros(4))
+    ids = torch.zeros(4, dtype=torch.long)
+    final = run_em(
+        e_step,
+        state,
+        ids,
+        max_iter=200,
+        tol=1e-2,
+        n_observations=100,
+        update_sigma=True,
+        clip_gamma=False,
+    )
+    assert final.converged and abs(math.log(final.sigma / 0.1)) < 1e-2
+
+
 def test_em_is_bounded_and_warns_when_it_runs_away():
     with pytest.warns(lla.ConvergenceWarning, match="reached the bound"):
         final = _em_with_update(lambda a: a**2, 1e8)  # the runaway a γ floor of 1 caused

@@ -41,6 +41,7 @@ from .mackay import (
     implausible_gamma,
     mackay_update,
     noise_update,
+    secant_distance,
 )
 from .state import EMState
 
@@ -128,7 +129,7 @@ def run_em(
             sigma = state.sigma
             if update_sigma and n_observations is not None and result.residual_sq is not None:
                 sigma = noise_update(result.residual_sq, n_observations, float(result.gamma.sum()))
-            change = max(float(distance.max()), abs(math.log(sigma / state.sigma)))
+            change = max(float(distance.max()), _sigma_distance(state, sigma))
             first = change if first is None else first
             expect_total(bar, state.step + 1, first, change, tol, max_iter, since)
             pinned = at_bound and bool(torch.equal(precision, state.precision))
@@ -160,6 +161,17 @@ def run_em(
     if not state.converged:
         _warn_unconverged(state, tol, pinned)
     return state
+
+
+def _sigma_distance(state: EMState, sigma: float) -> float:
+    """The estimated distance in ``log σ`` to the noise update's fixed point (undamped steps)."""
+    step = torch.tensor(math.log(sigma / state.sigma))
+    if len(state.history) < 2:
+        return float(step.abs())
+    last = torch.tensor(
+        math.log(state.history[-1]["sigma_noise"] / state.history[-2]["sigma_noise"])
+    )
+    return float(secant_distance(step, last, last))
 
 
 def _guarded(e_step: Callable[[EMState], EStep], state: EMState) -> EStep:

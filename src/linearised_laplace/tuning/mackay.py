@@ -161,6 +161,20 @@ class MacKayStep(NamedTuple):
     distance: Tensor
 
 
+def secant_distance(step: Tensor, last: Tensor, last_step: Tensor) -> Tensor:
+    """How far a fixed-point iteration in ``u`` still is from its fixed point, estimated.
+
+    ``step`` is the update ``g_k`` proposed now, ``last`` the step taken before (``u_k − u_{k−1}``)
+    and ``last_step`` the update proposed then (``g_{k−1}``). Where the approach is monotone
+    (``step`` continues ``last``) the secant on ``g`` puts the fixed point
+    ``|g_k| (u_k − u_{k−1}) / (g_{k−1} − g_k)`` away, at least ``|g_k|`` and at most
+    :data:`MAX_DISTANCE_FACTOR` ``|g_k|`` (steps that do not shrink); elsewhere it is ``|g_k|``.
+    """
+    secant = last / (last_step - step)
+    factor = torch.where(secant > 0, secant, math.inf).clamp(1.0, MAX_DISTANCE_FACTOR)
+    return torch.where(step * last > 0, factor * step.abs(), step.abs())
+
+
 def damped_step(current: Tensor, proposed: Tensor, history: list[dict]) -> MacKayStep:
     """Move ``log α`` towards the MacKay update: damped, extrapolated where it creeps, bounded.
 
@@ -178,10 +192,9 @@ def damped_step(current: Tensor, proposed: Tensor, history: list[dict]) -> MacKa
     iteration that contracts by ``ρ`` per step then lands in one step where ``g`` is linear, rather
     than in ``log(tol) / log ρ``; an overshoot reverses the next step, which the damping handles.
 
-    The distance to the fixed point is ``|g|`` except on such a monotone approach, where a step of
-    ``|g|`` leaves ``|g| ρ / (1 − ρ)`` to go: there it is the secant's ``|g| (u_k − u_{k−1}) /
-    (g_{k−1} − g_k)``, at most :data:`MAX_DISTANCE_FACTOR` ``|g|`` (so a creeping approach is not
-    taken for converged because its steps are small).
+    The distance to the fixed point is ``|g|`` except on an undamped monotone approach, where a
+    step of ``|g|`` leaves ``|g| ρ / (1 − ρ)`` to go: there it is :func:`secant_distance` (so a
+    creeping approach is not taken for converged because its steps are small).
 
     Args:
         current: ``[G]`` precision now.
@@ -206,9 +219,7 @@ def damped_step(current: Tensor, proposed: Tensor, history: list[dict]) -> MacKa
             creeps = continues & (damping == 1) & contracts
             secant = last / (last_step - step)
             extrapolation = torch.where(creeps, secant.clamp(1.0, MAX_EXTRAPOLATION), 1.0)
-            monotone = continues & (damping == 1)
-            factor = torch.where(secant > 0, secant, math.inf).clamp(1.0, MAX_DISTANCE_FACTOR)
-            distance = torch.where(monotone, factor * step.abs(), distance)
+            distance = torch.where(damping == 1, secant_distance(step, last, last_step), distance)
         damping = torch.where(reverses, damping / 2, damping)
         damping = torch.where(continues, (2 * damping).clamp_max(1.0), damping)
     low, high = PRECISION_RANGE
