@@ -74,10 +74,9 @@ def run_em(
         state: Where to start (a fresh state, or one loaded from a checkpoint).
         group_ids: ``[D]`` prior group of each coordinate.
         max_iter: Total EM steps, counting those already in ``state``.
-        tol: Stop when every group's estimated distance to the fixed point in ``log α`` (MacKay's
-            step, or the secant's estimate on a creeping approach:
-            :func:`~linearised_laplace.tuning.mackay.damped_step`) and ``|Δ log σ|`` are below
-            this.
+        tol: Stop when every group's estimated distance to the fixed point in ``log α`` and
+            that in ``log σ`` are below this: the last update, or on a creeping approach the
+            secant's estimate (:func:`~linearised_laplace.tuning.mackay.secant_distance`).
         n_observations: ``n·C``, which bounds ``γ`` and enters the noise update.
         update_sigma: Update ``σ`` too (Gaussian likelihood; needs ``n_observations``).
         clip_gamma: Clip estimated ``γ̂`` (off for exact ``γ``; see :func:`mackay_update`).

@@ -162,8 +162,8 @@ class PriorTuning:
         Args:
             train_loader: Training data, as for :meth:`fit`.
             max_iter: EM steps at most.
-            tol: Stop when the estimated distance to the fixed point in every ``log α`` (and
-                ``|Δ log σ|``) falls below this (see :func:`~linearised_laplace.tuning.em.run_em`).
+            tol: Stop when the estimated distance to the fixed point in every ``log α`` (and in
+                ``log σ``) falls below this (see :func:`~linearised_laplace.tuning.em.run_em`).
             method: ``"em"`` (default) or ``"gridsearch"``.
             val_loader: Validation data, as for :meth:`fit`: required by ``"gridsearch"``; with
                 EM and ``update_sigma=True``, the learnt ``σ`` is checked against it, with a
