@@ -82,12 +82,9 @@ def run_family(name: str, net, loader, x, y, plan: bool = False) -> tuple[dict, 
     estimate = None
     if plan:
         c = time.process_time()
-        estimate = la.plan(loader)
-        estimate = {
-            "stages": estimate.stages,
-            "CPU [s]": time.process_time() - c,
-            "text": str(estimate),
-        }
+        cost_plan = la.plan(loader)
+        cpu = time.process_time() - c
+        estimate = {"stages": cost_plan.stages, "CPU [s]": cpu, "text": str(cost_plan)}
     c, w = time.process_time(), time.perf_counter()
     la.optimize_prior_precision(loader)
     cpu, wall = time.process_time() - c, time.perf_counter() - w

@@ -30,9 +30,11 @@ import torch
 
 from ..core.memory import MemoryPlan, size_text
 from ..core.progress import duration_text
+from ..core.timing import timed
 from ..model.data import TrainingData
 from ..solvers.auto import choose_solver, dense_cost
 from ..solvers.cholesky import Cholesky
+from ..solvers.mean import MeanMode, mean_mode
 
 PILOT_FRACTION = 0.1
 """The share of the training data a pilot runs on (at least two batches)."""
@@ -116,9 +118,8 @@ def pilot_plan(la, model, memory: MemoryPlan, choice, em: dict | None, fraction:
         )
         if em is None:
             costs: dict[str, dict[str, float]] = {}
-            start = time.perf_counter(), time.process_time()
-            la.fit(loader)
-            costs["fit"] = _since(start)
+            with timed(costs, "fit"):
+                la.fit(loader)
             steps = None
         else:
             la.optimize_prior_precision(loader, **em)
@@ -138,11 +139,12 @@ def dense_plan(la, model, memory: MemoryPlan, choice, em: dict | None) -> CostPl
     build_flops, _ = dense_cost(model.n_params, n_obs, space)
     size = model.n_params if space == "primal" else n_obs
     factor_flops = size**3 / 3
-    matmul_rate, cholesky_rate = _rates(model.features.dtype)
+    matmul_rate, cholesky_rate = _rates()
     _, x, _ = next(model.data.batches())
-    start = time.perf_counter(), time.process_time()
-    model.features.to_dense(x)
-    jacobian = _since(start)
+    timing: dict[str, dict[str, float]] = {}
+    with timed(timing, "jacobian"):
+        model.features.to_dense(x)
+    jacobian = timing["jacobian"]
     passes = {u: v * model.data.n_batches for u, v in jacobian.items()}
     build = (build_flops - factor_flops) / matmul_rate
     factor = factor_flops / cholesky_rate
@@ -183,20 +185,13 @@ def _with_advice(la, plan: CostPlan, choice, em: dict | None) -> CostPlan:
         advice.append(
             "fewer EM steps (max_iter, a looser tol) or fewer samples per step (n_em_samples)"
         )
-        if la.likelihood.name == "classification" and em.get("mean", "auto") == "auto":
+        if mean_mode(em.get("mean", "auto"), la.likelihood) is not MeanMode.NETWORK:
             advice.append("mean='network' skips the mean solve of every EM step")
     return CostPlan(**{**plan.__dict__, "advice": advice})
 
 
-def _since(start: tuple[float, float]) -> dict[str, float]:
-    return {
-        "seconds": time.perf_counter() - start[0],
-        "cpu_seconds": time.process_time() - start[1],
-    }
-
-
-def _rates(dtype: torch.dtype, size: int = 768) -> tuple[float, float]:
-    """Flops per second of a matrix product and of a Cholesky factorisation here."""
+def _rates(size: int = 768) -> tuple[float, float]:
+    """Flops per second of a float64 matrix product and Cholesky factorisation (a dense solve's)."""
     a = torch.randn(size, size, dtype=torch.float64)
     spd = a @ a.T + size * torch.eye(size, dtype=torch.float64)
     rates = []
