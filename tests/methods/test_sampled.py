@@ -63,6 +63,27 @@ def test_sample_covariance_converges_to_the_exact_covariance():
     assert _relative(sampled.functional_variance(x_new), exact_var) < 3 * mc_error
 
 
+@pytest.mark.parametrize("space", ["primal", "dual"])
+def test_on_a_dense_path_em_and_the_predictive_are_exact(space, tmp_path):
+    # a Cholesky solve leaves Σ: γ and J Σ Jᵀ come from it, so EM reaches exact EM's fixed point
+    net = mlp(n_out=2)
+    x, y = regression_data(30)
+    kw = {"seed": 0, **QUIET}
+    exact = lla.ExactLaplace(net, "regression", **kw)
+    exact.optimize_prior_precision((x, y), tol=1e-6, max_iter=100)
+    sampled = lla.SampledLaplace(net, "regression", solver=lla.Cholesky(), space=space, **kw)
+    sampled.optimize_prior_precision((x, y), tol=1e-6, max_iter=100)
+    assert [h["prior_precision"][0] for h in sampled.em_history] == pytest.approx(
+        [h["prior_precision"][0] for h in exact.em_history], rel=1e-8
+    )
+    torch.testing.assert_close(sampled.sigma_noise, exact.sigma_noise, rtol=1e-8, atol=0)
+    variance = sampled.functional_variance(x[:5])
+    torch.testing.assert_close(variance, exact.functional_variance(x[:5]), rtol=1e-8, atol=1e-12)
+    sampled.save(tmp_path / "la.safetensors")
+    loaded = lla.SampledLaplace.load(tmp_path / "la.safetensors", net)
+    torch.testing.assert_close(loaded.functional_variance(x[:5]), variance, rtol=1e-12, atol=1e-15)
+
+
 def test_transformer_classifier_matches_exact_through_the_jvp_fallback():
     net = transformer_classifier().eval()
     x, y = torch.randn(16, 5, 8), torch.randint(0, 3, (16,))

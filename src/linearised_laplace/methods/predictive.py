@@ -15,7 +15,11 @@ from torch import Tensor
 
 from ..core.checks import check_positive_int
 from ..model.likelihoods import Categorical
-from ..network.inputs import Inputs
+from ..network.inputs import Inputs, split, take
+
+FACTOR_FLOATS = 2**25
+"""Most floats of a functional factor ``[n, C, R]`` formed at once (256 MiB in float64): per-point
+(co)variances run over chunks of ``x`` (a dense posterior's factor has ``R = P`` columns)."""
 
 
 class Predictive:
@@ -52,26 +56,33 @@ class Predictive:
         features = self.coordinates.transform(self.linearisation)
         return self.posterior.functional_factor(features, self.linearisation.check_inputs(x))
 
+    def _per_point(self, x: Inputs, reduce) -> Tensor:
+        """``reduce`` of the functional factor, over chunks of ``x`` within :data:`FACTOR_FLOATS`."""
+        x = self.linearisation.check_inputs(x)
+        width = self._functional_factor(take(x, slice(0, 1)))[0].numel()  # C·R
+        chunks = split(x, max(1, FACTOR_FLOATS // width))
+        parts = [reduce(self._functional_factor(part)) for part in chunks]
+        return torch.cat(parts).to(self.linearisation.dtype)
+
     def functional_variance(self, x: Inputs) -> Tensor:
         r"""Posterior covariance of ``f(x)`` per input, ``J(x) Σ J(x)ᵀ``: ``[N, C, C]``.
 
-        Exact for a dense posterior; the sample estimate ``(1/S) Σ_s (J ζ_s)(J ζ_s)ᵀ`` otherwise.
-        ``x`` as in :meth:`__call__`.
+        Exact for a dense posterior (and a sampler's dense solve); the sample estimate
+        ``(1/S) Σ_s (J ζ_s)(J ζ_s)ᵀ`` otherwise. ``x`` as in :meth:`__call__`.
         """
-        half = self._functional_factor(x)
-        return (half @ half.transpose(1, 2)).to(self.linearisation.dtype)
+        return self._per_point(x, lambda half: half @ half.transpose(1, 2))
 
     def _marginal_variance(self, x: Inputs) -> Tensor:
         """``[N, C]``: the diagonal of :meth:`functional_variance`, without its ``C × C`` blocks."""
-        return self._functional_factor(x).square().sum(-1).to(self.linearisation.dtype)
+        return self._per_point(x, lambda half: half.square().sum(-1))
 
     def functional_covariance(self, x: Inputs) -> Tensor:
         r"""Joint posterior covariance of ``f`` over the batch, ``J(x_a) Σ J(x_b)ᵀ``: ``[N, C, N, C]``.
 
-        laplace-torch's ``joint=True``. Exact for a dense posterior; the sample estimate
-        ``(1/S) Σ_s (J(x_a) ζ_s)(J(x_b) ζ_s)ᵀ`` otherwise. Its diagonal blocks ``[a, :, a, :]``
-        are :meth:`functional_variance`; ``.reshape(N·C, N·C)`` gives the matrix. ``x`` as in
-        :meth:`__call__`.
+        laplace-torch's ``joint=True``. Exact for a dense posterior (and a sampler's dense solve);
+        the sample estimate ``(1/S) Σ_s (J(x_a) ζ_s)(J(x_b) ζ_s)ᵀ`` otherwise. Its diagonal blocks
+        ``[a, :, a, :]`` are :meth:`functional_variance`; ``.reshape(N·C, N·C)`` gives the matrix.
+        ``x`` as in :meth:`__call__`.
         """
         half = self._functional_factor(x)
         return torch.einsum("acr,bdr->acbd", half, half).to(self.linearisation.dtype)

@@ -21,7 +21,9 @@ class SampledLaplace(Laplace):
 
     ``fit`` draws ``S`` zero-mean samples ``ζ_s ~ N(0, H^{-1})``, ``H = JᵀBJ + A``, each the minimiser
     of a randomised quadratic solved with JVPs and VJPs only; ``optimize_prior_precision`` learns
-    ``α`` by sample-based EM (``gamma=``, ``n_em_samples=``).
+    ``α`` by sample-based EM (``gamma=``, ``n_em_samples=``). Where ``auto`` finds a dense solve
+    cheap (Cholesky), ``Σ`` is known exactly, and EM's ``γ`` and the functional covariance come
+    from it rather than from the samples.
 
     Args:
         model, likelihood, **kwargs: As for :class:`~linearised_laplace.methods.base.Laplace`.

@@ -29,12 +29,13 @@ from ..solvers.auto import (
 )
 from ..solvers.base import check_convergence
 from ..solvers.cholesky import Cholesky
+from ..solvers.covariance import restore_covariance
 from ..solvers.dual import dual_mean
 from ..solvers.mean import MeanMode, posterior_mean, solve_mean
 from ..solvers.newton import Newton
 from ..solvers.preconditioner import with_ggn_sketch
 from .expectation import EStep, Expectation, Iterate, MeanSolve
-from .gamma import check_gamma, function_space_gamma, weight_space_gamma
+from .gamma import check_gamma, exact_gamma, function_space_gamma, weight_space_gamma
 
 MEAN_SKETCH_RANK = 100
 """Rank of the Nyström sketch of ``M`` that preconditions the mean where the samples' solver
@@ -51,6 +52,17 @@ def sample_factor(jz: Tensor) -> Tensor:
     return jz.permute(1, 2, 0) / math.sqrt(jz.shape[0])
 
 
+def functional_factor(features, x: Tensor, fit) -> Tensor:
+    """``G`` with ``G Gᵀ = J(x) Σ J(x)ᵀ`` of a fit (its ``covariance`` and ``samples``).
+
+    Exact ``[N, C, D]`` where a dense solve left ``Σ``; else :func:`sample_factor` of the samples
+    ``[N, C, S]``.
+    """
+    if fit.covariance is not None:
+        return fit.covariance.functional_factor(features.to_dense(x))
+    return sample_factor(features.jvp(x, fit.samples)[1])
+
+
 def sampled_e_step(
     model: LinearGaussianModel,
     noise: PosteriorNoise,
@@ -64,7 +76,8 @@ def sampled_e_step(
     """The sampled E-step: ``θ̄`` by ``solve``, ``γ̂`` from samples of the kept ``noise``.
 
     ``noise`` is rescaled to each step's ``σ``; ``sample(model, noise, init, seed)`` returns the
-    solve's result and the warm start of the next step's.
+    solve's result and the warm start of the next step's. Where the solve was dense (it returns
+    ``Σ``), ``γ`` is exact instead.
     """
 
     def step(state: Iterate) -> EStep:
@@ -78,12 +91,15 @@ def sampled_e_step(
 
         mean, residual = posterior_mean(current, mode, anchor, mean_of)
         result, warm = sample(current, scaled, state.samples, step_seed)
-        if gamma == "function":
+        if result.covariance is not None:  # a dense solve: γ exactly, from its factorisation
+            diagonal = result.covariance.diagonal()
+            g = exact_gamma(diagonal, current.precision.prior64, model.prior.groups, n_groups)
+        elif gamma == "function":
             g = function_space_gamma(current, result.samples, n_groups, result.ggn_samples)
         else:
             g = weight_space_gamma(prior, result.samples, model.prior.groups, n_groups)
         info = result.info
-        positive = gamma == "function"
+        positive = gamma == "function" or result.covariance is not None
         return EStep(mean, g, warm, residual, positive, bool(info.converged), info.n_steps)
 
     return step
@@ -92,8 +108,14 @@ def sampled_e_step(
 class SampledPosterior:
     """Samples by a chosen (or the automatic) solver; see :class:`~linearised_laplace.SampledLaplace`.
 
+    Where the solve is dense (Cholesky), it leaves the exact covariance ``Σ`` behind, and EM's
+    ``γ`` and the functional covariance ``J Σ Jᵀ`` come from it instead of from the samples
+    (which remain for :meth:`~linearised_laplace.Laplace.predictive_samples`).
+
     Attributes:
         samples: ``[S, P]`` samples; ``solve_info``: the last solve's diagnostics.
+        covariance: ``Σ`` of a dense solve (:mod:`~linearised_laplace.solvers.covariance`), else
+            ``None``.
         model: The linear model of the last fit (``None`` after a load), kept so that the
             samples can be re-solved at other priors.
     """
@@ -106,7 +128,7 @@ class SampledPosterior:
         self.forget()
 
     def forget(self) -> None:  # noqa: D102
-        self.samples = self.model = None
+        self.samples = self.model = self.covariance = None
 
     def wants_kronecker(self, model) -> bool:
         """Whether the solver that runs on ``model`` preconditions with KFAC (primal only)."""
@@ -126,6 +148,7 @@ class SampledPosterior:
         choice = choose_solver(model, self.solver, self.space)
         result = draw_samples(model, choice, n_samples, seed, self.strict, warm, sketch, progress)
         self.model, self.samples, self.solve_info = model, result.samples, result.info
+        self.covariance = result.covariance
 
     def grid_search(self, features, x, grid: Tensor, score, seed: int, progress):
         r"""``score`` of the samples re-solved at each isotropic ``α``; keeps the best.
@@ -134,7 +157,8 @@ class SampledPosterior:
         rather than held beside the samples) is rescaled to each ``α`` (``A θ_0 + u``), not
         redrawn, and each solve is warm-started from the last (a primal one first from the fitted
         samples), so the scores differ by ``α`` alone. ``score`` takes the factor ``[N, C, S]`` of
-        the sample covariance ``(1/S) Σ_s (J ζ_s)(J ζ_s)ᵀ`` (lower is better).
+        the sample covariance ``(1/S) Σ_s (J ζ_s)(J ζ_s)ᵀ`` (or, from a dense solve, of
+        ``J Σ Jᵀ``; lower is better).
         """
         choice = choose_solver(self.model, self.solver, self.space)
         noise = choice_noise(self.model, choice, len(self.samples), seed, progress=progress)
@@ -143,12 +167,12 @@ class SampledPosterior:
         for k, alpha in enumerate(grid):
             model = self.model.with_prior(self.model.prior.with_precision(alpha))
             result, warm = solve_samples(model, noise, choice, warm, seed, self.strict, progress)
-            half = sample_factor(features.jvp(x, result.samples)[1]).double()
-            scores.append(score(half))
+            scores.append(score(functional_factor(features, x, result).double()))
             if best is None or scores[-1] < scores[index]:
                 best, index = (model, result), k
         (self.model, result) = best
         self.samples, self.solve_info = result.samples, result.info
+        self.covariance = result.covariance
         return scores, index
 
     def at(self, precision: Tensor, sigma: float, seed: int, progress) -> bool:
@@ -164,8 +188,8 @@ class SampledPosterior:
         )
 
     def functional_factor(self, features, x: Tensor) -> Tensor:
-        """:func:`sample_factor` of ``J(x) ζ_s``: the sample covariance of ``f`` (mean known 0)."""
-        return sample_factor(features.jvp(x, self.samples)[1])
+        """:func:`functional_factor` of the fit."""
+        return functional_factor(features, x, self)
 
     def solver_of_mean(self, progress):
         """``(problem, init, preconditioner, seed) ↦ θ̄`` (dual and Gaussian: in closed form)."""
@@ -211,14 +235,16 @@ class SampledPosterior:
         solve = self.solver_of_mean(progress)
         step = sampled_e_step(model, noise, mode, anchor, seed, gamma, solve, sample)
         settings = {"n_em_samples": k, "gamma": gamma, **self.settings()}
-        return Expectation(step, refit, settings, sketch=noise.ggn_low_rank)
+        dense = isinstance(choice.solver, Cholesky)
+        return Expectation(step, refit, settings, estimated=not dense, sketch=noise.ggn_low_rank)
 
     def settings(self) -> dict:
         """The configuration a saved posterior records."""
         return sampler_settings(self.solver, self.mean_solver, self.space, self.strict)
 
     def tensors(self) -> dict[str, Tensor]:  # noqa: D102
-        return {}
+        return {} if self.covariance is None else self.covariance.tensors()
 
     def restore(self, tensors: dict[str, Tensor], device) -> None:  # noqa: D102
         self.samples = tensors["samples"].to(device)
+        self.covariance = restore_covariance(tensors, device)

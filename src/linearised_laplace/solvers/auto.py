@@ -116,7 +116,7 @@ SOLVER_STATE = 6
 def solver_memory(model: LinearGaussianModel, choice: Choice, n_samples: int) -> dict[str, float]:
     """GiB of what ``choice`` holds to draw ``n_samples`` samples of ``model``, by name.
 
-    A dense solve holds its matrix and Cholesky factor; an iterative one its samples and state
+    A dense solve holds its matrix and factorisation; an iterative one its samples and state
     (:data:`SOLVER_STATE` ``× [S, D]``, or ``[S, n·C]`` in the dual space) and its preconditioner's
     sketch. Every data pass may build one batch's Jacobian (up to the tangent batching's cap).
     """
@@ -124,8 +124,12 @@ def solver_memory(model: LinearGaussianModel, choice: Choice, n_samples: int) ->
     needs = {"one batch's Jacobian": min(model.batch_jacobian_gib, JACOBIAN_BYTES / GIB)}
     if isinstance(choice.solver, Cholesky):
         _, matrix = dense_cost(d, n_obs, choice.space)
-        factor = gib((d if choice.space == "primal" else n_obs) ** 2, torch.float64)
-        return {**needs, f"dense {choice.space} matrix and its Cholesky factor": matrix + factor}
+        if choice.space == "primal":
+            factor = gib(d * d, torch.float64)
+            return {**needs, "dense primal matrix and its Cholesky factor": matrix + factor}
+        # beside Lᵀ Φ and I + QᵀQ: the factor, Q and, once predicting, Σ's eigenbasis
+        basis = gib(n_obs * (n_obs + d), torch.float64)
+        return {**needs, "dense dual matrix, its factor and Σ": matrix + basis}
     primal = choice.space == "primal"
     width = d if primal else n_obs
     rank = (

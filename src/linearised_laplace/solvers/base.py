@@ -12,6 +12,7 @@ from torch import Tensor
 from ..core.checks import as_int
 from ..exceptions import ConvergenceError, ConvergenceWarning
 from ..model.linear_model import LinearGaussianModel
+from .covariance import Covariance
 
 
 @dataclass(frozen=True)
@@ -72,11 +73,14 @@ class SolveResult:
 
     ``ggn_samples``: ``M ζ_k`` ``[K, D]`` where the solver computed it for its final residual
     (so that EM's function-space ``γ̂`` needs no extra data pass), else ``None``.
+    ``covariance``: the exact ``Σ = H^{-1}`` where the solve factorised a dense matrix
+    (:mod:`~linearised_laplace.solvers.covariance`), else ``None``.
     """
 
     samples: Tensor
     info: SolveInfo
     ggn_samples: Tensor | None = None
+    covariance: Covariance | None = None
 
 
 def relative_residual(model: LinearGaussianModel, samples: Tensor, rhs: Tensor) -> Tensor:

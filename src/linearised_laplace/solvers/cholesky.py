@@ -15,6 +15,7 @@ from ..core.linalg import cholesky, cholesky_solve
 from ..model.linear_model import LinearGaussianModel
 from ..model.noise import NoiseSource, PosteriorNoise, draw_posterior_noise
 from .base import SolveInfo, SolveResult, relative_residual
+from .covariance import PrimalCovariance
 
 
 def posterior_precision(model: LinearGaussianModel) -> Tensor:
@@ -39,7 +40,7 @@ class Cholesky:
             model, samples.to(noise.u.dtype), noise.rhs(model.precision.prior)
         )
         info = SolveInfo(self.name, 0, residual, time.perf_counter() - start)
-        return SolveResult(samples.to(noise.u.dtype), info)
+        return SolveResult(samples.to(noise.u.dtype), info, covariance=PrimalCovariance(factor))
 
 
 def exact_samples(

@@ -27,10 +27,12 @@ from ..model.noise import NoiseSource
 from .base import SolveInfo, SolveResult, relative_norm
 from .cg import CG
 from .cholesky import Cholesky
+from .covariance import DualCovariance
 from .kernel import (
     dual_matrix,
     dual_pullback,
     dual_rhs,
+    dual_rows,
     kernel_preconditioner,
     kernel_vec,
     observations,
@@ -47,25 +49,33 @@ def solve_system(
     init: Tensor | None = None,
     seed: int = 0,
     progress: bool | None = False,
-) -> tuple[Tensor, int, Tensor]:
-    """Solve ``(I + Lᵀ K L) w = b`` for ``b`` ``[K, n·C]``: ``(w, steps, relative residuals)``."""
+    covariance: bool = False,
+) -> tuple[Tensor, int, Tensor, DualCovariance | None]:
+    """Solve ``(I + Lᵀ K L) w = b`` for ``b`` ``[K, n·C]``.
+
+    Returns ``(w, steps, relative residuals, Σ)``; ``Σ``, the exact posterior covariance, only
+    from a dense solve asked for it (``covariance=True``), else ``None``.
+    """
 
     def matvec(w: Tensor) -> Tensor:
         return w + kernel_vec(model, w)
 
     if isinstance(solver, Cholesky):
-        factor = cholesky(dual_matrix(model))
+        rows = dual_rows(model)
+        factor = cholesky(dual_matrix(model, rows))
         w = torch.cholesky_solve(rhs.double().T, factor).T.to(rhs.dtype)
-        return w, 0, relative_norm(matvec(w) - rhs, rhs)
+        prior = model.precision.prior64
+        sigma = DualCovariance(prior, rows / prior.sqrt(), factor) if covariance else None
+        return w, 0, relative_norm(matvec(w) - rhs, rhs), sigma
     if isinstance(solver, SDD):
         w, n_steps = stochastic_dual_descent(
             model, rhs, solver, init=init, seed=seed, progress=progress
         )
-        return w, n_steps, relative_norm(matvec(w) - rhs, rhs)
+        return w, n_steps, relative_norm(matvec(w) - rhs, rhs), None
     if isinstance(solver, CG):
         rank = min(solver.preconditioner_rank, observations(model))
         precondition = kernel_preconditioner(model, rank, seed).solve if rank > 0 else None
-        return conjugate_gradient(
+        return *conjugate_gradient(
             matvec,
             rhs,
             init,
@@ -73,7 +83,7 @@ def solve_system(
             max_iter=solver.max_iter,
             preconditioner=precondition,
             progress=progress,
-        )
+        ), None
     raise TypeError(
         f"The dual sampler solves with lla.CG(...), lla.SDD(...) or lla.Cholesky(), got "
         f"{type(solver).__name__}; "
@@ -111,12 +121,12 @@ def solve_dual(
     start = time.perf_counter()
     prior = model.precision.prior
     theta0 = xi / prior.sqrt()
-    w, n_steps, residual = solve_system(
-        model, dual_rhs(model, theta0, source), solver, init, seed, progress
+    w, n_steps, residual, covariance = solve_system(
+        model, dual_rhs(model, theta0, source), solver, init, seed, progress, covariance=True
     )
     samples = theta0 - dual_pullback(model, w) / prior
     info = dual_info(f"dual-{solver.name}", solver, n_steps, residual, start)
-    return SolveResult(samples, info), w
+    return SolveResult(samples, info, covariance=covariance), w
 
 
 def dual_info(name: str, solver: DualSolver, n_steps: int, residual: Tensor, start: float):
@@ -161,7 +171,7 @@ def gaussian_mean(
         f0 = model.features.forward(x)
         model.check_batch(x, y, f0)
         rhs[0, idx] = model.likelihood.factor_t_vec(f0, targets(x, y))
-    u, n_steps, residual = solve_system(
+    u, n_steps, residual, _ = solve_system(
         model, rhs.reshape(1, -1), solver, seed=seed, progress=progress
     )
     mean = dual_pullback(model, u) / model.precision.prior

@@ -56,8 +56,8 @@ def kernel_vec(model: LinearGaussianModel, w: Tensor) -> Tensor:
     return out.reshape(w.shape[0], -1)
 
 
-def dual_matrix(model: LinearGaussianModel) -> Tensor:
-    """``I + Lᵀ Φ A^{-1} Φᵀ L`` as a dense float64 ``[nC, nC]`` matrix (small problems)."""
+def dual_rows(model: LinearGaussianModel) -> Tensor:
+    """``Lᵀ Φ`` as a dense float64 ``[nC, D]`` matrix (small problems)."""
     n_obs = observations(model)
     check_sample_budget(
         n_obs * (n_obs + model.n_params),
@@ -68,10 +68,15 @@ def dual_matrix(model: LinearGaussianModel) -> Tensor:
     for _, x, _ in model.data.batches():
         jac = model.features.to_dense(x).to(torch.float64)  # [b, C, D]
         factor = model.likelihood.factor(model.features.forward(x).to(torch.float64))  # [b, C, C]
-        blocks.append((factor.transpose(1, 2) @ jac).flatten(0, 1))  # rows Lᵀ Φ
-    rows = torch.cat(blocks)
+        blocks.append((factor.transpose(1, 2) @ jac).flatten(0, 1))
+    return torch.cat(blocks)
+
+
+def dual_matrix(model: LinearGaussianModel, rows: Tensor | None = None) -> Tensor:
+    """``I + Lᵀ Φ A^{-1} Φᵀ L`` as a dense float64 ``[nC, nC]`` matrix (``rows``: ``Lᵀ Φ``, if built)."""
+    rows = dual_rows(model) if rows is None else rows
     prior = model.precision.prior64
-    return torch.eye(n_obs, dtype=torch.float64, device=rows.device) + (rows / prior) @ rows.T
+    return torch.eye(len(rows), dtype=torch.float64, device=rows.device) + (rows / prior) @ rows.T
 
 
 def kernel_preconditioner(model: LinearGaussianModel, rank: int, seed: int = 0) -> Preconditioner:

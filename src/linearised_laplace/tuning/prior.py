@@ -190,7 +190,8 @@ class PriorTuning:
                 arguments resumes from it.
             **options: A sampled posterior's ``gamma``: ``"function"`` (``(1/K) Σ_k ‖Jζ_k‖²_B``;
                 default) or ``"weight"`` estimator, and ``n_em_samples``: ``K`` per E-step
-                (default 8; the final draw uses ``n_samples``).
+                (default 8; the final draw uses ``n_samples``). Where its solve is dense
+                (Cholesky), ``γ`` is exact and ``gamma`` does not apply.
 
         Returns:
             EM: the history, one dict per step (step 0 is the start): ``prior_precision``,
