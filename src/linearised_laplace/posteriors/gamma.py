@@ -6,7 +6,12 @@ precision (:mod:`~linearised_laplace.tuning.mackay`). The sample-based estimates
 
 * function space (default): ``γ̂ = (1/K) Σ_k ζ_kᵀ M ζ_k = (1/K) Σ_k ‖Φ ζ_k‖²_B``, variance
   ``2 Σ_j r_j²`` with ``r_j = μ_j / (μ_j + α)``: best when ``γ ≪ D`` (all networks);
-* weight space: ``γ̂ = D − (1/K) Σ_k ζ_kᵀ A ζ_k``, variance ``2 Σ_j (1 − r_j)²``: best when ``γ ≈ D``.
+* weight space: ``γ̂ = D − (1/K) Σ_k ζ_kᵀ A ζ_k``, variance ``2 Σ_j (1 − r_j)²``: best when ``γ ≈ D``;
+* dual space: a dual solve's ``w_k = (I + LᵀKL)^{-1} b_k`` has covariance ``(I + LᵀKL)^{-1}``,
+  whose trace is ``n·C − γ``, so ``γ̂ = n·C − (1/K) Σ_k ‖w_k‖²``, variance ``2 Σ_i (1 − r_i)²`` over
+  the ``n·C`` observations' directions: best when ``γ ≈ n·C`` (an overfit network), where the
+  function-space estimate's error, relative to ``n·C − γ``, is largest. ``"auto"`` pools the two
+  by their sample variances where the solve is dual and the prior one group.
 """
 
 from __future__ import annotations
@@ -16,13 +21,38 @@ from torch import Tensor
 
 from ..model.linear_model import LinearGaussianModel
 
-GAMMA_ESTIMATORS = ("function", "weight")
+GAMMA_ESTIMATORS = ("auto", "function", "weight")
 
 
 def group_sum(values: Tensor, group_ids: Tensor, n_groups: int) -> Tensor:
     """Sum ``[..., D]`` over the coordinates of each group: ``[..., G]``."""
     out = values.new_zeros(*values.shape[:-1], n_groups)
     return out.index_add_(-1, group_ids.to(values.device), values)
+
+
+def function_space_terms(
+    model: LinearGaussianModel, samples: Tensor, ggn_z: Tensor | None = None
+) -> Tensor:
+    """``‖Φ ζ_k‖²_B`` per sample: ``[K]`` (float64; one data pass, none given ``ggn_z = M ζ``)."""
+    if ggn_z is None:
+        return model.function_norms(samples).double()
+    return (samples * ggn_z).double().sum(-1)
+
+
+def dual_space_terms(w: Tensor) -> Tensor:
+    """``n·C − ‖w_k‖²`` per dual solution ``w`` ``[K, n·C]``: ``[K]`` (float64), unbiased for ``γ``."""
+    return w.shape[-1] - w.double().square().sum(-1)
+
+
+def pooled_gamma(first: Tensor, second: Tensor) -> Tensor:
+    """Two unbiased per-sample estimates ``[K]`` of ``γ``, pooled by inverse sample variance: ``[1]``.
+
+    The weights come from the same ``K`` samples (a small bias at small ``K``); equal variances
+    (both exact) give the plain mean of the two.
+    """
+    spread = torch.stack([first.var(), second.var()]).clamp_min(torch.finfo(first.dtype).tiny)
+    weights = spread.flip(0) / spread.sum()
+    return (weights[0] * first.mean() + weights[1] * second.mean()).reshape(1)
 
 
 def function_space_gamma(
@@ -32,8 +62,8 @@ def function_space_gamma(
 
     One data pass, or none when the products ``M ζ_k`` ``[K, D]`` are given as ``ggn_z``.
     """
-    if ggn_z is None and n_groups == 1:
-        return model.function_norms(samples).mean().double().reshape(1)
+    if n_groups == 1:
+        return function_space_terms(model, samples, ggn_z).mean().reshape(1)
     if ggn_z is None:
         ggn_z = model.ggn_products(samples)
     return group_sum((samples * ggn_z).double(), model.prior.groups, n_groups).mean(0)

@@ -35,7 +35,15 @@ from ..solvers.mean import MeanMode, posterior_mean, solve_mean
 from ..solvers.newton import Newton
 from ..solvers.preconditioner import with_ggn_sketch
 from .expectation import EStep, Expectation, Iterate, MeanSolve
-from .gamma import check_gamma, exact_gamma, function_space_gamma, weight_space_gamma
+from .gamma import (
+    check_gamma,
+    dual_space_terms,
+    exact_gamma,
+    function_space_gamma,
+    function_space_terms,
+    pooled_gamma,
+    weight_space_gamma,
+)
 
 MEAN_SKETCH_RANK = 100
 """Rank of the Nyström sketch of ``M`` that preconditions the mean where the samples' solver
@@ -76,8 +84,9 @@ def sampled_e_step(
     """The sampled E-step: ``θ̄`` by ``solve``, ``γ̂`` from samples of the kept ``noise``.
 
     ``noise`` is rescaled to each step's ``σ``; ``sample(model, noise, init, seed)`` returns the
-    solve's result and the warm start of the next step's. Where the solve was dense (it returns
-    ``Σ``), ``γ`` is exact instead.
+    solve's result and the warm start of the next step's. ``gamma``: ``"function"``, ``"weight"``
+    or ``"pooled"`` (function and dual space, :func:`~.gamma.pooled_gamma`; the solve is dual).
+    Where the solve was dense (it returns ``Σ``), ``γ`` is exact instead.
     """
 
     def step(state: Iterate) -> EStep:
@@ -94,6 +103,9 @@ def sampled_e_step(
         if result.covariance is not None:  # a dense solve: γ exactly, from its factorisation
             diagonal = result.covariance.diagonal()
             g = exact_gamma(diagonal, current.precision.prior64, model.prior.groups, n_groups)
+        elif gamma == "pooled":  # warm: the dual solutions w
+            terms = function_space_terms(current, result.samples, result.ggn_samples)
+            g = pooled_gamma(terms, dual_space_terms(warm))
         elif gamma == "function":
             g = function_space_gamma(current, result.samples, n_groups, result.ggn_samples)
         else:
@@ -206,15 +218,19 @@ class SampledPosterior:
         return solve
 
     def expectation(
-        self, model, mode, anchor, seed: int, progress, *, gamma="function", n_em_samples=8
+        self, model, mode, anchor, seed: int, progress, *, gamma="auto", n_em_samples=8
     ) -> Expectation:
         """Sample-based EM (:func:`sampled_e_step`), refit at the end.
 
-        ``gamma``: the ``γ̂`` estimator; ``n_em_samples``: samples per step.
+        ``gamma``: the ``γ̂`` estimator (``"auto"``: function space, pooled with the dual space's
+        where the solve is dual and the prior one group); ``n_em_samples``: samples per step.
         """
         check_gamma(gamma)
         k = check_positive_int("n_em_samples", n_em_samples)
         choice = choose_solver(model, self.solver, self.space)
+        if gamma == "auto":
+            pooled = choice.space == "dual" and len(model.prior.precision) == 1
+            gamma = "pooled" if pooled else "function"
         noise = choice_noise(model, choice, k, seed, progress=progress)
         unsketched = choice.space == "dual" or isinstance(choice.solver, Cholesky)
         solves_mean = mode is not MeanMode.NETWORK and not closed_form_mean(

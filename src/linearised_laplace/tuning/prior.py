@@ -188,8 +188,11 @@ class PriorTuning:
                 a known ``σ``).
             checkpoint: File to save the state to after every step; a run restarted with the same
                 arguments resumes from it.
-            **options: A sampled posterior's ``gamma``: ``"function"`` (``(1/K) Σ_k ‖Jζ_k‖²_B``;
-                default) or ``"weight"`` estimator, and ``n_em_samples``: ``K`` per E-step
+            **options: A sampled posterior's ``gamma`` estimator: ``"auto"`` (default:
+                ``"function"``, pooled where the solve is dual and the prior one group with the
+                dual space's ``n·C − (1/K) Σ_k ‖w_k‖²``, whose error shrinks as ``γ → n·C`` on an
+                overfit network; see :mod:`~linearised_laplace.posteriors.gamma`), ``"function"``
+                (``(1/K) Σ_k ‖Jζ_k‖²_B``) or ``"weight"``, and ``n_em_samples``: ``K`` per E-step
                 (default 8; the final draw uses ``n_samples``). Where its solve is dense
                 (Cholesky), ``γ`` is exact and ``gamma`` does not apply.
 
