@@ -173,23 +173,37 @@ def test_a_creeping_approach_stops_within_tol_of_the_fixed_point_not_when_its_st
 
 def test_a_creeping_noise_update_stops_within_tol_of_its_fixed_point():
     # log σ ↦ 0.9 log σ + 0.1 log 0.1, α fixed at 1: steps fall below tol while σ is ~10 % off.
+    final = _noise_em(1.8)
+    assert final.converged and abs(math.log(final.sigma / 0.1)) < 1e-2
+
+
+def _noise_em(exponent: float, max_iter: int = 200):
+    """EM on ``σ`` alone, whose noise update is ``log(σ/0.1) ↦ (exponent/2) log(σ/0.1)``."""
+
     def e_step(state):
-        residual_sq = 96 * 0.1**2 * (state.sigma / 0.1) ** 1.8  # σ² = ‖r‖² / (n − γ), n = 100
+        residual_sq = 96 * 0.1**2 * (state.sigma / 0.1) ** exponent  # σ² = ‖r‖² / (n − γ)
         return EStep(torch.ones(4), torch.tensor([4.0]), residual_sq=residual_sq)
 
     state = EMState(0, torch.tensor([1.0], dtype=torch.float64), 1.0, torch.zeros(4))
     ids = torch.zeros(4, dtype=torch.long)
-    final = run_em(
+    return run_em(
         e_step,
         state,
         ids,
-        max_iter=200,
+        max_iter=max_iter,
         tol=1e-2,
         n_observations=100,
         update_sigma=True,
         clip_gamma=False,
     )
+
+
+def test_an_oscillating_noise_update_is_damped_to_its_fixed_point():
+    # log σ ↦ −1.1 log σ (about log 0.1): undamped, each step overshoots by more than the last, as
+    # σ² = ‖r‖² / (n·C − γ) did on an overfit network; damping halves the step at each reversal
+    final = _noise_em(-2.2, max_iter=30)
     assert final.converged and abs(math.log(final.sigma / 0.1)) < 1e-2
+    assert min(h["sigma_damping"][0] for h in final.history[1:]) < 1
 
 
 def test_em_is_bounded_and_warns_when_it_runs_away():

@@ -3,21 +3,21 @@ r"""Expectation-maximisation of the prior precision: the guarded MacKay loop.
 Each step runs a posterior backend's E-step (:mod:`~linearised_laplace.posteriors.expectation`:
 the mean ``θ̄`` and ``γ``, exact or from samples) and MacKay's update
 (:mod:`~linearised_laplace.tuning.mackay`). The loop is guarded against extreme priors
-(:func:`run_em`): each group's step in ``log α`` is damped, halving whenever it reverses direction
-(a two-cycle converges instead of oscillating) and recovering while it keeps its direction, and
-extrapolated by the secant where a monotone approach creeps
-(:func:`~linearised_laplace.tuning.mackay.damped_step`); ``α`` stays within
+(:func:`run_em`): each group's step in ``log α`` (and the noise update's in ``log σ``) is damped,
+halving whenever it reverses direction (a two-cycle converges instead of oscillating) and
+recovering while it keeps its direction, and extrapolated by the secant where a monotone approach
+creeps (:func:`~linearised_laplace.tuning.mackay.damped_step`); ``α`` stays within
 :data:`~linearised_laplace.tuning.mackay.PRECISION_RANGE`, a non-finite update or a failed
 factorisation ends the run with a :class:`~linearised_laplace.DivergenceError`, and a run
 that stops at ``max_iter`` or at the bound warns with a
 :class:`~linearised_laplace.ConvergenceWarning`, as does a sampled ``γ̂`` no posterior can have.
 Each history entry records MacKay's ``proposed`` α, the ``damping`` and ``extrapolation`` of the
-step taken, and whether the run had ``converged``.
+step taken, and whether the run had ``converged`` (with ``σ`` learnt, also ``proposed_sigma``,
+``sigma_damping`` and ``sigma_distance``).
 """
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections.abc import Callable
@@ -36,12 +36,12 @@ from ..posteriors.gamma import group_sum
 from .checkpoint import load_checkpoint, save_checkpoint
 from .mackay import (
     PRECISION_RANGE,
+    SIGMA_KEYS,
     clipped_gamma,
     damped_step,
     implausible_gamma,
     mackay_update,
     noise_update,
-    secant_distance,
 )
 from .state import EMState
 
@@ -125,10 +125,12 @@ def run_em(
             precision, damping, extrapolation, at_bound, distance = damped_step(
                 state.precision, proposed, state.history
             )
-            sigma = state.sigma
+            sigma, noise, change = state.sigma, None, float(distance.max())
             if update_sigma and n_observations is not None and result.residual_sq is not None:
-                sigma = noise_update(result.residual_sq, n_observations, float(result.gamma.sum()))
-            change = max(float(distance.max()), _sigma_distance(state, sigma))
+                target = noise_update(result.residual_sq, n_observations, float(result.gamma.sum()))
+                now = torch.tensor([state.sigma], dtype=torch.float64)
+                noise = damped_step(now, now.new_tensor([target]), state.history, SIGMA_KEYS)
+                sigma, change = float(noise.precision[0]), max(change, float(noise.distance[0]))
             first = change if first is None else first
             expect_total(bar, state.step + 1, first, change, tol, max_iter, since)
             pinned = at_bound and bool(torch.equal(precision, state.precision))
@@ -141,6 +143,9 @@ def run_em(
                 result.mean.double().square(), group_ids, n_groups
             ).tolist()
             record.update(proposed=proposed.tolist(), damping=damping.tolist())
+            if noise is not None:
+                record.update(proposed_sigma=[target], sigma_damping=noise.damping.tolist())
+                record["sigma_distance"] = float(noise.distance[0])
             record["distance"] = distance.tolist()
             record.update(extrapolation=extrapolation.tolist(), at_bound=at_bound, clipped=clipped)
             record.update(solved=result.solved, solve_steps=result.solve_steps, converged=converged)
@@ -160,17 +165,6 @@ def run_em(
     if not state.converged:
         _warn_unconverged(state, tol, pinned)
     return state
-
-
-def _sigma_distance(state: EMState, sigma: float) -> float:
-    """The estimated distance in ``log σ`` to the noise update's fixed point (undamped steps)."""
-    step = torch.tensor(math.log(sigma / state.sigma))
-    if len(state.history) < 2:
-        return float(step.abs())
-    last = torch.tensor(
-        math.log(state.history[-1]["sigma_noise"] / state.history[-2]["sigma_noise"])
-    )
-    return float(secant_distance(step, last, last))
 
 
 def _guarded(e_step: Callable[[EMState], EStep], state: EMState) -> EStep:

@@ -175,7 +175,14 @@ def secant_distance(step: Tensor, last: Tensor, last_step: Tensor) -> Tensor:
     return torch.where(step * last > 0, factor * step.abs(), step.abs())
 
 
-def damped_step(current: Tensor, proposed: Tensor, history: list[dict]) -> MacKayStep:
+PRECISION_KEYS = ("prior_precision", "proposed", "damping")
+SIGMA_KEYS = ("sigma_noise", "proposed_sigma", "sigma_damping")
+"""The history's records of ``α`` and of ``σ``: the value taken, MacKay's update, the damping."""
+
+
+def damped_step(
+    current: Tensor, proposed: Tensor, history: list[dict], keys: tuple = PRECISION_KEYS
+) -> MacKayStep:
     """Move ``log α`` towards the MacKay update: damped, extrapolated where it creeps, bounded.
 
     Each group's damping (1 at the start) halves when the proposed step reverses the direction of
@@ -201,20 +208,23 @@ def damped_step(current: Tensor, proposed: Tensor, history: list[dict]) -> MacKa
         proposed: ``[G]`` MacKay's update.
         history: The run's records so far (the last two give the last step, its MacKay
             ``proposed`` and the damping).
+        keys: The records' names of the value, MacKay's update and the damping:
+            :data:`PRECISION_KEYS`, or :data:`SIGMA_KEYS` to step ``log σ`` the same way.
 
     Returns:
         The :class:`MacKayStep`.
     """
+    value, suggested, damped = keys
     step = proposed.log() - current.log()
-    damping = torch.tensor(history[-1].get("damping", [1.0] * len(step)), dtype=step.dtype)
+    damping = torch.tensor(history[-1].get(damped, [1.0] * len(step)), dtype=step.dtype)
     extrapolation, distance = torch.ones_like(step), step.abs()
     if len(history) >= 2:
-        before = torch.tensor(history[-2]["prior_precision"], dtype=step.dtype).log()
+        before = torch.tensor(history[-2][value], dtype=step.dtype).reshape(-1).log()
         last = current.log() - before
         reverses = (step * last < 0) & (step.abs() > last.abs() / 2)
         continues = step * last > 0
-        if "proposed" in history[-1]:  # MacKay's step at the last iterate
-            last_step = torch.tensor(history[-1]["proposed"], dtype=step.dtype).log() - before
+        if suggested in history[-1]:  # MacKay's step at the last iterate
+            last_step = torch.tensor(history[-1][suggested], dtype=step.dtype).log() - before
             contracts = step.abs() <= CONTRACTION * last_step.abs()
             creeps = continues & (damping == 1) & contracts
             secant = last / (last_step - step)
