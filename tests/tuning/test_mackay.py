@@ -22,6 +22,9 @@ def test_mackay_update_clips_estimates_to_the_rank_of_the_ggn():
     torch.testing.assert_close(clipped, torch.tensor([9.0 / 100.0], dtype=torch.float64))
     unbounded = mackay_update(torch.tensor([40.0]), mean, ids, 1)
     torch.testing.assert_close(unbounded, torch.tensor([40.0 / 100.0], dtype=torch.float64))
+    # γ̂ = 9.8 < 10 is possible (an overfit network's γ lies just below n·C): it stands
+    kept = mackay_update(torch.tensor([9.8]), mean, ids, 1, n_observations=10)
+    torch.testing.assert_close(kept, torch.tensor([9.8 / 100.0], dtype=torch.float64))
 
 
 def test_the_function_space_estimate_is_not_floored():

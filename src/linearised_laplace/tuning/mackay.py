@@ -43,11 +43,12 @@ def mackay_update(
 ) -> Tensor:
     """``α_g = γ_g / ‖θ̄_g‖²``: ``[G]`` (float64).
 
-    With ``clip`` (for estimated ``γ̂``, whose noise can leave the feasible range) ``γ̂_g`` is first
-    clipped to at most ``min(d_g, n·C) − 1`` (``− ½`` for groups of one parameter), ``n·C`` being
-    ``n_observations`` (the rank bound of the GGN) when given, and, with ``floor`` (an estimate
-    that can be negative), to at least 1 (``½``); an exact ``γ`` lies in ``(0, min(d_g, n·C))``
-    already and is used as it is.
+    With ``clip`` (for estimated ``γ̂``, whose noise can leave the feasible range) a ``γ̂_g`` at or
+    above ``min(d_g, n·C)``, which no posterior has, is first clipped to ``min(d_g, n·C) − 1``
+    (``− ½`` for groups of one parameter), ``n·C`` being ``n_observations`` (the rank bound of the
+    GGN) when given, and, with ``floor`` (an estimate that can be negative), raised to at least 1
+    (``½``). Values just below the bound stand: an overfit network's ``γ`` lies there. An exact
+    ``γ`` lies in ``(0, min(d_g, n·C))`` already and is used as it is.
     """
     if clip:
         gamma = clipped_gamma(gamma, group_ids, n_groups, n_observations, floor)
@@ -66,7 +67,8 @@ def clipped_gamma(
     sizes = group_sum(torch.ones_like(group_ids, dtype=torch.float64), group_ids, n_groups)
     low = torch.clamp(sizes / 2, max=1.0)
     high = sizes if n_observations is None else sizes.clamp_max(n_observations)
-    return torch.minimum(torch.maximum(gamma, low) if floor else gamma, high - low)
+    gamma = torch.maximum(gamma, low) if floor else gamma
+    return torch.where(gamma < high, gamma, high - low)
 
 
 def implausible_gamma(
