@@ -15,13 +15,14 @@ from torch import Tensor
 from ..core import persistence
 from ..core.checks import check_sample_budget
 from ..core.distributed import is_main_process
-from ..core.linalg import CholeskyPreconditioner, cholesky, whiten
+from ..core.linalg import CholeskyPreconditioner, cholesky
 from ..core.memory import gib
 from ..core.seeds import derive_seed
 from ..metrics import grid_scores
 from ..model.linear_model import LinearGaussianModel
 from ..model.noise import NoiseSource
 from ..solvers.cholesky import exact_samples
+from ..solvers.covariance import PrimalCovariance
 from ..solvers.mean import MeanMode, log_likelihood, posterior_mean, solve_mean
 from ..solvers.newton import Newton
 from ..solvers.sgd import SGD
@@ -95,7 +96,7 @@ def exact_e_step(
         if eigenvalues is None or solves_mean:
             factor = cholesky(current.precision.dense(_scaled(ggn, ratio)))
         if eigenvalues is None:
-            covariance_diag = torch.cholesky_inverse(factor).diagonal()
+            covariance_diag = PrimalCovariance(factor).diagonal()
             gamma = exact_gamma(covariance_diag, prior, model.prior.groups, len(state.precision))
         else:  # the GGN scales by ratio², so its eigenvalues do
             gamma = eigen_gamma(eigenvalues * ratio**2, prior[0])
@@ -219,7 +220,7 @@ class DensePosterior:
 
     def functional_factor(self, features, x: Tensor) -> Tensor:
         """``J(x) R^{-1}`` ``[N, C, P]`` (float64): its Gram is ``J(x) H^{-1} J(x)ᵀ``, exactly."""
-        return whiten(self.factor, features.to_dense(x).to(torch.float64))
+        return PrimalCovariance(self.factor).functional_factor(features.to_dense(x))
 
     def solver_of_mean(self, progress):
         """``(problem, init, preconditioner, seed) ↦ θ̄`` by the mean solver."""
