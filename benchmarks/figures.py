@@ -544,6 +544,42 @@ def regression_sampled(data) -> str:
     )
 
 
+PEER_NAMES = {
+    "lt-kron-marglik": "KFAC",
+    "lt-lastlayer-marglik": "last-layer",
+    "lt-diag-marglik": "diagonal",
+    "ensemble": "ensemble",
+    "map": "MAP",
+}
+
+
+def prior_rules(data) -> str:
+    """At κ = 5 on the test set: the validation oracle, each rule's distance from it, the peers'."""
+    oracle, rules = data["oracles"]["5"], data["rules"]
+
+    def gap(r: dict) -> str:
+        return f"α = {sig(r['α'], 3)}, {sig(r['Δ oracle κ=5'], 2)}"
+
+    theta = [r for r in rules if r["rule"].startswith("EM, θ*")]
+    tangent = [r["Δ oracle κ=5"] for r in rules if r["rule"].startswith("EM, tangent")]
+    library = [r for r in rules if r["rule"].startswith("library EM")]
+    nll = next(r for r in rules if r["rule"] == "validation grid, NLL (either prior)")
+    parts = [
+        f"validation oracle {oracle['prior']} α = {sig(oracle['α'], 3)}"
+        + (" (the grid's edge)" if oracle["at the grid's edge"] else "")
+        + f", test κ = 5 joint LL {sig(oracle['test joint LL κ=5'], 3)}; from it: EM with θ* "
+        + ", ".join(f"{r['prior']} {gap(r)}" for r in theta),
+        f"EM with the tangent mode (Table 1's rows) {span(tangent, lambda x: sig(x, 2))}",
+        *(f"the library's sampled EM with mean={r['mean']!r} {gap(r)}" for r in library),
+        f"validation grid on NLL {sig(nll['Δ oracle κ=5'], 2)}",
+        "peers' test κ = 5: "
+        + ", ".join(
+            f"{PEER_NAMES[m]} {sig(v['joint LL κ=5'], 3)}" for m, v in data["peers"].items()
+        ),
+    ]
+    return "; ".join(parts)
+
+
 def regression_peer(data) -> str:
     """laplace-torch's marglik run to convergence where the defaults trail its 100 steps."""
     if not data["rows"]:
@@ -638,6 +674,9 @@ FIGURES: dict[str, tuple[str, Callable]] = {
     "regression-defaults": ("regression_priors", regression_defaults),
     "regression-sampled": ("regression_priors", regression_sampled),
     "regression-peer": ("regression_peer", regression_peer),
+    "rules-overconfident": ("prior_rules-overconfident", prior_rules),
+    "rules-calibrated": ("prior_rules-calibrated", prior_rules),
+    "rules-lora": ("prior_rules-lora", prior_rules),
     "plan-accuracy-cnn": ("default_workflow-cnn-plan", plan_accuracy),
     "plan-accuracy-resnet": ("default_workflow-resnet-plan", plan_accuracy),
     # siblings

@@ -95,7 +95,10 @@ def test_newton_preconditioned_by_the_exact_precision_takes_one_cg_iteration():
     assert int(jacobi.info.reason.split()[3]) > 1
 
 
-def test_auto_mean_is_the_network_for_regression_and_the_tangent_mode_for_classification():
-    assert mean_mode("auto", lla.model.likelihoods.Gaussian(0.3)) is MeanMode.NETWORK
-    assert mean_mode("auto", lla.model.likelihoods.Categorical()) is MeanMode.TANGENT
-    assert mean_mode("affine", lla.model.likelihoods.Gaussian(0.3)) is MeanMode.AFFINE
+def test_auto_mean_is_the_network_but_a_classifiers_tangent_mode_under_the_g_prior():
+    gaussian, categorical = lla.model.likelihoods.Gaussian(0.3), lla.model.likelihoods.Categorical()
+    assert mean_mode("auto", categorical) is MeanMode.NETWORK
+    assert mean_mode("auto", gaussian, g_prior=True) is MeanMode.NETWORK
+    assert mean_mode("auto", categorical, g_prior=True) is MeanMode.TANGENT
+    assert mean_mode("affine") is MeanMode.AFFINE
+    assert mean_mode(MeanMode.TANGENT) is MeanMode.TANGENT

@@ -88,7 +88,7 @@ class ExactLaplace(Laplace):
         :meth:`optimize_prior_precision`). Defaults to the current hyperparameters.
         """
         fit = self._fitted_data("log_marginal_likelihood")
-        mode = mean_mode(mean, self.likelihood)
+        mode = mean_mode(mean, self.likelihood, self.g_prior)
         prior = (
             self.prior if prior_precision is None else self.prior.with_precision(prior_precision)
         )

@@ -185,7 +185,7 @@ def _with_advice(la, plan: CostPlan, choice, em: dict | None) -> CostPlan:
         advice.append(
             "fewer EM steps (max_iter, a looser tol) or fewer samples per step (n_em_samples)"
         )
-        if mean_mode(em.get("mean", "auto"), la.likelihood) is not MeanMode.NETWORK:
+        if mean_mode(em.get("mean", "auto"), la.likelihood, la.g_prior) is not MeanMode.NETWORK:
             advice.append("mean='network' skips the mean solve of every EM step")
     return CostPlan(**{**plan.__dict__, "advice": advice})
 

@@ -170,14 +170,13 @@ class PriorTuning:
                 warning when the predictive variance ``σ² + Var f`` is more than
                 :data:`NOISE_GAP` times below the validation mean squared residual.
             grid: Candidate precisions for ``"gridsearch"`` (see :meth:`select_prior_precision`).
-            mean: ``"auto"`` (default: ``"network"`` for regression, ``"tangent"`` for
-                classification; chosen on held-out data in
-                ``benchmarks/results/regression_priors.md``), ``"tangent"`` (the linear model's
-                mode with outputs ``J w``), ``"affine"`` (outputs ``f(x; θ*) + J(w − θ*)``) or
-                ``"network"`` (use ``θ*``, as laplace-torch's marglik does: no mean solve and a
-                smaller ``α``, which suits an overconfident MAP and can over-widen a calibrated
-                one's predictive; see
-                ``benchmarks/results/fashion-mnist-cnn-overconfident/results.md``).
+            mean: ``"auto"`` (default: ``"network"``; ``"tangent"`` for a classifier with ``g_prior=True``;
+                chosen on held-out data in
+                ``benchmarks/results/prior_rules-*.md`` for classifiers and
+                ``benchmarks/results/regression_priors.md`` for regression), ``"network"`` (use
+                ``θ*``, as laplace-torch's marglik does: no mean solve), ``"tangent"`` (the
+                linear model's mode with outputs ``J w``, the seed paper's) or ``"affine"``
+                (outputs ``f(x; θ*) + J(w − θ*)``).
             start: Where EM starts. ``"auto"``: where the posterior holds a sketch of the GGN (a
                 sampler preconditioned by Nyström), at MacKay's fixed point in its eigenspace
                 (:func:`~linearised_laplace.tuning.mackay.sketch_start`: no data pass; measured
@@ -238,7 +237,7 @@ class PriorTuning:
             raise ValueError("`update_sigma=True` needs a regression (Gaussian) likelihood.")
         if checkpoint is not None:
             persistence.check_writable(checkpoint, "checkpoint")
-        mode = mean_mode(mean, self.likelihood)
+        mode = mean_mode(mean, self.likelihood, self.g_prior)
         if start not in EM_STARTS:
             raise ValueError(f"`start` must be one of {EM_STARTS}, got {start!r}.")
         costs: dict[str, dict[str, float]] = {}
