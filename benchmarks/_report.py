@@ -65,3 +65,16 @@ def write(name: str, payload: dict, markdown: str, made: dict | None = None) -> 
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown.rstrip() + "\n\n" + provenance_line(made) + "\n")
     print(markdown)
+
+
+def method_result(out: Path, method: str) -> dict | None:
+    """A classification seed folder's committed result of ``method`` (``None``: not run)."""
+    path = out / "methods" / f"{method}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def em_outcome(result: dict) -> dict:
+    """A result's EM: its final ``α``, whether it converged, and its steps."""
+    history = result.get("em_history") or []
+    converged = bool(history and history[-1].get("converged"))
+    return {"α": result["prior_precision"][0], "converged": converged, "steps": len(history) - 1}

@@ -23,13 +23,13 @@ import sys
 from pathlib import Path
 
 import torch
-from _report import RESULTS, committed, markdown_table, write
+from _report import RESULTS, committed, em_outcome, markdown_table, method_result, write
 from safetensors import safe_open
 
 import linearised_laplace as lla
 from linearised_laplace.experiments import classification as bench
 from linearised_laplace.experiments.timing import stopwatch
-from linearised_laplace.posteriors.gamma import eigen_gamma
+from linearised_laplace.posteriors.gamma import eigen_gamma, fixed_point_precision
 
 GRID = (30.0, 100.0, 1000.0)  # g-prior; and the sampled row's EM α, for the fidelity table
 ISOTROPIC_GRID = (3.0, 10.0, 30.0, 100.0)  # an isotropic prior on the network's own weights
@@ -58,7 +58,7 @@ def main(settings: bench.Settings | None = None, name: str = "prior_sweep") -> N
         weight_decay=0.0, mean_epochs=5, out=str(OUT),
     )  # fmt: skip
     out = Path(settings.out)
-    sampled = {m: row for m in SAMPLED if (row := _row(out, m)) is not None}
+    sampled = {m: row for m in SAMPLED if (row := method_result(out, m)) is not None}
     data = bench.load_data(settings)
     net = bench.trained_model(settings, data, settings.seed)
     tag = out / "checkpoints" / bench.network_tag(settings, settings.seed)
@@ -83,13 +83,8 @@ def main(settings: bench.Settings | None = None, name: str = "prior_sweep") -> N
         with stopwatch() as clock:  # once per α
             if (prior, alpha) != ("g-prior", grid["g-prior"][0]):  # the same GGN and the same noise
                 precision = alpha * (scale.square() if prior == "isotropic" else torch.ones(1))
-                la.posterior.fit(
-                    model.with_prior(model.prior.with_precision(precision)),
-                    la.n_samples,
-                    la.seed,
-                    False,
-                    ggn,
-                )
+                at = model.with_prior(model.prior.with_precision(precision))
+                la.posterior.fit(at, la.n_samples, la.seed, False, ggn, la.posterior.noise)
             with torch.no_grad():
                 row = {"prior": prior, "α": alpha, **bench.score(la.predictive_samples(x), y)}
         timing = clock.timing
@@ -102,10 +97,10 @@ def main(settings: bench.Settings | None = None, name: str = "prior_sweep") -> N
 
 def page(out: Path, rows: list[dict], map_mean: list[dict]) -> tuple[dict, str]:
     """The payload and the page of the grid ``rows``, with the benchmark's rows as they are now."""
-    sampled = {m: row for m in SAMPLED if (row := _row(out, m)) is not None}
+    sampled = {m: row for m in SAMPLED if (row := method_result(out, m)) is not None}
     reference = []
     for method in ("map", "ensemble", "sampled", "exact", "sampled-isotropic", "exact-isotropic"):
-        if (r := _row(out, method)) is not None:
+        if (r := method_result(out, method)) is not None:
             alpha = r.get("prior_precision", [None])[0]
             reference.append({**r, "prior": method, "α": alpha or "", "EM": _em_outcome(r)})
     markdown = "\n".join(
@@ -148,16 +143,10 @@ def render(name: str = "prior_sweep") -> None:
 
 def _em_outcome(result: dict) -> str:
     """``"converged after k steps"`` or ``"unconverged after k steps"`` from a row's EM history."""
-    history = result.get("em_history")
-    if not history:
+    if not result.get("em_history"):
         return ""
-    state = "converged" if history[-1].get("converged") else "unconverged"
-    return f"{state} after {len(history) - 1} steps"
-
-
-def _row(out: Path, method: str) -> dict | None:
-    path = out / "methods" / f"{method}.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    em = em_outcome(result)
+    return f"{'converged' if em['converged'] else 'unconverged'} after {em['steps']} steps"
 
 
 def _map_mean_fixed_point(cache: Path, net) -> dict[float, tuple[float, float]]:
@@ -169,11 +158,7 @@ def _map_mean_fixed_point(cache: Path, net) -> dict[float, tuple[float, float]]:
             return {}
         eigenvalues = f.get_tensor("eigenvalues").double()
     norm = float(sum(p.detach().double().square().sum() for p in net.parameters()))
-    alpha = 1.0
-    for _ in range(1000):  # a contraction here: γ(α)/α falls in α
-        alpha, previous = float(eigen_gamma(eigenvalues, alpha)) / norm, alpha
-        if abs(alpha / previous - 1) < 1e-12:
-            break
+    alpha = fixed_point_precision(eigenvalues, norm)
     return {alpha: (float(eigen_gamma(eigenvalues, alpha)), norm)}
 
 

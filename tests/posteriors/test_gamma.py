@@ -2,12 +2,14 @@ import math
 
 import pytest
 import torch
+from scipy.optimize import brentq
 
 import linearised_laplace as lla
 from linearised_laplace.model.noise import NoiseSource
 from linearised_laplace.posteriors.gamma import (
     dual_space_terms,
     exact_gamma,
+    fixed_point_precision,
     function_space_gamma,
     function_space_terms,
     pooled_gamma,
@@ -124,3 +126,11 @@ def test_a_dual_em_step_pools_and_its_error_tracks_the_better_estimate():
         errors["function"].append(float(function.mean()) - gamma)
     rms = {k: math.sqrt(sum(e * e for e in v) / len(v)) for k, v in errors.items()}
     assert rms["pooled"] < rms["function"] / 3
+
+
+def test_the_fixed_point_precision_is_the_root_of_mackays_equation():
+    # α ‖θ*‖² = γ(α) = Σ μ/(μ + α) has one positive root; brentq finds it independently.
+    mu = torch.logspace(-3, 4, 50, dtype=torch.float64)
+    norm = 3.7
+    root = brentq(lambda a: a * norm - float((mu / (mu + a)).sum()), 1e-12, 1e6, xtol=1e-14)
+    assert fixed_point_precision(mu, norm) == pytest.approx(root, rel=1e-9)

@@ -20,7 +20,7 @@ from ..core.memory import gib
 from ..core.seeds import derive_seed
 from ..metrics import grid_scores
 from ..model.linear_model import LinearGaussianModel
-from ..model.noise import NoiseSource
+from ..model.noise import NoiseSource, PosteriorNoise, draw_posterior_noise
 from ..solvers.cholesky import exact_samples
 from ..solvers.covariance import PrimalCovariance
 from ..solvers.mean import MeanMode, log_likelihood, posterior_mean, solve_mean
@@ -151,6 +151,7 @@ class DensePosterior:
     Attributes:
         model, ggn: The linear model of the last fit and its GGN ``M`` (``None`` after a load).
         factor: ``R`` ``[P, P]`` (float64); ``samples``: ``[S, P]``.
+        noise: The samples' noise, reused by a refit at new hyperparameters (``None`` after a load).
     """
 
     def __init__(
@@ -161,12 +162,34 @@ class DensePosterior:
         self.forget()
 
     def forget(self) -> None:  # noqa: D102
-        self.model = self.ggn = self.factor = self.samples = None
+        self.model = self.ggn = self.factor = self.samples = self.noise = None
 
-    def fit(self, model, n_samples: int, seed: int, progress, ggn: Tensor | None = None) -> None:
-        """Factorise ``H`` (``ggn``: ``M``, if already built) and draw ``n_samples`` samples."""
+    def fit(
+        self,
+        model,
+        n_samples: int,
+        seed: int,
+        progress,
+        ggn: Tensor | None = None,
+        noise: PosteriorNoise | None = None,
+    ) -> None:
+        """Factorise ``H`` (``ggn``: ``M``, if already built) and draw ``n_samples`` samples.
+
+        ``noise``: the samples' noise for ``model``'s data and noise level, if already drawn (it
+        must be ``seed``'s); else one data pass draws it.
+        """
         self.model, self.ggn = model, self.dense_ggn(model)[0] if ggn is None else ggn
-        self.factor, self.samples = exact_samples(model, self.ggn, n_samples, seed, progress)
+        if noise is None:
+            noise = draw_posterior_noise(model, n_samples, NoiseSource(seed), progress)
+        self.noise = noise
+        self.factor, self.samples = exact_samples(model, self.ggn, noise)
+
+    def _held_noise(self, n_samples: int, seed: int, ratio: float = 1.0) -> PosteriorNoise | None:
+        """The last fit's noise at a new noise level (``ratio``), if it is ``seed``'s ``n_samples``."""
+        held = self.noise
+        if held is None or held.source.seed != seed or held.n_samples != n_samples:
+            return None
+        return held.scaled(ratio)
 
     def memory_needs(self, model, n_samples: int) -> dict[str, float]:
         """GiB of what a fit holds: ``M`` and its factor, one batch's Jacobian, the samples."""
@@ -203,7 +226,9 @@ class DensePosterior:
         if self.model is None:
             return False
         current, ratio = self.model.at(precision, sigma)
-        self.fit(current, len(self.samples), seed, progress, _scaled(self.ggn, ratio))
+        count = len(self.samples)
+        noise = self._held_noise(count, seed, ratio)
+        self.fit(current, count, seed, progress, _scaled(self.ggn, ratio), noise)
         return True
 
     def extra_samples(self, count: int, seed: int) -> Tensor:
@@ -248,7 +273,9 @@ class DensePosterior:
         scores = grid_scores(self.ggn, features.to_dense(x).double(), grid, score)
         index = int(torch.tensor(scores).argmin())
         best = self.model.prior.with_precision(grid[index])
-        self.fit(self.model.with_prior(best), len(self.samples), seed, progress, self.ggn)
+        count = len(self.samples)
+        noise = self._held_noise(count, seed)
+        self.fit(self.model.with_prior(best), count, seed, progress, self.ggn, noise)
         return scores, index
 
     def log_evidence(self, precision: Tensor, sigma: float, mode, anchor, seed: int, progress):

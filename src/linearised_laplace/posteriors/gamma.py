@@ -91,6 +91,20 @@ def eigen_gamma(eigenvalues: Tensor, alpha: Tensor) -> Tensor:
     return (eigenvalues / (eigenvalues + alpha)).sum().reshape(1)
 
 
+def fixed_point_precision(eigenvalues: Tensor, norm: float, tol: float = 1e-12) -> float:
+    """MacKay's fixed point ``α = γ(α)/‖θ̄‖²`` for a mean that does not move with ``α`` (``θ*``).
+
+    ``eigenvalues``: the GGN's, in the coordinates of the isotropic prior; ``norm``: ``‖θ̄‖²``.
+    The iteration contracts (``γ(α)/α`` falls in ``α``), from ``α = 1`` until ``|Δα/α| < tol``.
+    """
+    eigenvalues, alpha = eigenvalues.double(), 1.0
+    for _ in range(10_000):
+        alpha, previous = float(eigen_gamma(eigenvalues, alpha)) / norm, alpha
+        if abs(alpha / previous - 1) < tol:
+            return alpha
+    raise RuntimeError(f"MacKay's iteration did not reach {tol:g} in 10,000 steps (α {alpha:.6g}).")
+
+
 def check_gamma(gamma: str) -> None:
     """Validate the name of a ``γ̂`` estimator."""
     if gamma not in GAMMA_ESTIMATORS:

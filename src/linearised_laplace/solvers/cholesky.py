@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ..core.linalg import cholesky, cholesky_solve
 from ..model.linear_model import LinearGaussianModel
-from ..model.noise import NoiseSource, PosteriorNoise, draw_posterior_noise
+from ..model.noise import PosteriorNoise
 from .base import SolveInfo, SolveResult, relative_residual
 from .covariance import PrimalCovariance
 
@@ -44,14 +44,13 @@ class Cholesky:
 
 
 def exact_samples(
-    model: LinearGaussianModel, ggn: Tensor, n_samples: int, seed: int, progress: bool | None = None
+    model: LinearGaussianModel, ggn: Tensor, noise: PosteriorNoise
 ) -> tuple[Tensor, Tensor]:
-    """The factor ``R`` of ``H = M + A`` (``M`` = ``ggn``, float64) and ``n_samples`` exact samples.
+    """The factor ``R`` of ``H = M + A`` (``M`` = ``ggn``, float64) and the exact samples of ``noise``.
 
-    The samples solve ``H ζ = A θ_0 + Φᵀ L ν`` for the shared noise of ``seed``, so they equal
-    those of any other solver with that seed.
+    The samples solve ``H ζ = A θ_0 + Φᵀ L ν``: those of any other solver given the same noise.
+    The noise holds for every prior of ``model``'s data and noise level, so one draw serves a grid.
     """
-    noise = draw_posterior_noise(model, n_samples, NoiseSource(seed), progress)
     factor = cholesky(model.precision.dense(ggn))
     return factor, cholesky_solve(factor, noise.rhs(model.precision.prior64)).to(
         model.features.dtype
