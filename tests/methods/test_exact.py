@@ -215,3 +215,15 @@ def test_em_with_an_sgd_mean_follows_newtons_path():
         alpha[epochs] = float(la.prior_precision)
     assert alpha[400] == pytest.approx(alpha[None], rel=2e-3)
     assert abs(alpha[2] / alpha[None] - 1) > 1e-2
+
+
+def test_new_hyperparameters_refit_from_the_held_noise_to_a_fresh_fits_samples():
+    # the held noise, rescaled to the new σ, gives the samples a fit at the new α and σ draws
+    net = mlp(n_out=2)
+    x, y = regression_data(30)
+    kw = {"n_samples": 3, "progress": False}
+    la = lla.ExactLaplace(net, "regression", prior_precision=2.0, sigma_noise=0.5, **kw)
+    la.fit((x, y))
+    la.prior_precision, la.sigma_noise = 7.0, 0.2
+    fresh = lla.ExactLaplace(net, "regression", prior_precision=7.0, sigma_noise=0.2, **kw)
+    torch.testing.assert_close(la.posterior_samples, fresh.fit((x, y)).posterior_samples)
