@@ -97,8 +97,34 @@ def paired(reports: list[dict], reference: str, other: str, key: str) -> str:
         if reference in rows and other in rows:
             diffs.append(rows[reference][key] - rows[other][key])
     mean = statistics.fmean(diffs)
+    if len(diffs) == 1:
+        return f"{mean:+.2f} (one seed)".replace("-", "−")
     se = statistics.stdev(diffs) / math.sqrt(len(diffs))
     return f"{mean:+.2f} ± {se:.2f}".replace("-", "−")
+
+
+def paired_wins(reports: list[dict], reference: str, others: tuple[str, ...], kappas) -> str:
+    """``reference − other`` at each κ over the seeds with ``reference``, and how many it wins."""
+    seeds = [r for r in reports if any(x["method"] == reference for x in r["results"])]
+    if not seeds:
+        return f"`{reference}` has not run"
+    wins, parts = 0, []
+    for kappa in kappas:
+        key, cells = f"joint LL κ={kappa}", []
+        for other in others:
+            cells.append(f"{PEER_NAMES.get(other, other)} {paired(seeds, reference, other, key)}")
+            diffs = [
+                row(r["results"], method=reference)[key] - row(r["results"], method=other)[key]
+                for r in seeds
+            ]
+            se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.inf
+            wins += statistics.fmean(diffs) > 2 * se
+        parts.append(f"κ = {kappa}: " + ", ".join(cells))
+    seed_ids = [r["settings"]["seed"] for r in seeds]
+    return (
+        f"MAP seeds {seed_ids}; " + "; ".join(parts) + f"; ahead by more than two standard errors "
+        f"in {wins} of {len(kappas) * len(others)}"
+    )
 
 
 def across_seeds(reports: list[dict], method: str, key: str, fmt=lambda x: f"{x:.3f}") -> str:
@@ -381,6 +407,8 @@ def em_convergence(methods: tuple[str, ...]) -> Callable:
             for r in report["results"]
             if r["method"] in methods and r.get("em_history")
         ]
+        if not flags:
+            return "no EM run yet"
         if all(flags):
             return f"EM converged in all {len(flags)} of these runs"
         return (
@@ -569,7 +597,7 @@ def prior_rules(data) -> str:
         + (" (the grid's edge)" if oracle["at the grid's edge"] else "")
         + f", test κ = 5 joint LL {sig(oracle['test joint LL κ=5'], 3)}; from it: EM with θ* "
         + ", ".join(f"{r['prior']} {gap(r)}" for r in theta),
-        f"EM with the tangent mode (Table 1's rows) {span(tangent, lambda x: sig(x, 2))}",
+        f"EM with the tangent mode (the benchmark's rows) {span(tangent, lambda x: sig(x, 2))}",
         *(f"the library's sampled EM with mean={r['mean']!r} {gap(r)}" for r in library),
         f"validation grid on NLL {sig(nll['Δ oracle κ=5'], 2)}",
         "peers' test κ = 5: "
@@ -578,6 +606,26 @@ def prior_rules(data) -> str:
         ),
     ]
     return "; ".join(parts)
+
+
+def em_start(data) -> str:
+    """The exact fixed point, the sketch's start alone and completed by the diagonal."""
+    rows, exact = data["rows"], data["rows"][0]["α"]
+
+    def start(name: str, diagonal: str = "") -> str:
+        r = next(r for r in rows if r["start"] == name and r["diagonal"] == diagonal)
+        return f"{sig(r['α'], 3)} (log ratio {r['log(α / exact)']:+.2f})".replace("-", "−")
+
+    library = data.get("library")
+    text = (
+        f"EM's fixed point α = {sig(exact, 3)}; the rank-100 sketch alone starts at "
+        f"{start('sketch, rank 100')}, completed by the exact diagonal at "
+        f"{start('sketch, rank 100, + diagonal', 'exact')} and by 32 probes' estimate at "
+        f"{start('sketch, rank 100, + diagonal', '32 probes')}"
+    )
+    if library:
+        text += f"; the library's own start {sig(library['start'], 3)}"
+    return text
 
 
 def regression_peer(data) -> str:
@@ -677,6 +725,8 @@ FIGURES: dict[str, tuple[str, Callable]] = {
     "rules-overconfident": ("prior_rules-overconfident", prior_rules),
     "rules-calibrated": ("prior_rules-calibrated", prior_rules),
     "rules-lora": ("prior_rules-lora", prior_rules),
+    "rules-digits": ("prior_rules-digits", prior_rules),
+    "em-start-cnn": ("em_start-overconfident", em_start),
     "plan-accuracy-cnn": ("default_workflow-cnn-plan", plan_accuracy),
     "plan-accuracy-resnet": ("default_workflow-resnet-plan", plan_accuracy),
     # siblings
@@ -767,6 +817,16 @@ FIGURES: dict[str, tuple[str, Callable]] = {
     "over-kfac": (OVER, seed_paired("sampled-isotropic", "lt-kron-marglik")),
     "over-alpha": (OVER, alpha_gap("sampled-isotropic", "exact-isotropic")),
     "over-em": (OVER, em_convergence(("sampled-isotropic", "exact-isotropic"))),
+    "over-default": (
+        OVER,
+        lambda reports: paired_wins(
+            reports,
+            "sampled-default",
+            ("lt-kron-marglik", "lt-lastlayer-marglik", "ensemble"),
+            (3, 4, 5),
+        ),
+    ),  # fmt: skip
+    "over-default-em": (OVER, em_convergence(("sampled-default",))),
     # LoRA
     "lora-alpha": ("lora/results", lambda d: alpha_gap("sampled", "exact")([d])),
     # scaling

@@ -1,7 +1,8 @@
 """Which prior rule to trust: every candidate on a benchmark network, scored on held-out data.
 
-The networks: Table 1's calibrated and overconfident Fashion-MNIST CNNs (``D = 20,490``, seed 0)
-and the LoRA benchmark's BERT adapters and head (``D = 1,090``). Exact LLA from one dense GGN, with
+The networks: Table 1's calibrated and overconfident Fashion-MNIST CNNs (``D = 20,490``, seed 0),
+the demo's digits CNN (``D = 6,090``) and the LoRA benchmark's BERT adapters and head
+(``D = 1,090``). Exact LLA from one dense GGN, with
 two prior structures: an isotropic prior on the network's own weights (laplace-torch's) and the
 g-prior (the seed paper's). Each ``(prior, α)`` gets 32 exact samples from one noise seed, scored
 on the validation split and on the test split. The rules, each a ``(prior, α)``:
@@ -22,7 +23,8 @@ The validation oracle at each κ is the grid point best on validation data at th
 
 Needs only the benchmarks' settings: the MAP, the GGN, its eigenvalues, each ``(prior, α)``'s
 samples and each library EM are cached in the run's ``checkpoints``, so a rerun resumes. Run:
-``OMP_NUM_THREADS=1 python benchmarks/prior_rules.py overconfident`` (or ``calibrated``, ``lora``),
+``OMP_NUM_THREADS=1 python benchmarks/prior_rules.py overconfident`` (or ``calibrated``,
+``digits``, ``lora``),
 then ``... overconfident --library`` (or ``--library=network``: that mean alone); ``--render``
 rewrites the page from its JSON.
 """
@@ -36,16 +38,16 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from _report import RESULTS, committed, markdown_table, write
+from _report import RESULTS, committed, em_outcome, markdown_table, method_result, write
 from safetensors.torch import load_file, save_file
 
 import linearised_laplace as lla
-from linearised_laplace.core.linalg import cholesky, cholesky_solve
 from linearised_laplace.experiments import classification as bench
 from linearised_laplace.experiments import lora
 from linearised_laplace.experiments.timing import stopwatch
 from linearised_laplace.model.noise import NoiseSource, draw_posterior_noise
-from linearised_laplace.posteriors.gamma import eigen_gamma
+from linearised_laplace.posteriors.gamma import eigen_gamma, fixed_point_precision
+from linearised_laplace.solvers.cholesky import exact_samples
 
 NETWORKS = {
     "overconfident": {
@@ -57,6 +59,12 @@ NETWORKS = {
         "title": "the calibrated Fashion-MNIST CNN (20 epochs, weight decay 1e-4)",
         "out": RESULTS / "fashion-mnist-cnn" / "calibrated" / "seed-0",
         "settings": {"epochs": 20, "weight_decay": 1e-4},
+    },
+    "digits": {
+        "title": "the demo's digits CNN (100 epochs, weight decay 1e-4)",
+        "out": RESULTS / "digits-cnn" / "seed-0",
+        "settings": {"dataset": "digits", "n_train": None, "epochs": 100, "weight_decay": 1e-4},
+        "grid": (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 1000.0, 1e4),
     },
     "lora": {
         "title": "the LoRA BERT's adapters and head",
@@ -104,7 +112,7 @@ def main(network: str) -> None:
         "isotropic": _fixed_point(_isotropic_eigenvalues(tag, ggn, scale), la, scale, True),
     }
     print(f"EM with θ*: {json.dumps(fixed)}", flush=True)
-    em_rows = {m: r for m in EM_ROWS if (r := _row(problem.out, m)) is not None}
+    em_rows = {m: r for m in EM_ROWS if (r := method_result(problem.out, m)) is not None}
     grid = {p: NETWORKS[network].get("grid", alphas) for p, alphas in GRID.items()}
     entries = {(prior, alpha) for prior, alphas in grid.items() for alpha in alphas}
     entries |= {(prior, f["α"]) for prior, f in fixed.items()}
@@ -113,15 +121,12 @@ def main(network: str) -> None:
     store = Path(f"{tag}-prior-rules-samples.safetensors")
     samples = load_file(str(store)) if store.exists() else {}
     todo = [entry for entry in entries if _key(*entry) not in samples]
-    # exact_samples' two steps, with its one data pass (the noise, the same at every α) done once
     noise = draw_posterior_noise(model, N_SAMPLES, NoiseSource(la.seed)) if todo else None
-    for prior, alpha in todo:
+    for prior, alpha in todo:  # one data pass (the noise) serves every α
         precision = alpha * (scale.square() if prior == "isotropic" else torch.ones(1))
         at = model.with_prior(model.prior.with_precision(precision))
         with stopwatch() as clock:
-            factor = cholesky(at.precision.dense(ggn))
-            zeta = cholesky_solve(factor, noise.rhs(at.precision.prior64)).to(noise.u.dtype)
-        del factor
+            zeta = exact_samples(at, ggn, noise)[1]
         samples[_key(prior, alpha)] = la.coordinates.to_parameters(zeta).contiguous()
         save_file(samples, str(store))
         print(f"{prior} {alpha:.4g}: samples in {clock.timing.cpu_median:.0f} CPU s", flush=True)
@@ -133,8 +138,8 @@ def main(network: str) -> None:
         "network": network, "grid": rows, "fixed points": fixed, "D": int(scale.numel()),
         "n val": len(data.val[1]), "n test": len(data.test[1]),
         "map here": {k: own[k] for k in SCORES},
-        "em rows": {m: _em_outcome(r) | {"prior": EM_ROWS[m]} for m, r in em_rows.items()},
-        "peers": {m: {k: r[k] for k in SCORES} for m in PEERS if (r := _row(problem.out, m))},
+        "em rows": {m: em_outcome(r) | {"prior": EM_ROWS[m]} for m, r in em_rows.items()},
+        "peers": {m: {k: r[k] for k in SCORES} for m in PEERS if (r := method_result(problem.out, m))},
     }  # fmt: skip
     _write(network, payload)
 
@@ -176,7 +181,7 @@ def _problem(network: str) -> Problem:
         net = lora.fine_tuned(s, splits, s.seed)
         options = {"parameters": lora.ADAPTERS, "seed": s.seed}
         return Problem(data, net, out / "checkpoints" / f"lora-s{s.seed}", out, options)
-    settings = bench.Settings(**TABLE1, out=str(out), **NETWORKS[network]["settings"])
+    settings = bench.Settings(**{**TABLE1, **NETWORKS[network]["settings"]}, out=str(out))
     data = bench.load_data(settings)
     net = bench.trained_model(settings, data, settings.seed)
     tag = out / "checkpoints" / bench.network_tag(settings, settings.seed)
@@ -279,27 +284,12 @@ def _fixed_point(eigenvalues, la, scale, isotropic: bool) -> dict:
     """EM with ``θ*`` as the mean: ``α = γ(α)/‖θ*‖²`` for an isotropic ``α`` in these coordinates."""
     anchor = la.coordinates.anchor().double()
     norm = float((anchor * scale).square().sum() if isotropic else anchor.square().sum())
-    alpha = 1.0
-    for _ in range(10000):  # a contraction: γ(α)/α falls in α
-        alpha, previous = float(eigen_gamma(eigenvalues.double(), alpha)) / norm, alpha
-        if abs(alpha / previous - 1) < 1e-12:
-            break
+    alpha = fixed_point_precision(eigenvalues, norm)
     return {"α": alpha, "γ": float(eigen_gamma(eigenvalues.double(), alpha)), "‖θ*‖²": norm}
 
 
 def _key(prior: str, alpha: float) -> str:
     return f"{prior}|{alpha!r}"
-
-
-def _row(out: Path, method: str) -> dict | None:
-    path = out / "methods" / f"{method}.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def _em_outcome(result: dict) -> dict:
-    history = result.get("em_history") or []
-    converged = bool(history and history[-1].get("converged"))
-    return {"α": result["prior_precision"][0], "converged": converged, "steps": len(history) - 1}
 
 
 def rules(payload: dict) -> list[dict]:

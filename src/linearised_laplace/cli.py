@@ -28,6 +28,8 @@ from .experiments.models import ARCHITECTURES
 from .experiments.tomography import TOMOGRAPHY_METHODS, TomographySettings
 from .experiments.tomography import run as run_tomography
 
+# the library's default rule for sampled and exact LLA, and the other core methods
+DEMO_METHODS = tuple(m + "-default" if m in ("sampled", "exact") else m for m in CORE_METHODS)
 DEMO_PEERS = ("lt-kron-marglik", "lt-kron-val", "lt-lastlayer-val", "lt-ella-val")  # the quick ones
 
 
@@ -70,7 +72,7 @@ def _print_summary(report: dict, out: str) -> None:
 
 def demo(args: argparse.Namespace) -> None:
     """The main job on the embedded digits."""
-    methods = CORE_METHODS + (DEMO_PEERS if peers.available() else ())
+    methods = DEMO_METHODS + (DEMO_PEERS if peers.available() else ())
     if args.smoke:
         settings = replace(Settings.smoke_test(args.out), methods=OUR_METHODS)
     else:

@@ -27,12 +27,15 @@ def test_every_method_runs_end_to_end_and_is_scored(smoke_report):
         assert r["joint LL κ=1"] == pytest.approx(-r["NLL"], rel=1e-9)
         assert set(r["rotated"]) == {"0", "90"}
     em = {r["method"]: r for r in report["results"] if "em_history" in r}
-    variants = ("-lastlayer", "-isotropic", "-isotropic-mapmean")
+    variants = ("-default", "-lastlayer", "-isotropic", "-isotropic-mapmean")
     variants = {f"{m}{v}" for m in ("sampled", "exact") for v in variants}
     assert set(em) == {"sampled", "exact", "subnetwork", *variants}
     for name, r in em.items():
-        assert r["prior"] == ("isotropic" if name == "subnetwork" or "-iso" in name else "g-prior")
-        assert r["mean"] == ("network" if name.endswith("-mapmean") else "tangent")
+        isotropic = name == "subnetwork" or "-iso" in name or name.endswith("-default")
+        assert r["prior"] == ("isotropic" if isotropic else "g-prior")
+        # the library's default rule: θ* under an isotropic prior
+        assert r["mean"] == ("network" if name.endswith(("-mapmean", "-default")) else "tangent")
+    assert set(em["sampled-default"]["em costs"]) == {"set-up", "EM", "final samples"}
     head = list(build("cnn", (1, 8, 8), 10, width=4).children())[-1]
     for name in ("sampled-lastlayer", "exact-lastlayer"):
         assert em[name]["linearised weights"] == sum(p.numel() for p in head.parameters())

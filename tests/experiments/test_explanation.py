@@ -63,3 +63,16 @@ def test_the_legend_gives_each_column_and_its_direction():
     lines = explanation.legend()
     assert len(lines) == len(explanation.LEGEND) == 6
     assert any("NLL" in line and "(lower is better)" in line for line in lines)
+
+
+def test_the_library_default_rows_are_spoken_of_first():
+    results = [
+        row("map", 0.39, -15.4, confidence=0.93, accuracy=0.886),
+        row("sampled", 0.36, -9.8, **{"fit [s]": 10.0}),
+        row("exact", 0.35, -9.3, **{"fit [s]": 40.0}),
+        row("sampled-default", 0.34, -6.0, **{"fit [s]": 20.0}),
+        row("exact-default", 0.34, -5.9, **{"fit [s]": 80.0}),
+    ]
+    _, spread, _, cost = explanation.summary(results)
+    assert spread.startswith("Linearised Laplace (`sampled-default`) improves on the MAP")
+    assert cost.startswith("`sampled-default` took 20 s against `exact-default`'s 80 s (4.0×")

@@ -2,6 +2,8 @@ import pytest
 import torch
 
 import linearised_laplace as lla
+from linearised_laplace.posteriors.gamma import fixed_point_precision
+from linearised_laplace.solvers.mean import MeanMode
 from linearised_laplace.tuning.mackay import mackay_update, sketch_start
 
 
@@ -86,3 +88,38 @@ def test_em_starts_at_the_samplers_sketch_unless_told_to_start_at_the_prior():
     assert current.em_history[0]["prior_precision"] == [1.0]
     with pytest.raises(ValueError, match="`start` must be one of"):
         current.optimize_prior_precision((x, y), start="sketch")
+
+
+def test_the_sketch_start_with_the_diagonal_bounds_the_theta_star_fixed_point_from_above():
+    # γ(α) = tr M(M + α)⁻¹ ≤ γ of the top-r sketch + Σ_j ρ_j/(ρ_j + α), ρ = diag(M − M_r)
+    gen = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(40, 40, generator=gen, dtype=torch.float64))[0]
+    mu = torch.logspace(3, -2, 40, dtype=torch.float64)
+    ggn = (basis * mu) @ basis.T
+    theta = torch.randn(40, generator=gen, dtype=torch.float64)
+    exact = fixed_point_precision(mu, float(theta.square().sum()))
+    top = basis[:, :5], mu[:5]
+    alone = sketch_start(top[1], top[0], theta, network_mean=True)
+    completed = sketch_start(top[1], top[0], theta, network_mean=True, ggn_diag=ggn.diagonal())
+    assert alone < exact < completed < 3 * exact
+    full = sketch_start(mu, basis, theta, network_mean=True, ggn_diag=ggn.diagonal())
+    assert full == pytest.approx(exact, rel=1e-5)  # nothing outside the sketch
+    # the tangent mean's start ignores the diagonal
+    assert sketch_start(*top[::-1], theta, False, ggn_diag=ggn.diagonal()) == sketch_start(
+        *top[::-1], theta, False
+    )
+
+
+def test_a_sampler_with_the_theta_star_mean_starts_from_its_sketch_completed_by_its_diagonal():
+    net, x, y, sigma = _noise_free_linear_problem()
+    kw = {"sigma_noise": sigma, "n_samples": 2, "progress": False, "space": "primal"}
+    la = lla.SampledLaplace(net, "regression", solver=lla.CG(preconditioner_rank=2), **kw)
+    la.optimize_prior_precision((x, y), max_iter=1, mean="network", update_sigma=False)
+    noise = la.posterior.expectation(
+        la._fit_model((x, y)), MeanMode.NETWORK, la.coordinates.anchor(), la.seed, False
+    )
+    theta = net.weight.detach()[0]
+    sketch = noise.sketch
+    expected = sketch_start(sketch.values, sketch.vectors, theta, True, ggn_diag=noise.ggn_diag)
+    assert la.em_history[0]["prior_precision"][0] == pytest.approx(expected, rel=1e-6)
+    assert expected > sketch_start(sketch.values, sketch.vectors, theta, network_mean=True)

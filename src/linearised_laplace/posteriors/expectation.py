@@ -64,6 +64,8 @@ class Expectation:
         estimated: ``γ`` is a sampled estimate, so EM clips it (see :func:`~linearised_laplace.tuning.mackay.mackay_update`).
         sketch: The GGN's low-rank sketch the backend already holds (``None``: none), from which
             EM may take its start (:func:`~linearised_laplace.tuning.mackay.sketch_start`).
+        ggn_diag: ``[D]`` the backend's estimate of ``diag(M)`` (``None``: none), which completes
+            the sketch's start where EM's mean is ``θ*``.
     """
 
     step: Callable[[Iterate], EStep]
@@ -71,6 +73,7 @@ class Expectation:
     settings: dict = field(default_factory=dict)
     estimated: bool = True
     sketch: LowRank | None = None
+    ggn_diag: Tensor | None = None
 
 
 MeanSolve = Callable[[MeanProblem, Tensor, Tensor, int], Tensor]

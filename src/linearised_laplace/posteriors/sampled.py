@@ -252,7 +252,7 @@ class SampledPosterior:
         step = sampled_e_step(model, noise, mode, anchor, seed, gamma, solve, sample)
         settings = {"n_em_samples": k, "gamma": gamma, **self.settings()}
         dense = isinstance(choice.solver, Cholesky)
-        return Expectation(step, refit, settings, estimated=not dense, sketch=noise.ggn_low_rank)
+        return Expectation(step, refit, settings, not dense, noise.ggn_low_rank, noise.ggn_diag)
 
     def settings(self) -> dict:
         """The configuration a saved posterior records."""

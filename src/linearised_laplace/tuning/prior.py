@@ -178,9 +178,10 @@ class PriorTuning:
                 linear model's mode with outputs ``J w``, the seed paper's) or ``"affine"``
                 (outputs ``f(x; θ*) + J(w − θ*)``).
             start: Where EM starts. ``"auto"``: where the posterior holds a sketch of the GGN (a
-                sampler preconditioned by Nyström), at MacKay's fixed point in its eigenspace
-                (:func:`~linearised_laplace.tuning.mackay.sketch_start`: no data pass; measured
-                in ``benchmarks/results/default_workflow.md``), else at ``prior_precision``;
+                sampler preconditioned by Nyström), at MacKay's fixed point in its eigenspace,
+                with EM's mean ``θ*`` completed by the GGN's diagonal, which puts it at or above
+                EM's fixed point (:func:`~linearised_laplace.tuning.mackay.sketch_start`: no
+                data pass), else at ``prior_precision``;
                 ``"current"``: at ``prior_precision``.
             update_sigma: Also learn the Gaussian noise ``σ`` by MacKay's update (``None``, the
                 default: for regression yes, starting from ``sigma_noise``; pass ``False`` to keep
@@ -251,18 +252,23 @@ class PriorTuning:
         settings.update(mean=mode.value, **em.settings)
         initial = self.prior.precision.clone()
         if start == "auto" and em.sketch is not None:
+            network_mean = mode is MeanMode.NETWORK
             estimate = sketch_start(
                 em.sketch.values,
                 em.sketch.vectors,
                 anchor,
-                mode is MeanMode.NETWORK,
+                network_mean,
                 gamma_scale=self._gamma_scale,
+                ggn_diag=em.ggn_diag,
             )
             if estimate is not None:
                 initial = torch.full_like(initial, estimate)
+                where = f"the GGN's rank-{em.sketch.rank} sketch"
+                if network_mean and em.ggn_diag is not None:
+                    where += " and its diagonal"
                 progress_note(
-                    f"EM starts at α = {estimate:.4g}, MacKay's fixed point in the GGN's rank-"
-                    f"{em.sketch.rank} sketch (start='current' starts at prior_precision)",
+                    f"EM starts at α = {estimate:.4g}, MacKay's fixed point in {where} "
+                    "(start='current' starts at prior_precision)",
                     enabled=self.progress,
                 )
         mean_start = anchor.clone() if mode is MeanMode.AFFINE else torch.zeros_like(anchor)
