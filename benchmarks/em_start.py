@@ -134,9 +134,9 @@ def page(payload: dict) -> str:
 
 if __name__ == "__main__":
     name = next((a for a in sys.argv[1:] if not a.startswith("--")), "overconfident")
-    if "--render" in sys.argv[1:]:
+    if "--render" in sys.argv[1:]:  # the page again, with the sampled-default row's start
         saved, made = committed(f"em_start-{name}")
-        write(f"em_start-{name}", {**saved, "library": _library_start(prior_rules._problem(name))},
-              page(saved), made=made)  # fmt: skip
+        saved["library"] = _library_start(prior_rules._problem(name))
+        write(f"em_start-{name}", saved, page(saved), made=made)
     else:
         main(name)

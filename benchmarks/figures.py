@@ -608,6 +608,24 @@ def prior_rules(data) -> str:
     return "; ".join(parts)
 
 
+def fit_cpu(reference: str, others: tuple[str, ...]) -> Callable:
+    """Mean fit CPU seconds of ``reference`` and ``others`` over the seeds with ``reference``."""
+
+    def figure(reports) -> str:
+        seeds = [r for r in reports if any(x["method"] == reference for x in r["results"])]
+        if not seeds:
+            return f"`{reference}` has not run"
+
+        def mean(method: str) -> str:
+            cpu = [row(r["results"], method=method)["fit CPU [s]"] for r in seeds]
+            return f"{statistics.fmean(cpu):,.0f}"
+
+        rest = ", ".join(f"`{m}` {mean(m)}" for m in others)
+        return f"`{reference}` {mean(reference)} CPU s against {rest} (mean of {len(seeds)} seeds)"
+
+    return figure
+
+
 def em_start(data) -> str:
     """The exact fixed point, the sketch's start alone and completed by the diagonal."""
     rows, exact = data["rows"], data["rows"][0]["α"]
@@ -827,6 +845,10 @@ FIGURES: dict[str, tuple[str, Callable]] = {
         ),
     ),  # fmt: skip
     "over-default-em": (OVER, em_convergence(("sampled-default",))),
+    "over-default-cpu": (
+        OVER,
+        fit_cpu("sampled-default", ("exact-isotropic", "lt-kron-marglik", "ensemble")),
+    ),
     # LoRA
     "lora-alpha": ("lora/results", lambda d: alpha_gap("sampled", "exact")([d])),
     # scaling
