@@ -25,6 +25,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ..core.lowrank import LowRank
 from ..posteriors.gamma import group_sum
 
 PRECISION_RANGE = (1e-12, 1e12)
@@ -120,15 +121,15 @@ def sketch_start(
     ``ggn_diag`` (``[D]``, an estimate of ``diag(M)``) and ``network_mean``, the remainder
     ``R = M − M_r`` adds ``Σ_j ρ_j/(ρ_j+α)``, ``ρ = diag(R)``: as ``x ↦ x/(x+α)`` is operator
     concave, ``tr f(M_r + R) ≤ tr f(M_r) + tr f(R) ≤ tr f(M_r) + Σ_j f(ρ_j)`` (Rotfel'd's
-    inequality, then Schur's), so the start lies at or above EM's fixed point, from where EM's
-    steps only fall and the solves only worsen as they approach it.
+    inequality, then Schur's), so the start lies at or above EM's fixed point and the first
+    solves run where ``H`` is better conditioned than at the fixed point.
     """
-    q, r = torch.linalg.qr(vectors.double())  # M_r = Q (R Λ Rᵀ) Qᵀ: eigenpairs of the r × r core
-    values, rotation = torch.linalg.eigh((r * values.double()) @ r.T)
+    sketch = LowRank(vectors.double(), values.double())
+    q, r = torch.linalg.qr(sketch.vectors)  # M_r = Q (R Λ Rᵀ) Qᵀ: eigenpairs of the r × r core
+    values, rotation = torch.linalg.eigh((r * sketch.values) @ r.T)
     values = values.clamp_min(0)
     if network_mean and ggn_diag is not None:
-        sketched = (q @ (rotation * values.sqrt())).square().sum(-1)  # diag(M_r)
-        values = torch.cat([values, (ggn_diag.double() - sketched).clamp_min(0)])
+        values = torch.cat([values, (ggn_diag.double() - sketch.diagonal()).clamp_min(0)])
     projection = (rotation.T @ (q.T @ anchor.double())).square()
     norm_sq = float(anchor.double().square().sum())
     alpha = 1.0
