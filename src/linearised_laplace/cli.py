@@ -21,6 +21,7 @@ from .experiments.classification import (
     DATASETS,
     WEIGHT_DECAY,
     Settings,
+    render,
     run,
     run_seeds,
 )
@@ -89,6 +90,10 @@ def demo(args: argparse.Namespace) -> None:
 
 def classification(args: argparse.Namespace) -> None:
     """The classification benchmark (Table 1, Figures 5 and 6)."""
+    if args.render:
+        render(args.out)
+        print(f"rewrote the reports in {args.out} from their results.json")
+        return
     if args.smoke:
         settings = Settings.smoke_test(args.out, args.dataset, args.model)
     else:
@@ -244,6 +249,9 @@ def parser() -> argparse.ArgumentParser:
         help="one run per MAP seed (in OUT/seed-SEED) and mean ± standard error in OUT/results.md",
     )
     c.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (for tests)")
+    c.add_argument(
+        "--render", action="store_true", help="rewrite the reports in --out from their JSON only"
+    )
     c.set_defaults(func=classification)
     t = bench.add_parser("tomography", help="Table 3: linearised deep image prior for CT")
     t.add_argument("--angles", type=int, default=60, choices=(60, 120), help="projection angles")

@@ -107,6 +107,13 @@ def test_cli_seeds_write_one_report_each_and_their_mean(tmp_path, capsys):
     assert "Mean ± standard error" in capsys.readouterr().out
     assert cli.main([*argv, "--methods", "map", "--seeds", "2", "--angles", "0"]) == 0
     assert "over MAP seeds [0, 1, 2]" in (out / "results.md").read_text()  # earlier seeds stay
+    for page in [out / "results.md", *out.glob("seed-*/results.md")]:
+        page.unlink()
+    assert cli.main(["benchmark", "classification", "--render", "--out", str(out)]) == 0
+    assert "over MAP seeds [0, 1, 2]" in (out / "results.md").read_text()  # from the JSON alone
+    assert "| map |" in (out / "seed-1" / "results.md").read_text()
+    assert cli.main(["benchmark", "classification", "--render", "--out", str(tmp_path)]) == 2
+    assert "no results.json" in capsys.readouterr().err
     older = out / "seed-0" / "results.json"  # as if seed 0 had run with another set-up
     older.write_text(older.read_text().replace('"epochs": ', '"epochs": 1000'))
     assert cli.main([*argv, "--methods", "map", "--seeds", "2", "--angles", "0"]) == 2

@@ -5,6 +5,7 @@ import pytest
 
 from linearised_laplace.experiments.report import (
     check_same_settings,
+    em_outcome,
     fidelity,
     mean_and_error,
     seed_fidelity,
@@ -132,3 +133,31 @@ def test_seed_report_orders_columns_ours_then_peers_whatever_the_seeds_ran_first
     write_seed_report(reports, tmp_path)
     header = (tmp_path / "results.md").read_text().split("## Table 1 layout")[1].splitlines()[2]
     assert header == "|  | map | sampled | exact | lt-kron-marglik |"
+
+
+def _em(converged: bool, steps: int = 3) -> list[dict]:
+    start = [{"step": 0, "prior_precision": [1.0]}]
+    return start + [
+        {"step": k, "prior_precision": [2.0], "converged": converged and k == steps}
+        for k in range(1, steps + 1)
+    ]
+
+
+def test_em_outcome_reads_the_last_step_of_the_history():
+    assert em_outcome({"method": "map"}) == ""
+    assert em_outcome({"em_history": _em(True)}) == "converged in 3 steps"
+    assert em_outcome({"em_history": _em(False, 5)}) == "not converged after 5 steps"
+
+
+def test_seed_report_marks_rows_whose_em_did_not_converge_with_their_seeds(tmp_path):
+    reports = [_report(s, {"map": 0.3, "sampled": 0.2, "exact": 0.2}) for s in range(2)]
+    for seed, report in enumerate(reports):
+        report["results"][1]["em_history"] = _em(seed == 0)  # sampled: seed 1 unconverged
+        report["results"][2]["em_history"] = _em(True)
+    write_seed_report(reports, tmp_path)
+    table1 = (tmp_path / "results.md").read_text().split("## Table 1")[1].split("##")[0]
+    assert "| map | sampled † | exact |" in table1.replace("|  |", "|")
+    assert "Seeds: `sampled` 1." in table1
+    reports[1]["results"][1]["em_history"] = _em(True)
+    write_seed_report(reports, tmp_path)
+    assert "†" not in (tmp_path / "results.md").read_text()

@@ -438,6 +438,22 @@ def run_seeds(settings: Settings, seeds: list[int], progress: bool | None = None
     return reports
 
 
+def render(out: Path) -> None:
+    """Rewrite the reports in ``out`` from its ``results.json`` files, running nothing.
+
+    ``out``: one run's folder, or :func:`run_seeds`' folder (each ``seed-*`` report, then the mean
+    over seeds).
+    """
+    out = Path(out)
+    folders = sorted(out.glob("seed-*/")) or [out]
+    for folder in folders:
+        if not (folder / "results.json").exists():
+            raise FileNotFoundError(f"no results.json in {folder}: run the benchmark there first")
+        write_report(json.loads((folder / "results.json").read_text()), folder)
+    if folders != [out]:
+        write_seed_report(seed_reports(out), out)
+
+
 def _run_worker(method: str, settings: Settings) -> dict:
     return run_worker("linearised_laplace.experiments.classification", method, asdict(settings))
 

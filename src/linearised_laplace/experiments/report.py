@@ -68,7 +68,8 @@ def write_report(report: dict, out: Path) -> None:
         "## Summary",
         "",
         table(
-            [[r["method"]] + [r.get(k, "") for k in SUMMARY] for r in done], ["method", *SUMMARY]
+            [[r["method"]] + [r.get(k, "") for k in SUMMARY] + [em_outcome(r)] for r in done],
+            ["method", *SUMMARY, "EM"],
         ),
         "",
         "## Rotated test sets (Figure 5): NLL",
@@ -100,6 +101,25 @@ PAIRS = tuple(
 def _with_alpha(row: dict) -> dict:
     """``row`` with EM's prior precision as ``"α (EM)"``, where it has one."""
     return {**row, "α (EM)": row["prior_precision"][0]} if "prior_precision" in row else row
+
+
+def em_outcome(row: dict) -> str:
+    """How a row's EM ended, as its recorded history says.
+
+    ``converged in N steps``, ``not converged after N steps`` (its α and scores are then the last
+    step's), or ``""`` for a row without EM.
+    """
+    history = row.get("em_history")
+    if not history:
+        return ""
+    steps = len(history) - 1 if history[0].get("step") == 0 else len(history)
+    done = "converged in" if history[-1].get("converged") else "not converged after"
+    return f"{done} {steps} steps"
+
+
+UNCONVERGED = (
+    "† EM did not converge: α and the scores are those of its last step, not of a fixed point."
+)
 
 
 def fidelity(done: list[dict], level: int = 2) -> list[str]:
@@ -221,6 +241,14 @@ def seed_tables(reports: list[dict], reference: str | None = None, level: int = 
         values = [r.get(key) for r in by_method[method]]
         return "" if None in values else mean_and_error(values)
 
+    unconverged = {}  # method: the seeds on which its EM did not converge
+    for m, rows in by_method.items():
+        for seed, row in zip(ran_on[m], rows, strict=True):
+            if em_outcome(row).startswith("not"):
+                unconverged.setdefault(m, []).append(seed)
+    unconverged_seeds = "; ".join(
+        f"`{m}` {', '.join(seeds)}" for m, seeds in unconverged.items() if m in names
+    )
     kappas = [
         k for k in range(1, 6) if all(f"joint LL κ={k}" in r for m in names for r in by_method[m])
     ]
@@ -230,9 +258,11 @@ def seed_tables(reports: list[dict], reference: str | None = None, level: int = 
         "",
         table(
             [[f"κ = {k}", *(cell(m, f"joint LL κ={k}") for m in names)] for k in kappas],
-            ["", *names],
+            ["", *(f"{m} †" if m in unconverged else m for m in names)],
         ),
     ]
+    if any(m in unconverged for m in names):
+        lines += ["", f"{UNCONVERGED} Seeds: {unconverged_seeds}."]
     others = [m for m in names if m != reference]
     if reference in names and others:
 
