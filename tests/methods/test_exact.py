@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 
@@ -210,7 +212,8 @@ def test_em_with_an_sgd_mean_follows_newtons_path():
     for epochs in (None, 400, 2):  # Newton; a converged SGD; an unconverged one (really used)
         solver = None if epochs is None else lla.SGD(n_epochs=epochs, batch_size=40)
         la = lla.ExactLaplace(net, prior_precision=1.0, mean_solver=solver, progress=False)
-        with pytest.warns(lla.ConvergenceWarning):
+        with warnings.catch_warnings():  # the 2-epoch mean may leave EM unconverged
+            warnings.simplefilter("ignore", lla.ConvergenceWarning)
             la.optimize_prior_precision(data, max_iter=8, tol=1e-9, mean="tangent")
         alpha[epochs] = float(la.prior_precision)
     assert alpha[400] == pytest.approx(alpha[None], rel=2e-3)

@@ -132,30 +132,56 @@ def _em_with_update(update, start: float, max_iter: int = 40, tol: float = 1e-6)
     return run_em(e_step, state, ids, max_iter=max_iter, tol=tol, clip_gamma=False)
 
 
-def test_em_damps_a_two_cycle_until_it_converges():
-    # log α ↦ 2 log 3 − log α: undamped, α = 100 and 0.09 alternate forever.
+def test_em_interpolates_a_two_cycle_to_its_fixed_point():
+    # log α ↦ 2 log 3 − log α: plain MacKay steps alternate α = 100 and 0.09 forever; the
+    # secant inside the bracket [0.09, 100] lands on the root of the linear g: 100 → 0.09 → 3.
     final = _em_with_update(lambda a: 9.0 / a, 100.0)
-    assert final.converged and final.step < 5
-    assert abs(float(final.precision) - 3.0) < 1e-9
-    assert final.history[2]["damping"] == [0.5]
+    assert final.converged and final.step == 3
+    assert final.history[2]["secant"] == [pytest.approx(0.5, rel=1e-12)]
+    assert float(final.history[2]["prior_precision"][0]) == pytest.approx(3.0, rel=1e-12)
     small = _em_with_update(lambda a: 9.0 / a, 4.0)  # a two-cycle 4 ↔ 2.25, within a factor 2
     assert small.converged and abs(float(small.precision) - 3.0) < 1e-6
+
+
+@pytest.mark.parametrize("rho", [-0.4, -0.9, -1.5])
+def test_an_oscillation_lands_in_one_interpolated_step_where_g_is_linear(rho):
+    # log(α/8) ↦ ρ log(α/8): the θ* oscillation (ρ ≈ −0.4), a slow one, and one that grows;
+    # plain steps need log(1e-6)/log|ρ| steps (or never end), the secant one and a check.
+    final = _em_with_update(lambda a: 8.0 * (a / 8.0) ** rho, 22.0)
+    assert final.converged and final.step == 3
+    assert float(final.history[2]["prior_precision"][0]) == pytest.approx(8.0, rel=1e-12)
+    assert 0 < final.history[2]["secant"][0] < 1
+
+
+def test_an_interpolated_step_stays_inside_its_bracket_where_g_is_not_linear():
+    # a nonlinear oscillating map: every iterate after a reversal lies between the last two
+    def update(a):
+        u = (a / 8.0).log()
+        return 8.0 * (-0.6 * u - 0.3 * u**3).exp()
+
+    final = _em_with_update(update, 30.0)
+    assert final.converged and abs(math.log(float(final.precision) / 8.0)) < 1e-6
+    alphas = [h["prior_precision"][0] for h in final.history]
+    interpolated = [k for k in range(2, len(alphas)) if final.history[k]["secant"][0] < 1]
+    assert interpolated
+    for k in interpolated:
+        assert min(alphas[k - 2 : k]) < alphas[k] < max(alphas[k - 2 : k])
 
 
 def test_em_extrapolates_a_creeping_approach_by_the_secant():
     # log α ↦ ½ log α + log 7: plain MacKay steps halve the distance to α = 49 each time.
     final = _em_with_update(lambda a: 7.0 * a.sqrt(), 1.0)
     assert final.converged and final.step == 3  # 1 → 7 → 49 (the secant is exact), then check
-    assert final.history[2]["extrapolation"] == [pytest.approx(2.0, rel=1e-12)]
+    assert final.history[2]["secant"] == [pytest.approx(2.0, rel=1e-12)]
     assert float(final.precision) == pytest.approx(49.0, rel=1e-12)
     # contraction by 0.78 per step: 64 plain steps to tol; the secant's step is capped at 4×
     slow = _em_with_update(lambda a: 50.0 * (a / 50.0) ** 0.78, 1.0, max_iter=60)
     assert slow.converged and slow.step < 25
-    assert max(h.get("extrapolation", [1.0])[0] for h in slow.history) == MAX_EXTRAPOLATION
+    assert max(h.get("secant", [1.0])[0] for h in slow.history) == MAX_EXTRAPOLATION
     assert float(slow.precision) == pytest.approx(50.0, rel=1e-5)
     # barely contracting (a far start, α falling by a near-constant factor): no leap
     far = _em_with_update(lambda a: 50.0 * (a / 50.0) ** 0.95, 1e6, max_iter=3)
-    assert [h["extrapolation"] for h in far.history[1:]] == [[1.0]] * 3
+    assert [h["secant"] for h in far.history[1:]] == [[1.0]] * 3
 
 
 def test_a_creeping_approach_stops_within_tol_of_the_fixed_point_not_when_its_steps_are_small():
@@ -198,12 +224,12 @@ def _noise_em(exponent: float, max_iter: int = 200):
     )
 
 
-def test_an_oscillating_noise_update_is_damped_to_its_fixed_point():
-    # log σ ↦ −1.1 log σ (about log 0.1): undamped, each step overshoots by more than the last, as
-    # σ² = ‖r‖² / (n·C − γ) did on an overfit network; damping halves the step at each reversal
+def test_an_oscillating_noise_update_is_interpolated_to_its_fixed_point():
+    # log σ ↦ −1.1 log σ (about log 0.1): plain steps overshoot by more each time, as
+    # σ² = ‖r‖² / (n·C − γ) did on an overfit network; the secant interpolates the reversal
     final = _noise_em(-2.2, max_iter=30)
     assert final.converged and abs(math.log(final.sigma / 0.1)) < 1e-2
-    assert min(h["sigma_damping"][0] for h in final.history[1:]) < 1
+    assert 0 < min(h["sigma_secant"][0] for h in final.history[1:]) < 1
 
 
 def test_em_is_bounded_and_warns_when_it_runs_away():
@@ -260,13 +286,14 @@ def test_bad_em_settings_raise_before_any_work(kwargs, match):
 
 def test_em_takes_full_steps_again_after_one_overshoot():
     # A far start whose first update overshoots (as an unconverged first E-step does), then an
-    # update that no longer depends on α: the damping halved by the reversal must recover, or
-    # every later step would only halve the distance to α = 190.
+    # update that no longer depends on α: one interpolated step, then MacKay's full steps again,
+    # rather than ever smaller ones towards α = 190.
     def update(a):
         return torch.where(a < 10, torch.full_like(a, 1e5), torch.full_like(a, 190.0))
 
     final = _em_with_update(update, 1.0)
-    assert [h.get("damping") for h in final.history[1:4]] == [[1.0], [0.5], [1.0]]
+    secants = [h["secant"][0] for h in final.history[1:4]]
+    assert secants[0] == 1.0 and 0 < secants[1] < 1 and secants[2] == 1.0
     assert final.converged and final.step == 4
     assert float(final.precision) == pytest.approx(190.0, rel=1e-12)
 

@@ -3,17 +3,17 @@ r"""Expectation-maximisation of the prior precision: the guarded MacKay loop.
 Each step runs a posterior backend's E-step (:mod:`~linearised_laplace.posteriors.expectation`:
 the mean ``θ̄`` and ``γ``, exact or from samples) and MacKay's update
 (:mod:`~linearised_laplace.tuning.mackay`). The loop is guarded against extreme priors
-(:func:`run_em`): each group's step in ``log α`` (and the noise update's in ``log σ``) is damped,
-halving whenever it reverses direction (a two-cycle converges instead of oscillating) and
-recovering while it keeps its direction, and extrapolated by the secant where a monotone approach
-creeps (:func:`~linearised_laplace.tuning.mackay.damped_step`); ``α`` stays within
+(:func:`run_em`): each group's step in ``log α`` (and the noise update's in ``log σ``) follows the
+secant on MacKay's step where it reverses direction (interpolating inside the bracket, so an
+oscillation lands instead of cycling) or where a monotone approach creeps (extrapolating;
+:func:`~linearised_laplace.tuning.mackay.secant_step`); ``α`` stays within
 :data:`~linearised_laplace.tuning.mackay.PRECISION_RANGE`, a non-finite update or a failed
 factorisation ends the run with a :class:`~linearised_laplace.DivergenceError`, and a run
 that stops at ``max_iter`` or at the bound warns with a
 :class:`~linearised_laplace.ConvergenceWarning`, as does a sampled ``γ̂`` no posterior can have.
-Each history entry records MacKay's ``proposed`` α, the ``damping`` and ``extrapolation`` of the
-step taken, and whether the run had ``converged`` (with ``σ`` learnt, also ``proposed_sigma``,
-``sigma_damping`` and ``sigma_distance``).
+Each history entry records MacKay's ``proposed`` α, the ``secant`` factor of the step taken (in
+multiples of MacKay's), and whether the run had ``converged`` (with ``σ`` learnt, also
+``proposed_sigma``, ``sigma_secant`` and ``sigma_distance``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from .mackay import (
     PRECISION_RANGE,
     SIGMA_KEYS,
     clipped_gamma,
-    damped_step,
+    secant_step,
     implausible_gamma,
     mackay_update,
     noise_update,
@@ -122,14 +122,14 @@ def run_em(
                     f"{proposed.tolist()} (γ = {result.gamma.tolist()}). Start from a moderate "
                     "prior_precision (e.g. 1.0)."
                 )
-            precision, damping, extrapolation, at_bound, distance = damped_step(
+            precision, secant, at_bound, distance = secant_step(
                 state.precision, proposed, state.history
             )
             sigma, noise, change = state.sigma, None, float(distance.max())
             if update_sigma and n_observations is not None and result.residual_sq is not None:
                 target = noise_update(result.residual_sq, n_observations, float(result.gamma.sum()))
                 now = torch.tensor([state.sigma], dtype=torch.float64)
-                noise = damped_step(now, now.new_tensor([target]), state.history, SIGMA_KEYS)
+                noise = secant_step(now, now.new_tensor([target]), state.history, SIGMA_KEYS)
                 sigma, change = float(noise.precision[0]), max(change, float(noise.distance[0]))
             first = change if first is None else first
             expect_total(bar, state.step + 1, first, change, tol, max_iter, since)
@@ -142,12 +142,12 @@ def run_em(
             record["mean_norm_sq"] = group_sum(
                 result.mean.double().square(), group_ids, n_groups
             ).tolist()
-            record.update(proposed=proposed.tolist(), damping=damping.tolist())
+            record.update(proposed=proposed.tolist(), secant=secant.tolist())
             if noise is not None:
-                record.update(proposed_sigma=[target], sigma_damping=noise.damping.tolist())
+                record.update(proposed_sigma=[target], sigma_secant=noise.secant.tolist())
                 record["sigma_distance"] = float(noise.distance[0])
             record["distance"] = distance.tolist()
-            record.update(extrapolation=extrapolation.tolist(), at_bound=at_bound, clipped=clipped)
+            record.update(at_bound=at_bound, clipped=clipped)
             record.update(solved=result.solved, solve_steps=result.solve_steps, converged=converged)
             state = EMState(
                 state.step + 1,

@@ -149,30 +149,30 @@ def sketch_start(
 
 
 MAX_EXTRAPOLATION = 4.0
-"""The longest secant step, in multiples of MacKay's own (see :func:`damped_step`)."""
+"""The longest secant step, in multiples of MacKay's own (see :func:`secant_step`)."""
 CONTRACTION = 0.8
 """The largest ratio of successive MacKay steps that counts as a contraction to extrapolate: where
 the steps barely shrink (a far start, where ``α`` moves by a constant factor per step), the secant
 would leap, possibly past the nearest fixed point into another's basin."""
 MAX_DISTANCE_FACTOR = 10.0
 """The longest distance to the fixed point EM's stopping rule assumes, in MacKay steps: a monotone
-approach whose steps do not shrink counts as contracting by 0.9 per step (see :func:`damped_step`)."""
+approach whose steps do not shrink counts as contracting by 0.9 per step (see :func:`secant_step`)."""
 
 
 class MacKayStep(NamedTuple):
-    """A step of :func:`damped_step`.
+    """A step of :func:`secant_step`.
 
     Attributes:
         precision: ``[G]`` the precision taken, within :data:`PRECISION_RANGE`.
-        damping, extrapolation: ``[G]``: the step taken is ``damping × extrapolation`` of MacKay's.
+        secant: ``[G]`` the step taken in multiples of MacKay's: below 1 where it interpolates a
+            reversal, above 1 where it extrapolates a creeping approach, else 1.
         at_bound: Whether a group's precision sits at the range's bound.
         distance: ``[G]`` the estimated distance in ``log α`` from the current iterate to the
             fixed point, which EM's stopping rule compares with ``tol``.
     """
 
     precision: Tensor
-    damping: Tensor
-    extrapolation: Tensor
+    secant: Tensor
     at_bound: bool
     distance: Tensor
 
@@ -191,66 +191,63 @@ def secant_distance(step: Tensor, last: Tensor, last_step: Tensor) -> Tensor:
     return torch.where(step * last > 0, factor * step.abs(), step.abs())
 
 
-PRECISION_KEYS = ("prior_precision", "proposed", "damping")
-SIGMA_KEYS = ("sigma_noise", "proposed_sigma", "sigma_damping")
-"""The history's records of ``α`` and of ``σ``: the value taken, MacKay's update, the damping."""
+PRECISION_KEYS = ("prior_precision", "proposed")
+SIGMA_KEYS = ("sigma_noise", "proposed_sigma")
+"""The history's records of ``α`` and of ``σ``: the value taken and MacKay's update."""
 
 
-def damped_step(
+def secant_step(
     current: Tensor, proposed: Tensor, history: list[dict], keys: tuple = PRECISION_KEYS
 ) -> MacKayStep:
-    """Move ``log α`` towards the MacKay update: damped, extrapolated where it creeps, bounded.
+    """Move ``log α`` towards the MacKay update along the secant on MacKay's step, bounded.
 
-    Each group's damping (1 at the start) halves when the proposed step reverses the direction of
-    the last step taken and is more than half its size (an oscillation that does not contract by
-    half per step; a two-cycle then converges), and doubles (up to 1) when the step continues in
-    the last one's direction, so that one overshoot (a first step from a far start) does not slow
-    every later step of a monotone approach.
+    With ``u = log α`` and MacKay's step ``g(u) = log F(α) − log α``, the fixed point is the root
+    of ``g``. From the last two iterates the secant puts it at
+    ``u_k − g_k (u_k − u_{k−1}) / (g_k − g_{k−1})``: MacKay's step times
+    ``s = (u_k − u_{k−1}) / (g_{k−1} − g_k)``. Two cases take it:
 
-    Where an undamped approach creeps (the step continues the last one and MacKay's step
-    ``g = log F(α) − log α`` shrank since the last step by at least :data:`CONTRACTION`), the step
-    is the secant's on ``g``,
-    ``−g_k (u_k − u_{k−1}) / (g_k − g_{k−1})`` in ``u = log α``: MacKay's step times
-    ``(u_k − u_{k−1}) / (g_{k−1} − g_k)``, between 1 and :data:`MAX_EXTRAPOLATION`. A fixed-point
-    iteration that contracts by ``ρ`` per step then lands in one step where ``g`` is linear, rather
-    than in ``log(tol) / log ρ``; an overshoot reverses the next step, which the damping handles.
+    - **A reversal** (``g_k`` against the last step, so ``g`` changed sign between the iterates):
+      the root is bracketed and the secant interpolates, ``0 < s |g_k| < |u_k − u_{k−1}|``, so
+      the step stays inside the bracket. An oscillation that contracts by ``ρ ∈ (−1, 0)`` per step
+      (EM with ``θ*`` on the Table 1 CNNs: about −0.4) lands in one step where ``g`` is linear,
+      and a two-cycle or a growing oscillation is brought back inside its bracket.
+    - **A creeping approach** (``g_k`` continues the last step and shrank since it by at least
+      :data:`CONTRACTION`): the secant extrapolates, ``s`` clamped to ``[1,``
+      :data:`MAX_EXTRAPOLATION` ``]``, so an iteration contracting by ``ρ ∈ (0, 1)`` needs a few
+      steps rather than ``log(tol) / log ρ``.
 
-    The distance to the fixed point is ``|g|`` except on an undamped monotone approach, where a
+    Elsewhere (the first step, or one that barely contracts) the step is MacKay's own.
+
+    The distance to the fixed point is ``|g_k|``, except on a monotone approach, where a
     step of ``|g|`` leaves ``|g| ρ / (1 − ρ)`` to go: there it is :func:`secant_distance` (so a
     creeping approach is not taken for converged because its steps are small).
 
     Args:
         current: ``[G]`` precision now.
         proposed: ``[G]`` MacKay's update.
-        history: The run's records so far (the last two give the last step, its MacKay
-            ``proposed`` and the damping).
-        keys: The records' names of the value, MacKay's update and the damping:
-            :data:`PRECISION_KEYS`, or :data:`SIGMA_KEYS` to step ``log σ`` the same way.
+        history: The run's records so far (the last two give the last step and MacKay's
+            ``proposed`` update then).
+        keys: The records' names of the value and MacKay's update: :data:`PRECISION_KEYS`, or
+            :data:`SIGMA_KEYS` to step ``log σ`` the same way.
 
     Returns:
         The :class:`MacKayStep`.
     """
-    value, suggested, damped = keys
+    value, suggested = keys
     step = proposed.log() - current.log()
-    damping = torch.tensor(history[-1].get(damped, [1.0] * len(step)), dtype=step.dtype)
-    extrapolation, distance = torch.ones_like(step), step.abs()
-    if len(history) >= 2:
+    secant, distance = torch.ones_like(step), step.abs()
+    if len(history) >= 2 and suggested in history[-1]:
         before = torch.tensor(history[-2][value], dtype=step.dtype).reshape(-1).log()
         last = current.log() - before
-        reverses = (step * last < 0) & (step.abs() > last.abs() / 2)
-        continues = step * last > 0
-        if suggested in history[-1]:  # MacKay's step at the last iterate
-            last_step = torch.tensor(history[-1][suggested], dtype=step.dtype).log() - before
-            contracts = step.abs() <= CONTRACTION * last_step.abs()
-            creeps = continues & (damping == 1) & contracts
-            secant = last / (last_step - step)
-            extrapolation = torch.where(creeps, secant.clamp(1.0, MAX_EXTRAPOLATION), 1.0)
-            distance = torch.where(damping == 1, secant_distance(step, last, last_step), distance)
-        damping = torch.where(reverses, damping / 2, damping)
-        damping = torch.where(continues, (2 * damping).clamp_max(1.0), damping)
+        last_step = torch.tensor(history[-1][suggested], dtype=step.dtype).log() - before
+        factor = last / (last_step - step)
+        creeps = (step * last > 0) & (step.abs() <= CONTRACTION * last_step.abs())
+        reverses = (step * last < 0) & (factor > 0)
+        secant = torch.where(creeps, factor.clamp(1.0, MAX_EXTRAPOLATION), secant)
+        secant = torch.where(reverses, factor, secant)
+        distance = secant_distance(step, last, last_step)
     low, high = PRECISION_RANGE
-    taken = (current.log() + damping * extrapolation * step).exp()
-    full = (damping == 1) & (extrapolation == 1)
-    precision = torch.where(full, proposed, taken).clamp(low, high)
+    taken = (current.log() + secant * step).exp()
+    precision = torch.where(secant == 1, proposed, taken).clamp(low, high)
     at_bound = bool(((precision <= low) | (precision >= high)).any())
-    return MacKayStep(precision, damping, extrapolation, at_bound, distance)
+    return MacKayStep(precision, secant, at_bound, distance)

@@ -19,8 +19,8 @@ class EMState:
         samples: ``[K, D]`` last samples (warm start), if any.
         history: One dict per completed step: ``step``, ``prior_precision`` (after the update),
             ``gamma``, ``mean_norm_sq``, ``sigma_noise``, ``proposed`` (MacKay's update),
-            ``damping`` and ``extrapolation`` (per group; their product is the fraction of the
-            MacKay step in ``log α`` taken), ``at_bound``, ``clipped`` (the estimated ``γ̂``
+            ``secant`` (per group, the fraction of the MacKay step in ``log α`` taken),
+            ``distance`` (to the fixed point, estimated), ``at_bound``, ``clipped`` (the estimated ``γ̂``
             was clipped), ``solved`` (every sample solve reached its tolerance), ``solve_steps``
             (the sample solve's iterations, if it iterated), ``converged``, ``seconds`` and
             ``cpu_seconds`` (the step's wall and process CPU time); entry 0 holds the start.
