@@ -38,10 +38,10 @@ from .mackay import (
     PRECISION_RANGE,
     SIGMA_KEYS,
     clipped_gamma,
-    secant_step,
     implausible_gamma,
     mackay_update,
     noise_update,
+    secant_step,
 )
 from .state import EMState
 

@@ -192,8 +192,11 @@ class PriorTuning:
                 ``"function"``, pooled where the solve is dual and the prior one group with the
                 dual space's ``n·C − (1/K) Σ_k ‖w_k‖²``, whose error shrinks as ``γ → n·C`` on an
                 overfit network; see :mod:`~linearised_laplace.posteriors.gamma`), ``"function"``
-                (``(1/K) Σ_k ‖Jζ_k‖²_B``) or ``"weight"``, and ``n_em_samples``: ``K`` per E-step
-                (default 8; the final draw uses ``n_samples``). Where its solve is dense
+                (``(1/K) Σ_k ‖Jζ_k‖²_B``) or ``"weight"``, ``n_em_samples``: ``K`` per E-step
+                (default 8; the final draw uses ``n_samples``), and ``em_rtol``: the relative
+                residual at which an iterative solver stops in the E-steps (default ``1e-3``; the
+                final samples keep the solver's own, ``1e-4`` for CG in float32; see
+                :func:`~linearised_laplace.posteriors.sampled.em_solver`). Where its solve is dense
                 (Cholesky), ``γ`` is exact and ``gamma`` does not apply.
 
         Returns:
@@ -339,6 +342,6 @@ class PriorTuning:
             )
             raise TypeError(
                 f"optimize_prior_precision() got {unknown}, which {type(self).__name__}'s EM does "
-                f"not use: its E-step {takes}. `gamma` and `n_em_samples` are options of "
+                f"not use: its E-step {takes}. `gamma`, `n_em_samples` and `em_rtol` are options of "
                 "SampledLaplace's sample-based EM; remove them here."
             )
