@@ -15,7 +15,7 @@ import statistics
 from collections.abc import Callable
 from pathlib import Path
 
-from linearised_laplace.experiments.report import seed_reports
+from linearised_laplace.experiments.report import em_outcome, seed_reports
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -417,6 +417,44 @@ def em_convergence(methods: tuple[str, ...]) -> Callable:
         )
 
     return figure
+
+
+def em_runs(method: str) -> Callable:
+    """Per seed: how ``method``'s EM ended, its α, and the CPU seconds of EM and the final samples.
+
+    With the commit each ran at, as seeds rerun after a change to EM differ in their steps.
+    """
+
+    def figure(reports) -> str:
+        parts = []
+        for report in reports:
+            r = next((x for x in report["results"] if x["method"] == method), None)
+            if r is None:
+                continue
+            cpu = {stage: cost["cpu_seconds"] for stage, cost in r["em costs"].items()}
+            parts.append(
+                f"seed {report['settings']['seed']}: {em_outcome(r)}, α {sig(r['prior_precision'][0])}"
+                f", EM {cpu['EM']:,.0f} and final samples {cpu['final samples']:,.0f} CPU s "
+                f"(commit {r['provenance']['commit'][:7]})"
+            )
+        return "; ".join(parts) if parts else f"`{method}` has not run"
+
+    return figure
+
+
+def em_rtol(data) -> str:
+    """The solver's bias of γ̂ and CG's steps by ``em_rtol``, against 8 samples' spread."""
+    by = {r["em_rtol"]: r for r in data["summary"]}
+
+    def at(rtol: float) -> str:
+        r = by[rtol]
+        return f"{pct(r['mean bias'], sign=True, digits=2)} at {rtol:g} ({sig(r['mean CG steps'], 2)} CG steps)"
+
+    tight = min(by)
+    return (
+        f"against {tight:g} ({sig(by[tight]['mean CG steps'], 2)} CG steps), γ̂ moves by "
+        f"{at(1e-3)} and {at(1e-2)}, while 8 samples' γ̂ spread by {pct(data['spread'], digits=2)}"
+    )
 
 
 def preconditioner_summary(data) -> str:
@@ -845,6 +883,8 @@ FIGURES: dict[str, tuple[str, Callable]] = {
         ),
     ),  # fmt: skip
     "over-default-em": (OVER, em_convergence(("sampled-default",))),
+    "over-default-runs": (OVER, em_runs("sampled-default")),
+    "em-rtol-digits": ("em_rtol-digits-cnn", em_rtol),
     "over-default-cpu": (
         OVER,
         fit_cpu("sampled-default", ("exact-isotropic", "lt-kron-marglik", "ensemble")),

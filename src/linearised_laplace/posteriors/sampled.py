@@ -129,10 +129,8 @@ def em_solver(solver, rtol: float, dtype: torch.dtype):
     An E-step needs its samples only for ``γ̂``, whose Monte-Carlo error with ``K`` samples is
     percents, so a tolerance looser than the final samples' saves iterations of every step. A
     solver's own looser ``rtol`` is kept; one without a residual tolerance (SGD, Cholesky) is
-    returned unchanged. Measured on the digits CNN, one cold E-step at EM's fixed point with 8
-    samples (from 3 noise seeds): against ``rtol = 1e-4``, ``γ̂`` moves by +0.03 % at ``1e-3``
-    and +0.9 % at ``1e-2`` (CG's iterations 15, 11 and 8), while the seeds' ``γ̂`` spread by
-    ±3 %.
+    returned unchanged. ``benchmarks/results/em_rtol-*.md`` measures the solver's share of
+    ``γ̂``'s error by ``rtol`` against the Monte-Carlo spread of 8 samples.
     """
     if not 0 < rtol < 1:
         raise ValueError(f"`em_rtol` must lie in (0, 1), got {rtol!r}.")

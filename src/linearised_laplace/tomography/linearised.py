@@ -122,7 +122,7 @@ def exact_linearised_dip(
     Builds ``G = Lᵀ J̃ J̃ᵀ L`` (``m × m``, ``L = σ^{-1} A``) column by column from VJPs and JVPs, so
     that at precision ``α`` the observation system is ``I + G/α``. Its eigendecomposition gives
     the exact ``γ = Σ g_i / (g_i + α)`` and the affine mean (one VJP) for every EM step, run by the
-    library's damped, guarded MacKay loop (:func:`~linearised_laplace.tuning.em.run_em`), and exact
+    library's guarded MacKay loop (:func:`~linearised_laplace.tuning.em.run_em`), and exact
     Matheron image samples ``J̃ ζ``.
 
     Args:

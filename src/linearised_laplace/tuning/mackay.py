@@ -1,4 +1,4 @@
-r"""MacKay's update of the prior precision and the noise, with its clipping and damping.
+r"""MacKay's update of the prior precision and the noise, with its clipping and secant step.
 
 At the MacKay fixed point of the evidence (MacKay, 1992),
 
@@ -13,8 +13,8 @@ and the estimate inflates), and the clip keeps EM from stepping to a far too sma
 weight-space estimate, which can be negative, is also clipped below at 1; the function-space one is
 positive by construction and is not (a floor of 1 where the true ``γ ≪ 1``, at a huge ``α``, would
 make the update ``α ← 1/‖θ̄‖² ∝ α²`` run away). For a Gaussian likelihood MacKay's noise update is
-``σ² = ‖y − g(θ̄)‖² / (nC − γ)``. Each group's step in ``log α`` is damped (:func:`damped_step`)
-and bounded to :data:`PRECISION_RANGE`.
+``σ² = ‖y − g(θ̄)‖² / (nC − γ)``. Each group's step in ``log α`` follows the secant on MacKay's
+step where it reverses or creeps (:func:`secant_step`) and is bounded to :data:`PRECISION_RANGE`.
 """
 
 from __future__ import annotations
