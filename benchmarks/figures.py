@@ -865,6 +865,20 @@ FIGURES: dict[str, tuple[str, Callable]] = {
     "cnn-kfac": (CNN, seed_paired("sampled", "lt-kron-marglik")),
     "cnn-alpha": (CNN, alpha_gap("sampled", "exact")),
     "cnn-em": (CNN, em_convergence(("sampled", "exact"))),
+    "cal-default": (
+        CNN,
+        lambda reports: paired_wins(
+            reports,
+            "sampled-default",
+            ("lt-kron-marglik", "lt-lastlayer-marglik", "ensemble"),
+            (3, 4, 5),
+        ),
+    ),  # fmt: skip
+    "cal-default-runs": (CNN, em_runs("sampled-default")),
+    "cal-default-cpu": (
+        CNN,
+        fit_cpu("sampled-default", ("exact", "lt-kron-marglik", "ensemble")),
+    ),  # fmt: skip
     "over-confidence": (OVER, seed_value("map", "confidence")),
     "over-accuracy": (OVER, seed_value("map", "accuracy")),
     "over-ece": (OVER, seed_value("map", "ECE")),
