@@ -665,7 +665,8 @@ def fit_cpu(reference: str, others: tuple[str, ...]) -> Callable:
             return f"{statistics.fmean(cpu):,.0f}"
 
         rest = ", ".join(f"`{m}` {mean(m)}" for m in others)
-        return f"`{reference}` {mean(reference)} CPU s against {rest} (mean of {len(seeds)} seeds)"
+        over = "one seed" if len(seeds) == 1 else f"mean of {len(seeds)} seeds"
+        return f"`{reference}` {mean(reference)} CPU s against {rest} ({over})"
 
     return figure
 
