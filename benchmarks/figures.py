@@ -874,6 +874,7 @@ FIGURES: dict[str, tuple[str, Callable]] = {
     "cnn-em": (CNN, em_convergence(("sampled", "exact"))),
     "cal-default": (CNN, default_wins),
     "cal-default-runs": (CNN, em_runs("sampled-default")),
+    "cal-default-diag": (CNN, seed_paired("sampled-default", "lt-diag-marglik")),
     "cal-default-cpu": (
         CNN,
         fit_cpu("sampled-default", ("exact", "lt-kron-marglik", "ensemble")),
