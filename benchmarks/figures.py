@@ -891,6 +891,7 @@ FIGURES: dict[str, tuple[str, Callable]] = {
     "over-default-em": (OVER, em_convergence(("sampled-default",))),
     "over-default-runs": (OVER, em_runs("sampled-default")),
     "em-rtol-digits": ("em_rtol-digits-cnn", em_rtol),
+    "em-rtol-cnn": ("em_rtol-fashion-mnist-cnn", em_rtol),
     "over-default-cpu": (
         OVER,
         fit_cpu("sampled-default", ("exact-isotropic", "lt-kron-marglik", "ensemble")),
