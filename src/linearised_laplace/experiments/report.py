@@ -113,8 +113,13 @@ def em_outcome(row: dict) -> str:
     if not history:
         return ""
     steps = len(history) - 1 if history[0].get("step") == 0 else len(history)
-    done = "converged in" if history[-1].get("converged") else "not converged after"
-    return f"{done} {steps} steps"
+    return f"{'not converged after' if em_unconverged(row) else 'converged in'} {steps} steps"
+
+
+def em_unconverged(row: dict) -> bool:
+    """Whether a row ran EM and its last step had not converged."""
+    history = row.get("em_history")
+    return bool(history) and not history[-1].get("converged")
 
 
 UNCONVERGED = (
@@ -244,7 +249,7 @@ def seed_tables(reports: list[dict], reference: str | None = None, level: int = 
     unconverged = {}  # method: the seeds on which its EM did not converge
     for m, rows in by_method.items():
         for seed, row in zip(ran_on[m], rows, strict=True):
-            if em_outcome(row).startswith("not"):
+            if em_unconverged(row):
                 unconverged.setdefault(m, []).append(seed)
     unconverged_seeds = "; ".join(
         f"`{m}` {', '.join(seeds)}" for m, seeds in unconverged.items() if m in names
