@@ -4,6 +4,7 @@ import torch
 from linearised_laplace.core.linalg import (
     add_diagonal,
     add_gram,
+    block_conjugate_gradient,
     conjugate_gradient,
     symmetrise_upper,
     top_eigenvalue,
@@ -29,6 +30,55 @@ def test_cg_respects_max_iter():
     h = _spd()
     _, n_iter, res = conjugate_gradient(lambda z: z @ h, torch.randn(2, 12), rtol=1e-14, max_iter=3)
     assert n_iter == 3 and bool((res > 1e-14).all())
+
+
+def _outliers(n=60, n_out=12, seed=0):
+    """SPD with ``n_out`` eigenvalues spread over 1…10⁴ and the rest in [1, 2]."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))[0]
+    spectrum = torch.cat([torch.logspace(0, 4, n_out), 1 + torch.rand(n - n_out, generator=gen)])
+    return q @ torch.diag(spectrum.double()) @ q.T
+
+
+def test_block_cg_solves_every_row_in_fewer_iterations_than_cg():
+    h = _outliers()
+    rhs = torch.randn(12, 60, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    exact = torch.linalg.solve(h, rhs.T).T
+    x, n_iter, res = block_conjugate_gradient(lambda z: z @ h, rhs, rtol=1e-12)
+    torch.testing.assert_close(x, exact, rtol=1e-9, atol=1e-11)
+    true = (rhs - x @ h).norm(dim=-1) / rhs.norm(dim=-1)
+    assert bool((res < 1e-12).all()) and bool((true < 1e-10).all())
+    _, row_iter, _ = conjugate_gradient(lambda z: z @ h, rhs, rtol=1e-12)
+    # 12 directions span the 12 outliers' eigenvectors after one step; then the [1, 2] cluster
+    assert n_iter <= 10 < row_iter
+    _, warm_iter, _ = block_conjugate_gradient(lambda z: z @ h, rhs, x, rtol=1e-11)
+    assert warm_iter == 0
+
+
+def test_block_cg_drops_dependent_directions_and_preconditions():
+    h = _spd()
+    b = torch.randn(2, 12, dtype=torch.float64)
+    rhs = torch.cat([b, b, 3 * b[:1], torch.zeros(1, 12, dtype=torch.float64)])  # rank 2
+    calls = []
+
+    def matvec(z):
+        calls.append(z.shape[0])
+        return z @ h
+
+    jacobi = h.diagonal()
+    x, n_iter, res = block_conjugate_gradient(
+        matvec, rhs, rtol=1e-12, preconditioner=lambda r: r / jacobi
+    )
+    torch.testing.assert_close(x, torch.linalg.solve(h, rhs.T).T, rtol=1e-9, atol=1e-12)
+    assert calls[0] == 2  # the first block holds only the 2 independent directions
+    assert bool((res[:5] < 1e-12).all()) and float(x[5].abs().max()) == 0.0
+
+
+def test_block_cg_respects_max_iter():
+    h = _spd()
+    rhs = torch.randn(2, 12, dtype=torch.float64)
+    _, n_iter, res = block_conjugate_gradient(lambda z: z @ h, rhs, rtol=1e-14, max_iter=2)
+    assert n_iter == 2 and bool((res > 1e-14).all())
 
 
 def test_lanczos_finds_top_eigenvalue():

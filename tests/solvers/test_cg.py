@@ -14,20 +14,22 @@ from ..helpers import matrix_model, relative_error
 from .test_cholesky import closed_form
 
 
-def test_cg_samples_equal_the_closed_form():
+@pytest.mark.parametrize("block", [False, True])
+def test_cg_samples_equal_the_closed_form(block):
     model = matrix_model(alpha=[0.5, 3.0])
     noise = draw_posterior_noise(model, 4, NoiseSource(0), progress=False)
-    result = CG(rtol=1e-12).solve(model, noise)
+    result = CG(rtol=1e-12, block=block).solve(model, noise)
     assert relative_error(result.samples, closed_form(model, noise)) < 1e-8
     assert 0 < result.info.n_steps <= 40
     assert float(result.info.rel_residual.max()) < 1e-12
 
 
-def test_cg_warm_start_from_the_solution_stops_at_once():
+@pytest.mark.parametrize("block", [False, True])
+def test_cg_warm_start_from_the_solution_stops_at_once(block):
     model = matrix_model()
     noise = draw_posterior_noise(model, 2, NoiseSource(0), progress=False)
     exact = closed_form(model, noise)
-    result = CG(rtol=1e-8).solve(model, noise, init=exact)
+    result = CG(rtol=1e-8, block=block).solve(model, noise, init=exact)
     assert result.info.n_steps == 0
     torch.testing.assert_close(result.samples, exact)
 
@@ -60,6 +62,7 @@ def test_cg_starts_from_zero_when_the_warm_start_is_worse():
         ({"rtol": 0}, "CG `rtol` must be a finite number > 0"),
         ({"max_iter": 0}, "CG `max_iter` must be an integer >= 1, got 0"),
         ({"preconditioner_rank": -1}, "CG `preconditioner_rank` must be an integer >= 0"),
+        ({"block": "yes"}, "CG `block` must be True or False, got 'yes'"),
     ],
 )
 def test_bad_settings_raise(kwargs, match):
@@ -67,11 +70,12 @@ def test_bad_settings_raise(kwargs, match):
         CG(**kwargs)
 
 
+@pytest.mark.parametrize("block", [False, True])
 @pytest.mark.parametrize("rank", [0, 3, 8])
-def test_nystrom_preconditioned_cg_equals_the_closed_form(rank):
+def test_nystrom_preconditioned_cg_equals_the_closed_form(rank, block):
     model = matrix_model(alpha=[0.05, 0.3], likelihood="regression")
     noise = draw_posterior_noise(model, 3, NoiseSource(0), progress=False)
-    result = CG(rtol=1e-12, preconditioner_rank=rank).solve(model, noise)
+    result = CG(rtol=1e-12, preconditioner_rank=rank, block=block).solve(model, noise)
     assert relative_error(result.samples, closed_form(model, noise)) < 1e-9
     if rank == 8:  # a full-rank sketch of M makes P = H: one iteration, up to round-off
         assert result.info.n_steps <= 2

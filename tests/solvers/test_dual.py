@@ -26,6 +26,9 @@ def test_exact_dual_samples_equal_primal_samples_for_the_same_noise(likelihood):
     cg, w = solve_dual(model, noise.xi, noise.source, lla.CG(rtol=1e-6, preconditioner_rank=10))
     assert relative_error(cg.samples, closed_form(model, noise)) < 1e-3
     assert w.shape == (3, 36) and float(cg.info.rel_residual.max()) < 1e-6
+    block = lla.CG(rtol=1e-10, preconditioner_rank=10, block=True)
+    block_result, _ = solve_dual(model, noise.xi, noise.source, block)
+    assert relative_error(block_result.samples, closed_form(model, noise)) < 1e-7
 
 
 def test_dual_matrix_matches_its_products_and_preconditioning_helps():

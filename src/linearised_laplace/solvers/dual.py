@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..core.linalg import cholesky, conjugate_gradient
+from ..core.linalg import block_conjugate_gradient, cholesky, conjugate_gradient
 from ..model.linear_model import LinearGaussianModel
 from ..model.noise import NoiseSource
 from .base import SolveInfo, SolveResult, relative_norm
@@ -75,7 +75,8 @@ def solve_system(
     if isinstance(solver, CG):
         rank = min(solver.preconditioner_rank, observations(model))
         precondition = kernel_preconditioner(model, rank, seed).solve if rank > 0 else None
-        return *conjugate_gradient(
+        solve = block_conjugate_gradient if solver.block else conjugate_gradient
+        return *solve(
             matvec,
             rhs,
             init,
