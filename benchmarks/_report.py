@@ -13,6 +13,7 @@ from linearised_laplace.experiments.provenance import (
     provenance,
     provenance_line,
 )
+from linearised_laplace.experiments.report import em_steps, em_unconverged
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STARTED = provenance()  # the commit and date a benchmark run started at, not the ones it ended at
@@ -75,6 +76,5 @@ def method_result(out: Path, method: str) -> dict | None:
 
 def em_outcome(result: dict) -> dict:
     """A result's EM: its final ``α``, whether it converged, and its steps."""
-    history = result.get("em_history") or []
-    converged = bool(history and history[-1].get("converged"))
-    return {"α": result["prior_precision"][0], "converged": converged, "steps": len(history) - 1}
+    converged = bool(result.get("em_history")) and not em_unconverged(result)
+    return {"α": result["prior_precision"][0], "converged": converged, "steps": em_steps(result)}

@@ -23,11 +23,12 @@ import sys
 from pathlib import Path
 
 import torch
-from _report import RESULTS, committed, em_outcome, markdown_table, method_result, write
+from _report import RESULTS, committed, markdown_table, method_result, write
 from safetensors import safe_open
 
 import linearised_laplace as lla
 from linearised_laplace.experiments import classification as bench
+from linearised_laplace.experiments.report import em_outcome
 from linearised_laplace.experiments.timing import stopwatch
 from linearised_laplace.posteriors.gamma import eigen_gamma, fixed_point_precision
 
@@ -102,7 +103,7 @@ def page(out: Path, rows: list[dict], map_mean: list[dict]) -> tuple[dict, str]:
     for method in ("map", "ensemble", "sampled", "exact", "sampled-isotropic", "exact-isotropic"):
         if (r := method_result(out, method)) is not None:
             alpha = r.get("prior_precision", [None])[0]
-            reference.append({**r, "prior": method, "α": alpha or "", "EM": _em_outcome(r)})
+            reference.append({**r, "prior": method, "α": alpha or "", "EM": em_outcome(r)})
     markdown = "\n".join(
         [
             "# Exact LLA over a grid of prior precisions: the overconfident Fashion-MNIST CNN",
@@ -141,14 +142,6 @@ def render(name: str = "prior_sweep") -> None:
     write(name, new, markdown, made=made)
 
 
-def _em_outcome(result: dict) -> str:
-    """``"converged after k steps"`` or ``"unconverged after k steps"`` from a row's EM history."""
-    if not result.get("em_history"):
-        return ""
-    em = em_outcome(result)
-    return f"{'converged' if em['converged'] else 'unconverged'} after {em['steps']} steps"
-
-
 def _map_mean_fixed_point(cache: Path, net) -> dict[float, tuple[float, float]]:
     """``{α: (γ, ‖θ*‖²)}`` at ``α = γ(α)/‖θ*‖²`` under an isotropic prior (``{}`` without cache)."""
     if not cache.exists():
@@ -185,7 +178,7 @@ def _fidelity(prior: str, sampled: dict | None, rows: list[dict]) -> list[str]:
     return [
         "",
         f"Fidelity: the `{sampled['method']}` row against exact LLA at its EM α = {alpha:.4g} "
-        f"(EM {_em_outcome(sampled)}; {prior}; same network and prior, 32 samples each: they differ by the sampler's error "
+        f"(EM {em_outcome(sampled)}; {prior}; same network and prior, 32 samples each: they differ by the sampler's error "
         "and Monte-Carlo error):",
         "",
         markdown_table(table, ["", "sampled", "exact", "relative difference"]),

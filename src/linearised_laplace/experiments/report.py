@@ -109,11 +109,17 @@ def em_outcome(row: dict) -> str:
     ``converged in N steps``, ``not converged after N steps`` (its α and scores are then the last
     step's), or ``""`` for a row without EM.
     """
-    history = row.get("em_history")
-    if not history:
+    if not row.get("em_history"):
         return ""
-    steps = len(history) - 1 if history[0].get("step") == 0 else len(history)
-    return f"{'not converged after' if em_unconverged(row) else 'converged in'} {steps} steps"
+    return (
+        f"{'not converged after' if em_unconverged(row) else 'converged in'} {em_steps(row)} steps"
+    )
+
+
+def em_steps(row: dict) -> int:
+    """How many EM steps a row's recorded history holds (its start, step 0, not counted)."""
+    history = row.get("em_history") or []
+    return len(history) - 1 if history and history[0].get("step") == 0 else len(history)
 
 
 def em_unconverged(row: dict) -> bool:
