@@ -36,6 +36,7 @@ def test_every_method_runs_end_to_end_and_is_scored(smoke_report):
         # the library's default rule: θ* under an isotropic prior
         assert r["mean"] == ("network" if name.endswith(("-mapmean", "-default")) else "tangent")
     assert set(em["sampled-default"]["em costs"]) == {"set-up", "EM", "final samples"}
+    assert not list((out / "checkpoints").glob("*-em.safetensors"))  # removed with each result
     head = list(build("cnn", (1, 8, 8), 10, width=4).children())[-1]
     for name in ("sampled-lastlayer", "exact-lastlayer"):
         assert em[name]["linearised weights"] == sum(p.numel() for p in head.parameters())

@@ -214,7 +214,7 @@ def build_predictor(
     tag = Path(s.out) / "checkpoints" / network_tag(s, s.seed)
     name, (method, variant) = method, split_variant(method)
     em = {k: variant.pop(k) for k in EM_OPTIONS if k in variant}
-    checkpoint = f"{tag}-{name}-em.safetensors"
+    checkpoint = str(em_checkpoint(s, name))
     if variant.pop("defaults", False):  # the library's solvers and EM, Φ held as on an idle machine
         la = (SampledLaplace if method == "sampled" else ExactLaplace)(
             net, memory_gib=DEFAULT_MEMORY_GIB, **kw, **variant
@@ -236,6 +236,11 @@ def build_predictor(
         la.fit(data.train).select_prior_precision(data.val)
         return la.predictive_samples, {"prior_precision": la.prior_precision.tolist()}
     return fit_by_em(la, data.train, s.em_steps, s.em_samples, checkpoint, **em)
+
+
+def em_checkpoint(s: Settings, method: str) -> Path:
+    """Where ``method``'s EM keeps its state until its result is written (then it is removed)."""
+    return Path(s.out) / "checkpoints" / f"{network_tag(s, s.seed)}-{method}-em.safetensors"
 
 
 def split_variant(method: str) -> tuple[str, dict]:
@@ -406,6 +411,8 @@ def run(settings: Settings, progress: bool | None = None) -> dict:
             result["settings"] = _settings_json(settings)
             result["provenance"] = provenance()
             path.write_text(json.dumps(result, indent=1))
+            # EM's state is for resuming this run; a rerun (its result deleted) starts afresh
+            em_checkpoint(settings, method).unlink(missing_ok=True)
         results.append(result)
     for method in ALL_METHODS:
         path = out / "methods" / f"{method}.json"
