@@ -187,6 +187,17 @@ def mean_variance(la, x: Tensor) -> Tensor:
     return la.functional_variance(x).diagonal(dim1=-2, dim2=-1).sum(-1).double()
 
 
+def sample_variance(la, x: Tensor) -> Tensor:
+    """Per-point ``mean_k ‖f_k(x) − f(x; θ*)‖²`` of a fit's own function samples: ``[N]``.
+
+    What a solver's error is judged on: unlike ``functional_variance``, which a solve that
+    factorised ``H`` answers in closed form, it always comes from the samples.
+    """
+    with torch.no_grad():
+        functions = la.predictive_samples(x) - la.model(x)
+    return functions.double().square().sum(-1).mean(0)
+
+
 def monte_carlo_error(functions: Tensor) -> float:
     """Relative standard error of the mean variance estimated from zero-mean function samples.
 

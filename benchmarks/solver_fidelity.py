@@ -36,7 +36,7 @@ import warnings
 import matplotlib
 import torch
 from _report import RESULTS, committed, kept, markdown_table, write
-from fidelity_problems import PROBLEMS, Problem, mean_variance, monte_carlo_error
+from fidelity_problems import PROBLEMS, Problem, mean_variance, monte_carlo_error, sample_variance
 from torch.utils.data import DataLoader, TensorDataset
 
 import linearised_laplace as lla
@@ -114,7 +114,7 @@ def budget_to_reach(problem, name, same_noise, n_samples, limit=0.1):
     """Smallest budget in ``BUDGETS[name]`` whose error against the same noise is within ``limit``."""
     for budget in BUDGETS[name]:
         la, _, _ = fit(problem, SOLVERS[name](budget), n_samples)
-        if abs(relative(mean_variance(la, problem.x_test), same_noise)) <= limit:
+        if abs(relative(sample_variance(la, problem.x_test), same_noise)) <= limit:
             return budget
     return None
 
@@ -127,13 +127,13 @@ def run_problem(
     closed = mean_variance(exact, problem.x_test)
     with torch.no_grad():
         exact_functions = exact.predictive_samples(problem.x_test) - exact.model(problem.x_test)
-    same_noise = exact_functions.double().square().sum(-1).mean(0)
+    same_noise = sample_variance(exact, problem.x_test)
     mc = monte_carlo_error(exact_functions)
     point_mc = point_error(same_noise, closed)
     rows = []
     for name in solvers or SOLVERS:
         la, timing, warned = fit(problem, SOLVERS[name](), n_samples, repeats=repeats)
-        variance = mean_variance(la, problem.x_test)
+        variance = sample_variance(la, problem.x_test)
         err = relative(variance, closed)
         corr = float(torch.corrcoef(torch.stack([variance, same_noise]))[0, 1])
         info = la.solve_info
