@@ -59,6 +59,7 @@ def compare(name: str, fit_with, x_test, k: int, same_noise=None) -> list[dict]:
         variance = mean_variance(la, x_test)
         rows.append(row(name, la, variance, same_noise, per_sample, label, k))
         per_sample = variance if per_sample is None else per_sample
+        del la  # a fit holding Φ: one at a time
         print(markdown_table(rows[-1:], COLUMNS).splitlines()[-1], flush=True)
     return rows
 
