@@ -463,6 +463,34 @@ def em_rtol(data) -> str:
     )
 
 
+def block_cg(k: int) -> Callable:
+    """A figure: block CG's iterations and solve seconds against per-sample CG's at ``K = k``."""
+
+    def figure(data) -> str:
+        pairs = {}
+        for r in data["rows"]:
+            if r["K"] == k:
+                pairs.setdefault(r["problem"], {})[r["solver"]] = r
+        ratios = [p["block CG"]["steps"] / p["CG"]["steps"] for p in pairs.values()]
+        times = [p["block CG"]["solve [s]"] / p["CG"]["solve [s]"] for p in pairs.values()]
+        worst = max(abs(p["block CG"]["point"]) for p in pairs.values())
+        if len(pairs) == 1:
+            p = next(iter(pairs.values()))
+            return (
+                f"{p['block CG']['steps']} block CG iterations against {p['CG']['steps']}, "
+                f"{sig(p['block CG']['solve [s]'], 2)} s against {sig(p['CG']['solve [s]'], 2)} s; "
+                f"the variances differ by {pct(worst, digits=2)} per point"
+            )
+        return (
+            f"{sig(min(ratios), 2)}–{sig(max(ratios), 2)}× the iterations (median "
+            f"{sig(statistics.median(ratios), 2)}×) and {sig(min(times), 2)}–{sig(max(times), 2)}× "
+            f"the solve time of per-sample CG on the {len(pairs)} problems; the variances "
+            f"differ by at most {pct(worst, digits=2)} per point"
+        )
+
+    return figure
+
+
 def preconditioner_summary(data) -> str:
     """CG's iterations to tolerance with KFAC against Nyström per problem, and the count of wins."""
     steps: dict[str, dict[str, dict]] = {}
@@ -667,6 +695,16 @@ def fit_cpu(reference: str, others: tuple[str, ...]) -> Callable:
         rest = ", ".join(f"`{m}` {mean(m)}" for m in others)
         over = "one seed" if len(seeds) == 1 else f"mean of {len(seeds)} seeds"
         return f"`{reference}` {mean(reference)} CPU s against {rest} ({over})"
+
+    return figure
+
+
+def seed_fit_cpu(method: str, seed: int) -> Callable:
+    """A figure: ``method``'s fit CPU seconds on MAP seed ``seed``."""
+
+    def figure(reports) -> str:
+        report = next(r for r in reports if r["settings"]["seed"] == seed)
+        return f"{row(report['results'], method=method)['fit CPU [s]']:,.0f} CPU s"
 
     return figure
 
@@ -879,6 +917,7 @@ FIGURES: dict[str, tuple[str, Callable]] = {
         CNN,
         fit_cpu("sampled-default", ("exact", "lt-kron-marglik", "ensemble")),
     ),  # fmt: skip
+    "cal0-default-fit": (CNN, seed_fit_cpu("sampled-default", 0)),
     "over-confidence": (OVER, seed_value("map", "confidence")),
     "over-accuracy": (OVER, seed_value("map", "accuracy")),
     "over-ece": (OVER, seed_value("map", "ECE")),
@@ -892,6 +931,9 @@ FIGURES: dict[str, tuple[str, Callable]] = {
     "over-default-runs": (OVER, em_runs("sampled-default")),
     "em-rtol-digits": ("em_rtol-digits-cnn", em_rtol),
     "em-rtol-cnn": ("em_rtol-fashion-mnist-cnn", em_rtol),
+    "block-cg-32": ("block_cg", block_cg(32)),
+    "block-cg-8": ("block_cg", block_cg(8)),
+    "block-cg-cnn": ("block_cg-fashion-mnist-cnn", block_cg(32)),
     "over-default-cpu": (
         OVER,
         fit_cpu("sampled-default", ("exact-isotropic", "lt-kron-marglik", "ensemble")),
