@@ -918,6 +918,7 @@ FIGURES: dict[str, tuple[str, Callable]] = {
         fit_cpu("sampled-default", ("exact", "lt-kron-marglik", "ensemble")),
     ),  # fmt: skip
     "cal0-default-fit": (CNN, seed_fit_cpu("sampled-default", 0)),
+    "over0-default-fit": (OVER, seed_fit_cpu("sampled-default", 0)),
     "over-confidence": (OVER, seed_value("map", "confidence")),
     "over-accuracy": (OVER, seed_value("map", "accuracy")),
     "over-ece": (OVER, seed_value("map", "ECE")),
