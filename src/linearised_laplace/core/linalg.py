@@ -40,10 +40,7 @@ def conjugate_gradient(
         ``(x [K, n], iterations, relative residuals [K])``.
     """
     apply = (lambda r: r) if preconditioner is None else preconditioner
-    x = torch.zeros_like(rhs) if x0 is None else x0.clone()
-    r = rhs - matvec(x) if x0 is not None else rhs.clone()
-    cold = r.norm(dim=-1) > rhs.norm(dim=-1)  # a warm start worse than zero: start from zero
-    x[cold], r[cold] = 0.0, rhs[cold]
+    x, r = _start(matvec, rhs, x0)
     z = apply(r)
     p = z.clone()
     rz = (r * z).sum(-1)
@@ -100,10 +97,7 @@ def block_conjugate_gradient(
     Args and returns as :func:`conjugate_gradient`.
     """
     apply = (lambda r: r) if preconditioner is None else preconditioner
-    x = torch.zeros_like(rhs) if x0 is None else x0.clone()
-    r = rhs - matvec(x) if x0 is not None else rhs.clone()
-    cold = r.norm(dim=-1) > rhs.norm(dim=-1)
-    x[cold], r[cold] = 0.0, rhs[cold]
+    x, r = _start(matvec, rhs, x0)
     norm_b = rhs.norm(dim=-1).clamp_min(torch.finfo(rhs.dtype).tiny)
     p = _orthonormal_rows(apply(r))
     n_iter, first = 0, None
@@ -128,6 +122,17 @@ def block_conjugate_gradient(
         n_iter += 1
     bar.close()
     return x, n_iter, r.norm(dim=-1) / norm_b
+
+
+def _start(matvec: MatVec, rhs: Tensor, x0: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The first iterate and residual ``[K, n]``: ``x0`` where given, zero for rows it worsens."""
+    if x0 is None:
+        return torch.zeros_like(rhs), rhs.clone()
+    x = x0.clone()
+    r = rhs - matvec(x)
+    cold = r.norm(dim=-1) > rhs.norm(dim=-1)  # a warm start worse than zero: start from zero
+    x[cold], r[cold] = 0.0, rhs[cold]
+    return x, r
 
 
 def _orthonormal_rows(rows: Tensor) -> Tensor:
