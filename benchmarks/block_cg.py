@@ -21,7 +21,7 @@ import warnings
 
 import torch
 from _report import markdown_table, write
-from fidelity_problems import PROBLEMS, mean_variance, sample_variance
+from fidelity_problems import PROBLEMS, function_samples, mean_variance, sample_variance
 from solver_fidelity import fit, point_error, relative
 
 import linearised_laplace as lla
@@ -69,7 +69,7 @@ def problem_rows(problem, k: int) -> list[dict]:
     same_noise = None
     if sum(p.numel() for p in problem.model.parameters()) <= EXACT_UP_TO:
         exact, _, _ = fit(problem, None, k, lla.ExactLaplace)
-        same_noise = sample_variance(exact, problem.x_test)
+        same_noise = sample_variance(function_samples(exact, problem.x_test))
 
     def fit_with(solver, n_samples):
         return fit(problem, solver, n_samples, space="primal")[0]

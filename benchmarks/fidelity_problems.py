@@ -187,14 +187,18 @@ def mean_variance(la, x: Tensor) -> Tensor:
     return la.functional_variance(x).diagonal(dim1=-2, dim2=-1).sum(-1).double()
 
 
-def sample_variance(la, x: Tensor) -> Tensor:
-    """Per-point ``mean_k ‖f_k(x) − f(x; θ*)‖²`` of a fit's own function samples: ``[N]``.
+def function_samples(la, x: Tensor) -> Tensor:
+    """A fit's own function samples less the network's output, ``f_k(x) − f(x; θ*)``: ``[S, N, C]``.
 
     What a solver's error is judged on: unlike ``functional_variance``, which a solve that
-    factorised ``H`` answers in closed form, it always comes from the samples.
+    factorised ``H`` answers in closed form, they always come from the samples.
     """
     with torch.no_grad():
-        functions = la.predictive_samples(x) - la.model(x)
+        return la.predictive_samples(x) - la.model(x)
+
+
+def sample_variance(functions: Tensor) -> Tensor:
+    """Per-point ``mean_k ‖f_k(x) − f(x; θ*)‖²`` of :func:`function_samples`: ``[N]``."""
     return functions.double().square().sum(-1).mean(0)
 
 

@@ -16,7 +16,7 @@ import warnings
 
 import torch
 from _report import committed, kept, markdown_table, write
-from fidelity_problems import PROBLEMS, mean_variance
+from fidelity_problems import PROBLEMS, function_samples, mean_variance, sample_variance
 from solver_fidelity import fit, relative
 
 import linearised_laplace as lla
@@ -43,9 +43,7 @@ def run_problem(problem, n_samples: int, solvers: list[str]) -> list[dict]:
     same_noise, exact_timing = None, {"CPU [s]": None}
     if sum(p.numel() for p in problem.model.parameters()) <= EXACT_UP_TO:
         exact, exact_timing, _ = fit(problem, None, n_samples, lla.ExactLaplace)
-        with torch.no_grad():
-            functions = exact.predictive_samples(problem.x_test) - exact.model(problem.x_test)
-        same_noise = functions.double().square().sum(-1).mean(0)
+        same_noise = sample_variance(function_samples(exact, problem.x_test))
     rows = []
     for name in solvers:
         solver = SOLVERS[name]

@@ -36,7 +36,14 @@ import warnings
 import matplotlib
 import torch
 from _report import RESULTS, committed, kept, markdown_table, write
-from fidelity_problems import PROBLEMS, Problem, mean_variance, monte_carlo_error, sample_variance
+from fidelity_problems import (
+    PROBLEMS,
+    Problem,
+    function_samples,
+    mean_variance,
+    monte_carlo_error,
+    sample_variance,
+)
 from torch.utils.data import DataLoader, TensorDataset
 
 import linearised_laplace as lla
@@ -114,7 +121,10 @@ def budget_to_reach(problem, name, same_noise, n_samples, limit=0.1):
     """Smallest budget in ``BUDGETS[name]`` whose error against the same noise is within ``limit``."""
     for budget in BUDGETS[name]:
         la, _, _ = fit(problem, SOLVERS[name](budget), n_samples)
-        if abs(relative(sample_variance(la, problem.x_test), same_noise)) <= limit:
+        if (
+            abs(relative(sample_variance(function_samples(la, problem.x_test)), same_noise))
+            <= limit
+        ):
             return budget
     return None
 
@@ -125,15 +135,14 @@ def run_problem(
     repeats = 3 if sum(p.numel() for p in problem.model.parameters()) <= SMALL else 0
     exact, exact_timing, _ = fit(problem, None, n_samples, lla.ExactLaplace, repeats)
     closed = mean_variance(exact, problem.x_test)
-    with torch.no_grad():
-        exact_functions = exact.predictive_samples(problem.x_test) - exact.model(problem.x_test)
-    same_noise = sample_variance(exact, problem.x_test)
+    exact_functions = function_samples(exact, problem.x_test)
+    same_noise = sample_variance(exact_functions)
     mc = monte_carlo_error(exact_functions)
     point_mc = point_error(same_noise, closed)
     rows = []
     for name in solvers or SOLVERS:
         la, timing, warned = fit(problem, SOLVERS[name](), n_samples, repeats=repeats)
-        variance = sample_variance(la, problem.x_test)
+        variance = sample_variance(function_samples(la, problem.x_test))
         err = relative(variance, closed)
         corr = float(torch.corrcoef(torch.stack([variance, same_noise]))[0, 1])
         info = la.solve_info
