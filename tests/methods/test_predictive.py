@@ -28,3 +28,20 @@ def test_chunks_of_the_inputs_give_the_whole_batch_s_variances(name, monkeypatch
     for a, b in zip(whole, chunked, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
     assert whole[0].shape == (7, 2, 2) and whole[1].shape == (7, 2)
+
+
+def test_each_input_s_factor_is_formed_once_and_one_input_works(monkeypatch):
+    net = mlp(n_out=2)
+    x, y = regression_data(30)
+    la = METHODS["sampled-cg"](net).fit((x, y))
+    whole = la.functional_variance(x[:5])
+    rows, original = [], type(la)._functional_factor
+
+    def counted(self, inputs):
+        rows.append(len(inputs))
+        return original(self, inputs)
+
+    monkeypatch.setattr(type(la), "_functional_factor", counted)
+    torch.testing.assert_close(la.functional_variance(x[:5]), whole, rtol=0, atol=0)
+    assert sum(rows) == 5  # the first point, which sizes the chunks, is not formed again
+    torch.testing.assert_close(la.functional_variance(x[:1]), whole[:1], rtol=1e-12, atol=1e-15)

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..core.checks import check_positive_int
 from ..model.likelihoods import Categorical
-from ..network.inputs import Inputs, split, take
+from ..network.inputs import Inputs, batch_size, split, take
 
 FACTOR_FLOATS = 2**25
 """Most floats of a functional factor ``[n, C, R]`` formed at once (256 MiB in float64): per-point
@@ -59,9 +59,11 @@ class Predictive:
     def _per_point(self, x: Inputs, reduce) -> Tensor:
         """``reduce`` of the functional factor, over chunks of ``x`` within :data:`FACTOR_FLOATS`."""
         x = self.linearisation.check_inputs(x)
-        width = self._functional_factor(take(x, slice(0, 1)))[0].numel()  # C·R
-        chunks = split(x, max(1, FACTOR_FLOATS // width))
-        parts = [reduce(self._functional_factor(part)) for part in chunks]
+        first = self._functional_factor(take(x, slice(0, 1)))  # its width C·R sizes the chunks
+        parts = [reduce(first)]
+        if batch_size(x) > 1:
+            chunks = split(take(x, slice(1, None)), max(1, FACTOR_FLOATS // first[0].numel()))
+            parts += [reduce(self._functional_factor(part)) for part in chunks]
         return torch.cat(parts).to(self.linearisation.dtype)
 
     def functional_variance(self, x: Inputs) -> Tensor:
