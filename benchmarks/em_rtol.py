@@ -34,12 +34,13 @@ RTOLS = (1e-2, 3e-3, 1e-3, 1e-4)
 
 
 def network(folder: str):
-    """The seed folder's MAP network and data, and the α its sampled-default EM converged to."""
+    """The seed folder's MAP, its data, and its sampled-default row's α (``None``: no row)."""
     raw = json.loads((RESULTS / folder / "results.json").read_text())["settings"]
     kw = {f.name: raw[f.name] for f in fields(Settings) if f.name in raw}
     settings = Settings(**{**kw, "angles": tuple(kw["angles"])}, out=str(RESULTS / folder))
     data = load_data(settings)
-    alpha = method_result(RESULTS / folder, "sampled-default")["prior_precision"][0]
+    row = method_result(RESULTS / folder, "sampled-default")
+    alpha = None if row is None else row["prior_precision"][0]
     return trained_model(settings, data, settings.seed), data, alpha
 
 

@@ -61,7 +61,9 @@ def test_cg_starts_from_zero_when_the_warm_start_is_worse():
         ({"rtol": -1}, "CG `rtol` must be a finite number > 0 or None, got -1"),
         ({"rtol": 0}, "CG `rtol` must be a finite number > 0"),
         ({"max_iter": 0}, "CG `max_iter` must be an integer >= 1, got 0"),
-        ({"preconditioner_rank": -1}, "CG `preconditioner_rank` must be an integer >= 0"),
+        ({"preconditioner_rank": -1}, 'CG `preconditioner_rank` must be "auto" or an integer >= 0'),
+        ({"preconditioner_rank": "big"}, "an integer >= 0, got 'big'"),
+        ({"preconditioner_rank": 2.5}, "an integer >= 0, got 2.5"),
         ({"block": "yes"}, "CG `block` must be True or False, got 'yes'"),
     ],
 )

@@ -43,3 +43,31 @@ def test_sketch_rank_is_capped_by_its_memory(monkeypatch):
     assert with_ggn_sketch(model, noise, 100).ggn_low_rank.rank == 3
     monkeypatch.setattr(preconditioner, "SKETCH_BYTES", 4 * 8 * 8 * 5)  # no room: Jacobi
     assert with_ggn_sketch(model, noise, 100) is noise
+
+
+def test_auto_ranks_start_at_100_grow_to_1600_and_are_capped():
+    from linearised_laplace.solvers.preconditioner import SKETCH_BYTES, sketch_ranks
+
+    assert sketch_ranks("auto", 10**5) == (100, 1600)
+    assert sketch_ranks(40, 10**5) == (40, 40)
+    assert sketch_ranks("auto", 50) == (50, 50)
+    width = SKETCH_BYTES // (4 * 8 * 1000)  # a D whose sketch memory allows rank 990
+    assert sketch_ranks("auto", 10**6, width) == (100, 990)
+
+
+def test_auto_sketch_grows_where_the_whitened_ggn_is_large(monkeypatch):
+    import linearised_laplace.solvers.preconditioner as preconditioner
+
+    monkeypatch.setattr(preconditioner, "AUTO_RANKS", (2, 8))
+    model = matrix_model(d=40, alpha=[1e-3, 1e-3])  # M ≫ A: every whitened eigenvalue is large
+    noise = draw_posterior_noise(model, 2, NoiseSource(0))
+    assert with_ggn_sketch(model, noise, "auto").ggn_low_rank.rank == 8
+    monkeypatch.setattr(preconditioner, "RANK_SCALE", 1e-6)  # no doubling pays: it stays
+    assert with_ggn_sketch(model, noise, "auto").ggn_low_rank.rank == 2
+
+
+def test_a_doubling_pays_while_the_condition_bound_exceeds_the_squared_rank_ratio():
+    from linearised_laplace.solvers.preconditioner import worth_growing
+
+    assert worth_growing(100, 0.5) and not worth_growing(200, 2.9) and worth_growing(200, 3.1)
+    assert worth_growing(400, 15.5) and not worth_growing(400, 14.5)

@@ -55,31 +55,63 @@ def nystrom(
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
+    max_rank: int | None = None,
+    grow: Callable[[int, float], bool] | None = None,
 ) -> LowRank:
-    """Randomised Nyström approximation of a symmetric PSD operator from one block product.
+    """Randomised Nyström approximation of a symmetric PSD operator from block products.
 
     Tropp, Yurtsever, Udell & Cevher (2017), Alg. 3: for a test matrix ``Ω`` with ``ℓ = rank +
     oversample`` orthonormal columns, ``Y = G Ω`` and the approximation ``Y (Ωᵀ Y)^+ Yᵀ ⪯ G``,
     computed stably with a small shift. Its top ``rank`` eigenpairs are returned. When ``ℓ ≥ n``
     the operator is applied to the identity, which is exact.
 
+    With ``max_rank`` and ``grow`` the sketch grows (as in Frangella, Tropp & Udell's adaptive
+    Nyström, 2023): while ``grow(r, λ_r)`` holds for its rank and smallest kept eigenvalue and
+    ``r < max_rank``, the rank doubles (capped at ``max_rank``), and only the new columns of
+    ``Ω``, orthogonal to the old ones, are multiplied by ``G``: the products cost ``ℓ`` columns in
+    all, as one sketch of the final rank would. For ``P = I + G_r`` (a prior-whitened GGN)
+    ``1 + λ_r`` bounds the condition number of ``P^{-1}(I + G)`` up to the sketch's error.
+
     Args:
         matvec: ``Z [k, n] ↦ G Z`` row-wise.
         n: Dimension.
-        rank: Eigenpairs kept.
+        rank: Eigenpairs kept (the first sketch's, with ``max_rank``).
         oversample: Extra test vectors.
         generator: For ``Ω``.
         dtype: dtype of the products (the small linear algebra runs in float64).
         device: Their device.
+        max_rank: The largest rank the sketch may grow to.
+        grow: ``(r, λ_r) ↦`` whether to double the rank (``None``: no growth).
     """
-    width = min(rank + oversample, n)
-    if width == n:
-        omega = torch.eye(n, dtype=torch.float64)
-    else:
-        gaussian = torch.randn(n, width, generator=generator, dtype=torch.float64)
-        omega = torch.linalg.qr(gaussian)[0]
-    omega = omega.to(device)
-    y = matvec(omega.T.to(dtype).contiguous()).double().T  # [n, ℓ]
+    omega = torch.empty(n, 0, dtype=torch.float64, device=device)
+    y = torch.empty_like(omega)
+    while True:
+        width = min(rank + oversample, n)
+        new = _test_columns(omega, width - omega.shape[1], n, generator)
+        omega = torch.cat([omega, new], dim=1)
+        y = torch.cat([y, matvec(new.T.to(dtype).contiguous()).double().T], dim=1)  # [n, ℓ]
+        growable = grow is not None and max_rank is not None and rank < min(max_rank, n)
+        if growable and width == n:  # exact already: keep what growing could have
+            return _nystrom_core(omega, y, min(max_rank, n), dtype)
+        sketch = _nystrom_core(omega, y, rank, dtype)
+        if not growable or not grow(rank, float(sketch.values[-1])):
+            return sketch
+        rank = min(2 * rank, max_rank)
+
+
+def _test_columns(omega: Tensor, count: int, n: int, generator) -> Tensor:
+    """``count`` orthonormal columns orthogonal to ``omega`` ``[n, ℓ]`` (the identity's if all)."""
+    if count == n:
+        return torch.eye(n, dtype=torch.float64, device=omega.device)
+    gaussian = torch.randn(n, count, generator=generator, dtype=torch.float64).to(omega.device)
+    for _ in range(2):  # twice is enough (Giraud et al., 2005)
+        gaussian -= omega @ (omega.T @ gaussian)
+    return torch.linalg.qr(gaussian)[0]
+
+
+def _nystrom_core(omega: Tensor, y: Tensor, rank: int, dtype: torch.dtype) -> LowRank:
+    """The top ``rank`` eigenpairs of ``Y (Ωᵀ Y)^+ Yᵀ``, shifted for stability."""
+    n = omega.shape[0]
     shift = torch.finfo(dtype).eps * n**0.5 * float(y.norm())
     y = y + shift * omega
     small = omega.T @ y
@@ -87,7 +119,7 @@ def nystrom(
     b = torch.linalg.solve_triangular(factor, y.T, upper=False).T  # y C^{-T}
     vectors, sigma, _ = torch.linalg.svd(b, full_matrices=False)
     values = (sigma.square() - shift).clamp_min(0.0)
-    keep = min(rank, width)
+    keep = min(rank, omega.shape[1])
     return LowRank(vectors[:, :keep].to(dtype), values[:keep].to(dtype))
 
 

@@ -76,12 +76,20 @@ class PosteriorPrecision:
             return Preconditioner.diagonal(self.prior + ggn_diag)
         return Preconditioner.diagonal_plus_low_rank(self.prior, ggn_low_rank)
 
-    def sketch(self, rank: int, seed: int = 0) -> LowRank:
+    def sketch(
+        self,
+        rank: int,
+        seed: int = 0,
+        max_rank: int | None = None,
+        grow: Callable[[int, float], bool] | None = None,
+    ) -> LowRank:
         """Rank-``r`` Nyström approximation ``M_r ⪯ M`` (one data pass, ``r + 10`` tangents).
 
         The sketch is taken in prior-whitened coordinates, ``A^{-1/2} M A^{-1/2}``, so that it ranks
         directions by their curvature against the prior; for an isotropic prior it does not depend
-        on ``α``, and it is reused across EM steps.
+        on ``α``, and it is reused across EM steps. With ``max_rank`` it doubles its rank while
+        ``grow(r, λ_r)`` (:func:`~linearised_laplace.core.lowrank.nystrom`; a data pass per
+        doubling).
         """
         prior_sqrt = self.prior.sqrt()
 
@@ -90,6 +98,13 @@ class PosteriorPrecision:
 
         generator = seeded_generator(seed, "ggn-nystrom")
         sketch = nystrom(
-            matvec, self.n_params, rank, generator=generator, dtype=self.dtype, device=self.device
+            matvec,
+            self.n_params,
+            rank,
+            generator=generator,
+            dtype=self.dtype,
+            device=self.device,
+            max_rank=max_rank,
+            grow=grow,
         )
         return LowRank(prior_sqrt[:, None] * sketch.vectors, sketch.values)

@@ -35,7 +35,7 @@ from .cg import CG
 from .cholesky import Cholesky
 from .dual import solve_dual
 from .newton import Newton
-from .preconditioner import with_ggn_sketch
+from .preconditioner import sketch_ranks, with_ggn_sketch
 from .sdd import SDD
 from .sgd import SGD
 
@@ -137,6 +137,7 @@ def solver_memory(model: LinearGaussianModel, choice: Choice, n_samples: int) ->
         if primal
         else getattr(choice.solver, "preconditioner_rank", 0)
     )
+    rank = sketch_ranks(rank, width, d if primal else None)[1]  # an "auto" sketch may grow
     needs["samples and solver state"] = gib(SOLVER_STATE * n_samples * width, dtype)
     needs["preconditioner sketch"] = gib(2 * rank * width, dtype)
     return needs

@@ -34,6 +34,8 @@ class SolveInfo:
             which approximates each sample's relative error in the energy norm; ``None`` for
             solvers whose ``rel_residual`` is checked.
         reason: Why this solver and space ran (``solver="auto"`` states its choice here).
+        preconditioner_rank: The rank of the GGN sketch a primal CG preconditioned with
+            (``None``: none, or another solver).
     """
 
     solver: str
@@ -45,6 +47,7 @@ class SolveInfo:
     tolerance: float | None = None
     reason: str = ""
     error_estimate: Tensor | None = None
+    preconditioner_rank: int | None = None
 
     @property
     def checked(self) -> Tensor:
@@ -57,13 +60,15 @@ class SolveInfo:
         return self.tolerance is None or bool((self.checked <= self.tolerance).all())
 
     def summary(self) -> str:
-        """One line: solver, space, steps, worst residual (and error estimate), time."""
+        """One line: solver, space, steps, worst residual (and error estimate), sketch rank, time."""
         worst = float(self.rel_residual.max()) if self.rel_residual.numel() else math.nan
         text = f"{self.solver} in {self.space} space: {self.n_steps} steps, worst relative residual {worst:.1e}"
         if self.error_estimate is not None:
             text += f", worst error estimate {float(self.error_estimate.max()):.1e}"
         if self.tolerance is not None:
             text += f" (tol {self.tolerance:.0e})"
+        if self.preconditioner_rank is not None:
+            text += f", rank-{self.preconditioner_rank} Nyström preconditioner"
         return f"{text}, {self.wall_time:.1f} s"
 
 

@@ -12,7 +12,7 @@ from ..core.linalg import block_conjugate_gradient, conjugate_gradient
 from ..model.linear_model import LinearGaussianModel
 from ..model.noise import PosteriorNoise
 from .base import SolveInfo, SolveResult, check_preconditioner, check_settings
-from .preconditioner import with_ggn_sketch
+from .preconditioner import check_rank, with_ggn_sketch
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,12 @@ class CG:
             curvlinops, ``pip install linearised-laplace[kfac]``), Jacobi on the tensors KFAC
             does not cover.
         preconditioner_rank: Rank of the low-rank part of the preconditioner (0: Jacobi in the
-            primal space, none in the dual).
+            primal space, none in the dual). ``"auto"`` (default): 100, doubled (one data pass
+            each) while ``1 + λ_r`` (``λ_r`` the sketch's smallest eigenvalue against the prior)
+            exceeds ``(r / 100)²``, up to 1,600 and the sketch's memory cap
+            (:func:`~linearised_laplace.solvers.preconditioner.sketch_ranks`): a GGN whose
+            spectrum decays slowly gets the rank its solves need (measured in
+            ``benchmarks/results/preconditioner_rank.md``).
         block: Solve the ``K`` samples together by block CG (default;
             :func:`~linearised_laplace.core.linalg.block_conjugate_gradient`): an iteration still
             costs one data pass for ``K`` vectors, but every sample searches the span of all
@@ -50,20 +55,20 @@ class CG:
     rtol: float | None = None
     max_iter: int = 1000
     preconditioner: str = "nystrom"
-    preconditioner_rank: int = 100
+    preconditioner_rank: int | str = "auto"
     block: bool = True
     name = "cg"
     advice = "Raise lla.CG(max_iter=...) or its preconditioner_rank."
 
     def __post_init__(self):
         check_preconditioner("CG", self.preconditioner)
+        check_rank("CG", self.preconditioner_rank)
         if not isinstance(self.block, bool):
             raise ValueError(f"CG `block` must be True or False, got {self.block!r}.")
         check_settings(
             "CG",
             self,
             positive_ints=("max_iter",),
-            non_negative_ints=("preconditioner_rank",),
             positive=("rtol",),
         )
 
@@ -72,7 +77,7 @@ class CG:
         """Whether it preconditions with KFAC (which the fit then builds)."""
         return self.preconditioner == "kfac"
 
-    def sketch_rank(self, model: LinearGaussianModel) -> int:
+    def sketch_rank(self, model: LinearGaussianModel) -> int | str:
         """The rank of the GGN sketch this solver preconditions ``model`` with."""
         return 0 if self.preconditioner == "kfac" else self.preconditioner_rank
 
@@ -113,5 +118,6 @@ class CG:
             residual,
             time.perf_counter() - start,
             tolerance=self.tolerance(prior.dtype),
+            preconditioner_rank=None if noise.ggn_low_rank is None else noise.ggn_low_rank.rank,
         )
         return SolveResult(samples, info)

@@ -37,6 +37,7 @@ from .kernel import (
     kernel_vec,
     observations,
 )
+from .preconditioner import sketch_ranks
 from .sdd import SDD, stochastic_dual_descent
 
 DualSolver = CG | Cholesky | SDD
@@ -73,8 +74,8 @@ def solve_system(
         )
         return w, n_steps, relative_norm(matvec(w) - rhs, rhs), None
     if isinstance(solver, CG):
-        rank = min(solver.preconditioner_rank, observations(model))
-        precondition = kernel_preconditioner(model, rank, seed).solve if rank > 0 else None
+        rank, most = sketch_ranks(solver.preconditioner_rank, observations(model))
+        precondition = kernel_preconditioner(model, rank, seed, most).solve if rank > 0 else None
         solve = block_conjugate_gradient if solver.block else conjugate_gradient
         return *solve(
             matvec,

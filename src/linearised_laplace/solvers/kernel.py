@@ -16,6 +16,7 @@ from ..core.lowrank import Preconditioner, nystrom
 from ..core.seeds import seeded_generator
 from ..model.linear_model import LinearGaussianModel
 from ..model.noise import NoiseSource
+from .preconditioner import worth_growing
 
 
 def observations(model: LinearGaussianModel) -> int:
@@ -79,8 +80,14 @@ def dual_matrix(model: LinearGaussianModel, rows: Tensor | None = None) -> Tenso
     return torch.eye(len(rows), dtype=torch.float64, device=rows.device) + (rows / prior) @ rows.T
 
 
-def kernel_preconditioner(model: LinearGaussianModel, rank: int, seed: int = 0) -> Preconditioner:
-    """``P = I + U Λ Uᵀ`` from a rank-``rank`` Nyström approximation of ``LᵀKL``."""
+def kernel_preconditioner(
+    model: LinearGaussianModel, rank: int, seed: int = 0, max_rank: int | None = None
+) -> Preconditioner:
+    """``P = I + U Λ Uᵀ`` from a rank-``rank`` Nyström approximation of ``LᵀKL``.
+
+    With ``max_rank`` the sketch doubles its rank while
+    :func:`~linearised_laplace.solvers.preconditioner.worth_growing`.
+    """
     sketch = nystrom(
         lambda w: kernel_vec(model, w),
         observations(model),
@@ -88,6 +95,8 @@ def kernel_preconditioner(model: LinearGaussianModel, rank: int, seed: int = 0) 
         generator=seeded_generator(seed, "dual-preconditioner"),
         dtype=model.features.dtype,
         device=model.features.device,
+        max_rank=max_rank,
+        grow=worth_growing,
     )
     ones = torch.ones(observations(model), dtype=model.features.dtype, device=model.features.device)
     return Preconditioner(ones, sketch.vectors, sketch.values)
