@@ -463,6 +463,22 @@ def em_rtol(data) -> str:
     )
 
 
+def auto_rank(_) -> str:
+    """Where the ``"auto"`` sketch stopped on each Table 1 CNN, and its E-step against rank 100's."""
+    parts = []
+    for regime in ("calibrated", "overconfident"):
+        folder = "fashion-mnist-cnn-calibrated" if regime == "calibrated" else OVER
+        rows = load(f"preconditioner_rank-{folder.replace('/', '-')}-seed-0")["rows"]
+        auto, base = row(rows, preconditioner_rank="auto"), row(rows, preconditioner_rank=100)
+        parts.append(
+            f"{regime}: rank {auto['rank']}, one E-step {auto['CG steps']} CG iterations and "
+            f"{sig(auto['E-step CPU [s]'])} CPU s against rank 100's {base['CG steps']} and "
+            f"{sig(base['E-step CPU [s]'])} s, the sketch {sig(auto['set-up CPU [s]'] - base['set-up CPU [s]'])} "
+            "CPU s more"
+        )
+    return "; ".join(parts)
+
+
 def block_cg(k: int) -> Callable:
     """A figure: block CG's iterations and solve seconds against per-sample CG's at ``K = k``."""
 
@@ -935,6 +951,7 @@ FIGURES: dict[str, tuple[str, Callable]] = {
     "block-cg-32": ("block_cg", block_cg(32)),
     "block-cg-8": ("block_cg", block_cg(8)),
     "block-cg-cnn": ("block_cg-fashion-mnist-cnn", block_cg(32)),
+    "auto-rank": ("preconditioner_rank-fashion-mnist-cnn-calibrated-seed-0", auto_rank),
     "over-default-cpu": (
         OVER,
         fit_cpu("sampled-default", ("exact-isotropic", "lt-kron-marglik", "ensemble")),
