@@ -99,3 +99,14 @@ def test_bad_dual_settings_raise():
     noise = _noise(model)
     with pytest.raises(TypeError, match="SGD is for the primal space"):
         solve_dual(model, noise.xi, noise.source, lla.SGD())
+
+
+def test_the_kernel_preconditioner_grows_where_the_kernel_is_large(monkeypatch):
+    import linearised_laplace.solvers.preconditioner as preconditioner
+    from linearised_laplace.solvers.kernel import kernel_preconditioner
+
+    model = matrix_model(n=20, d=80, alpha=1e-3)  # n·C = 60 observations, a large kernel
+    assert len(kernel_preconditioner(model, 4, max_rank=16).values) == 16
+    assert len(kernel_preconditioner(model, 4).values) == 4  # no max_rank: fixed
+    monkeypatch.setattr(preconditioner, "RANK_SCALE", 1e-6)  # no doubling pays
+    assert len(kernel_preconditioner(model, 4, max_rank=16).values) == 4
