@@ -44,7 +44,7 @@ class CG:
             exceeds ``(r / 100)²``, up to 1,600 and the sketch's memory cap
             (:func:`~linearised_laplace.solvers.preconditioner.sketch_ranks`): a GGN whose
             spectrum decays slowly gets the rank its solves need (measured in
-            ``benchmarks/results/preconditioner_rank.md``).
+            ``benchmarks/results/preconditioner_rank-*.md``).
         block: Solve the ``K`` samples together by block CG (default;
             :func:`~linearised_laplace.core.linalg.block_conjugate_gradient`): an iteration still
             costs one data pass for ``K`` vectors, but every sample searches the span of all
