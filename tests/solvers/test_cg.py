@@ -81,3 +81,9 @@ def test_nystrom_preconditioned_cg_equals_the_closed_form(rank, block):
     assert relative_error(result.samples, closed_form(model, noise)) < 1e-9
     if rank == 8:  # a full-rank sketch of M makes P = H: one iteration, up to round-off
         assert result.info.n_steps <= 2
+
+
+def test_a_numpy_integer_rank_is_kept_as_an_int():
+    import numpy as np
+
+    assert CG(preconditioner_rank=np.int64(200)).preconditioner_rank == 200

@@ -62,7 +62,7 @@ class CG:
 
     def __post_init__(self):
         check_preconditioner("CG", self.preconditioner)
-        check_rank("CG", self.preconditioner_rank)
+        object.__setattr__(self, "preconditioner_rank", check_rank("CG", self.preconditioner_rank))
         if not isinstance(self.block, bool):
             raise ValueError(f"CG `block` must be True or False, got {self.block!r}.")
         check_settings(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from ..core.checks import as_int
 from ..model.linear_model import LinearGaussianModel
 from ..model.noise import PosteriorNoise
 
@@ -41,14 +42,16 @@ def worth_growing(rank: int, smallest: float) -> bool:
     return 1.0 + smallest > (rank / RANK_SCALE) ** 2
 
 
-def check_rank(solver: str, rank: object) -> None:
-    """Refuse a ``preconditioner_rank`` that is neither ``"auto"`` nor an integer ``>= 0``."""
-    if rank == "auto":
-        return
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+def check_rank(solver: str, rank: object) -> int | str:
+    """``rank`` as a plain int (a numpy or torch integer too) or ``"auto"``; else refused."""
+    if isinstance(rank, str) and rank == "auto":
+        return rank
+    number = as_int(rank)
+    if number is None or number < 0:
         raise ValueError(
             f'{solver} `preconditioner_rank` must be "auto" or an integer >= 0, got {rank!r}.'
         )
+    return number
 
 
 def sketch_ranks(rank: int | str, n: int, width: int | None = None) -> tuple[int, int]:
